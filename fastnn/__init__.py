@@ -1,0 +1,19 @@
+"""fastnn: dense neural networks whose compute lives in compiled kernels.
+
+>>> import fastnn
+>>> model = fastnn.Sequential([fastnn.Dense(64, 128, "relu"), fastnn.Dense(128, 10)])
+>>> history = model.fit(X, y, loss="cross_entropy", optimizer=fastnn.Adam(1e-3), epochs=20)
+
+The model API lives here; the kernels that do the arithmetic live in ``fastnn.kernels``, one
+module per backend (see :func:`available_backends`).
+"""
+__version__ = "0.1.0"
+
+from .backends import available_backends, set_backend
+from .io import load
+from .layers import BatchNorm, Dense, Residual
+from .model import History, Sequential
+from .optimizers import SGD, Adam
+
+__all__ = ["Adam", "BatchNorm", "Dense", "History", "Residual", "SGD", "Sequential",
+           "available_backends", "load", "set_backend", "__version__"]

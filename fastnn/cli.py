@@ -1,0 +1,108 @@
+"""The ``fastnn`` command: ``fastnn info`` and ``fastnn train``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import __version__, backends
+from .layers import ACTIVATIONS, INITS
+from .optimizers import OPTIMIZERS
+
+
+def thread_report() -> str:
+    """The thread pools fastnn's compute may use (BLAS, and Numba where installed)."""
+    from threadpoolctl import threadpool_info
+
+    parts = [f"{os.cpu_count()} CPUs"]
+    parts += [f"{p['internal_api']} {p['num_threads']} threads" for p in threadpool_info()]
+    try:
+        import numba
+        parts.append(f"numba {numba.get_num_threads()} threads")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def cmd_info(args) -> int:
+    print(f"fastnn {__version__} (Python {sys.version.split()[0]})")
+    print(f"threads: {thread_report()}")
+    print("backends (auto picks the first usable):")
+    for name, info in backends.available_backends().items():
+        print(f"  {name:<11} {info.reason}")
+    try:
+        chosen, _ = backends.resolve("auto")
+        print(f"auto -> {chosen}")
+    except (RuntimeError, ValueError) as exc:
+        print(f"auto -> error: {exc}")
+        return 1
+    return 0
+
+
+def cmd_train(args) -> int:
+    import fastnn
+    from .datasets import load_digits_split
+
+    X_train, X_test, y_train, y_test = load_digits_split(seed=args.seed)
+    widths = [X_train.shape[1], *args.hidden]
+    layers = [fastnn.Dense(i, o, args.activation, init=args.init)
+              for i, o in zip(widths[:-1], widths[1:])]
+    layers.append(fastnn.Dense(widths[-1], 10))
+    model = fastnn.Sequential(layers, backend=args.backend, seed=args.seed, dtype=args.dtype)
+    optimizer = (fastnn.Adam(args.lr) if args.optimizer == "adam"
+                 else fastnn.SGD(args.lr, momentum=args.momentum))
+    print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
+    print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
+          f"backend {model.backend}, {optimizer!r}")
+    start = time.perf_counter()
+    history = model.fit(X_train, y_train, loss="cross_entropy", optimizer=optimizer,
+                        epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=(X_test, y_test), verbose=args.verbose)
+    elapsed = time.perf_counter() - start
+    result = model.evaluate(X_test, y_test, loss="cross_entropy")
+    print(f"train loss {history['loss'][-1]:.4f}, train accuracy {history['accuracy'][-1]:.4f}")
+    print(f"test accuracy {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
+    print(f"{elapsed:.2f} s for {args.epochs} epochs, "
+          f"{1e3 * elapsed / args.epochs:.1f} ms per epoch")
+    if args.save:
+        model.save(args.save)
+        print(f"saved to {args.save}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("info", help="version, backends and threads").set_defaults(run=cmd_info)
+
+    train = sub.add_parser("train", help="train an MLP on scikit-learn's digits dataset")
+    train.add_argument("--hidden", type=int, nargs="+", default=[128],
+                       help="hidden layer widths (default: 128)")
+    train.add_argument("--activation", choices=[a for a in ACTIVATIONS if a != "softmax"],
+                       default="relu")
+    train.add_argument("--init", choices=list(INITS), default=None,
+                       help="weight init (default: He for relu, Xavier otherwise)")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--backend", choices=["auto", *backends.BACKENDS], default="auto")
+    train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--save", metavar="FILE", help="save the trained model here")
+    train.add_argument("--verbose", type=int, default=1, help="0 hides the progress bar")
+    train.set_defaults(run=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,292 @@
+"""Layers: Dense, BatchNorm and Residual.
+
+A layer owns no memory of its own. When a model is built it hands each layer views into the
+model's flat parameter and gradient buffers (``_bind``); a layer's forward and backward passes
+are backend kernel calls writing into workspace buffers allocated once per batch size
+(``_workspace``). So the Python here runs once per layer per batch, never per element.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import validation
+from .kernels import ACTIVATIONS, IDENTITY
+
+#: init name -> (distribution, fan): weights ~ U(±√(3·gain/fan)) or N(0, gain/fan)
+INITS = {
+    "xavier_uniform": "uniform",
+    "xavier_normal": "normal",
+    "he_uniform": "uniform",
+    "he_normal": "normal",
+}
+_INIT_ALIASES = {"xavier": "xavier_uniform", "he": "he_normal"}
+
+
+class Layer:
+    """Base class of layers. Subclasses set in/out widths and the sizes of their buffers."""
+
+    in_features: int
+    out_features: int
+    n_params = 0     # entries in the model's parameter (and gradient) buffer
+    n_state = 0      # entries in the model's non-trained state buffer (running statistics)
+
+    def __init__(self):
+        self._bound = False
+
+    def _bind(self, params: np.ndarray, grads: np.ndarray, state: np.ndarray) -> None:
+        """Take views of exactly n_params / n_params / n_state entries of the model's buffers."""
+        if self._bound:
+            raise ValueError(f"{self!r} already belongs to a model; create a new layer")
+        self._bound = True
+
+    def _reset_parameters(self, rng: np.random.Generator) -> None:
+        pass
+
+    def _workspace(self, batch: int, dtype) -> dict:
+        return {}
+
+    def _forward(self, k, X, ws, training: bool, logits: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward(self, k, dOut, ws, need_dX: bool):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        raise NotImplementedError
+
+    def _require_bound(self):
+        if not self._bound:
+            raise RuntimeError(f"{self!r} has no parameters until it is part of a model")
+
+
+class Dense(Layer):
+    """Fully connected layer a = f(x·W + b) with W (in, out) and b (out,).
+
+    ``init`` is one of "xavier_uniform", "xavier_normal", "he_uniform", "he_normal"; by default
+    He for relu/leaky_relu and Xavier (uniform) otherwise. The bias starts at zero.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "identity",
+                 init: str | None = None):
+        super().__init__()
+        self.in_features = validation.positive_int(in_features, "in_features")
+        self.out_features = validation.positive_int(out_features, "out_features")
+        self.activation = validation.choice(activation, "activation", tuple(ACTIVATIONS))
+        if init is None:
+            init = "he_normal" if activation in ("relu", "leaky_relu") else "xavier_uniform"
+        init = _INIT_ALIASES.get(init, init)
+        self.init = validation.choice(init, "init", tuple(INITS))
+        self._code = ACTIVATIONS[activation]
+        self.n_params = (self.in_features + 1) * self.out_features
+
+    def _bind(self, params, grads, state):
+        super()._bind(params, grads, state)
+        n_w = self.in_features * self.out_features
+        shape = (self.in_features, self.out_features)
+        self._W, self._b = params[:n_w].reshape(shape), params[n_w:]
+        self._dW, self._db = grads[:n_w].reshape(shape), grads[n_w:]
+
+    def _reset_parameters(self, rng):
+        fan_in, fan_out = self.in_features, self.out_features
+        variance = 2 / fan_in if self.init.startswith("he") else 2 / (fan_in + fan_out)
+        if INITS[self.init] == "uniform":
+            bound = math.sqrt(3 * variance)
+            self._W[...] = rng.uniform(-bound, bound, self._W.shape)
+        else:
+            self._W[...] = rng.normal(0.0, math.sqrt(variance), self._W.shape)
+        self._b[...] = 0
+
+    @property
+    def weight(self) -> np.ndarray:
+        """W (in, out): a writable view into the model's parameter buffer."""
+        self._require_bound()
+        return self._W
+
+    @weight.setter
+    def weight(self, value):
+        self.weight[...] = value
+
+    @property
+    def bias(self) -> np.ndarray:
+        """b (out,): a writable view into the model's parameter buffer."""
+        self._require_bound()
+        return self._b
+
+    @bias.setter
+    def bias(self, value):
+        self.bias[...] = value
+
+    @property
+    def weight_grad(self) -> np.ndarray:
+        """∂L/∂W from the last backward pass (a view into the model's gradient buffer)."""
+        self._require_bound()
+        return self._dW
+
+    @property
+    def bias_grad(self) -> np.ndarray:
+        """∂L/∂b from the last backward pass."""
+        self._require_bound()
+        return self._db
+
+    def _workspace(self, batch, dtype):
+        return {"out": np.empty((batch, self.out_features), dtype),
+                "dX": np.empty((batch, self.in_features), dtype)}
+
+    def _forward(self, k, X, ws, training, logits=False):
+        ws["X"], ws["code"] = X, IDENTITY if logits else self._code  # saved for backward
+        k.dense_forward(X, self._W, self._b, ws["code"], ws["out"])
+        return ws["out"]
+
+    def _backward(self, k, dOut, ws, need_dX):
+        dX = ws["dX"] if need_dX else None
+        k.dense_backward(dOut, ws["X"], self._W, ws["out"], ws["code"], dX, self._dW, self._db)
+        return dX
+
+    def get_config(self):
+        return {"type": "Dense", "in_features": self.in_features,
+                "out_features": self.out_features, "activation": self.activation,
+                "init": self.init}
+
+    def __repr__(self):
+        return f"Dense({self.in_features}, {self.out_features}, activation={self.activation!r})"
+
+
+class BatchNorm(Layer):
+    """Batch normalisation over the batch, per feature: y = γ (x − μ)/√(σ² + ε) + β.
+
+    Training uses the batch's statistics and updates running ones with ``momentum``;
+    prediction uses the running statistics. γ starts at 1 and β at 0.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.in_features = self.out_features = validation.positive_int(num_features,
+                                                                        "num_features")
+        self.momentum = validation.positive_float(momentum, "momentum")
+        if self.momentum > 1:
+            raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
+        self.eps = validation.positive_float(eps, "eps")
+        self.n_params = self.n_state = 2 * self.in_features
+
+    def _bind(self, params, grads, state):
+        super()._bind(params, grads, state)
+        n = self.in_features
+        self.gamma, self.beta = params[:n], params[n:]
+        self._dgamma, self._dbeta = grads[:n], grads[n:]
+        self.running_mean, self.running_var = state[:n], state[n:]
+
+    def _reset_parameters(self, rng):
+        self.gamma[...] = 1
+        self.beta[...] = 0
+        self.running_mean[...] = 0
+        self.running_var[...] = 1
+
+    def _workspace(self, batch, dtype):
+        n = self.in_features
+        return {"out": np.empty((batch, n), dtype), "xhat": np.empty((batch, n), dtype),
+                "inv_std": np.empty(n, dtype), "dX": np.empty((batch, n), dtype)}
+
+    def _forward(self, k, X, ws, training, logits=False):
+        k.batchnorm_forward(X, self.gamma, self.beta, self.running_mean, self.running_var,
+                            self.momentum, self.eps, training, ws["out"], ws["xhat"],
+                            ws["inv_std"])
+        return ws["out"]
+
+    def _backward(self, k, dOut, ws, need_dX):
+        k.batchnorm_backward(dOut, ws["xhat"], ws["inv_std"], self.gamma, ws["dX"],
+                             self._dgamma, self._dbeta)
+        return ws["dX"]
+
+    def get_config(self):
+        return {"type": "BatchNorm", "num_features": self.in_features,
+                "momentum": self.momentum, "eps": self.eps}
+
+    def __repr__(self):
+        return f"BatchNorm({self.in_features})"
+
+
+class Residual(Layer):
+    """Skip connection: output = x + block(x). ``block`` is a layer or a list of layers whose
+    widths chain from n back to n."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = list(block) if isinstance(block, (list, tuple)) else [block]
+        if not self.block or not all(isinstance(l, Layer) for l in self.block):
+            raise TypeError("block must be a layer or a non-empty list of layers")
+        check_chain(self.block, "Residual block")
+        self.in_features = self.block[0].in_features
+        self.out_features = self.block[-1].out_features
+        if self.in_features != self.out_features:
+            raise ValueError(f"Residual block maps {self.in_features} features to "
+                             f"{self.out_features}; x + block(x) needs them equal")
+        self.n_params = sum(l.n_params for l in self.block)
+        self.n_state = sum(l.n_state for l in self.block)
+
+    def _bind(self, params, grads, state):
+        super()._bind(params, grads, state)
+        bind_chain(self.block, params, grads, state)
+
+    def _reset_parameters(self, rng):
+        for layer in self.block:
+            layer._reset_parameters(rng)
+
+    def _workspace(self, batch, dtype):
+        return {"out": np.empty((batch, self.out_features), dtype),
+                "skip": np.empty((batch, self.out_features), dtype),
+                "block": [l._workspace(batch, dtype) for l in self.block]}
+
+    def _forward(self, k, X, ws, training, logits=False):
+        h = X
+        for layer, lws in zip(self.block, ws["block"]):
+            h = layer._forward(k, h, lws, training)
+        np.add(X, h, out=ws["out"])                      # y = x + block(x)
+        return ws["out"]
+
+    def _backward(self, k, dOut, ws, need_dX):
+        np.copyto(ws["skip"], dOut)                      # the block's backward overwrites dOut
+        d = dOut
+        for layer, lws in zip(reversed(self.block), reversed(ws["block"])):
+            d = layer._backward(k, d, lws, need_dX=True)
+        d += ws["skip"]                                  # ∂L/∂x = ∂L/∂y + ∂L/∂y · ∂block/∂x
+        return d
+
+    def get_config(self):
+        return {"type": "Residual", "block": [l.get_config() for l in self.block]}
+
+    def __repr__(self):
+        return f"Residual([{', '.join(map(repr, self.block))}])"
+
+
+def check_chain(layers, what: str) -> None:
+    """Raise ValueError unless each layer's input width equals the previous one's output."""
+    for i in range(1, len(layers)):
+        prev, cur = layers[i - 1], layers[i]
+        if cur.in_features != prev.out_features:
+            raise ValueError(f"{what}: layer {i} ({cur!r}) takes {cur.in_features} inputs but "
+                             f"layer {i - 1} ({prev!r}) outputs {prev.out_features}")
+
+
+def bind_chain(layers, params, grads, state) -> None:
+    """Hand consecutive slices of the flat buffers to each layer in order."""
+    p = s = 0
+    for layer in layers:
+        layer._bind(params[p:p + layer.n_params], grads[p:p + layer.n_params],
+                    state[s:s + layer.n_state])
+        p += layer.n_params
+        s += layer.n_state
+
+
+def from_config(config: dict) -> Layer:
+    """Rebuild a layer from :meth:`Layer.get_config` output (used by ``fastnn.load``)."""
+    kind = config.get("type")
+    args = {k: v for k, v in config.items() if k != "type"}
+    if kind == "Dense":
+        return Dense(**args)
+    if kind == "BatchNorm":
+        return BatchNorm(**args)
+    if kind == "Residual":
+        return Residual([from_config(c) for c in args["block"]])
+    raise ValueError(f"unknown layer type {kind!r} in architecture")

@@ -1,0 +1,265 @@
+"""Sequential: a stack of layers with one flat parameter buffer, trained by backend kernels."""
+from __future__ import annotations
+
+import math
+import numbers
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import backends, losses, validation
+from .layers import Dense, Layer, bind_chain, check_chain
+from .optimizers import SGD, Optimizer
+
+DTYPES = ("float32", "float64")
+
+
+def _float_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+class History:
+    """Per-epoch training figures, as returned by :meth:`Sequential.fit`.
+
+    ``history.history`` maps names ("loss", "accuracy", "val_loss", "val_accuracy",
+    "epoch_time") to one value per epoch; ``history["loss"]`` is a shortcut.
+    """
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+
+    def record(self, **values) -> None:
+        for name, value in values.items():
+            if value is not None:
+                self.history.setdefault(name, []).append(value)
+
+    def __getitem__(self, name: str) -> list[float]:
+        return self.history[name]
+
+    def __repr__(self):
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items())
+        return f"History({len(self.history.get('loss', []))} epochs; last: {last})"
+
+
+class Sequential:
+    """A feed-forward network: layers applied in order.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        Consecutive widths must chain (layer i's inputs = layer i−1's outputs).
+    backend : str
+        "auto" (see :func:`fastnn.available_backends`) or a backend name.
+    seed : int
+        Seeds the initial weights and the shuffling: same seed and backend, same run.
+    dtype : "float32" or "float64"
+    """
+
+    def __init__(self, layers: list[Layer], backend: str = "auto", seed: int = 0,
+                 dtype: str = "float32"):
+        layers = list(layers)
+        if not layers or not all(isinstance(l, Layer) for l in layers):
+            raise TypeError("layers must be a non-empty list of fastnn layers")
+        check_chain(layers, "Sequential")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.dtype = _float_dtype(dtype)
+        self.backend, self._k = backends.resolve(backend)
+        self.layers = layers
+        self.seed = int(seed)
+        n_params = sum(l.n_params for l in layers)
+        n_state = sum(l.n_state for l in layers)
+        self._params = np.zeros(n_params, self.dtype)
+        self._grads = np.zeros(n_params, self.dtype)
+        self._state = np.zeros(n_state, self.dtype)
+        bind_chain(layers, self._params, self._grads, self._state)
+        rng = np.random.default_rng(self.seed)
+        for layer in layers:
+            layer._reset_parameters(rng)
+        self._workspaces: dict[int, dict] = {}
+        self._fits = 0
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    @property
+    def last_activation(self) -> str:
+        last = self.layers[-1]
+        return last.activation if isinstance(last, Dense) else "identity"
+
+    def parameters(self) -> np.ndarray:
+        """All parameters as one flat vector (a view: writing to it changes the model)."""
+        return self._params
+
+    def gradients(self) -> np.ndarray:
+        """All gradients from the last backward pass, in the layout of :meth:`parameters`."""
+        return self._grads
+
+    def get_config(self) -> dict:
+        return {"layers": [l.get_config() for l in self.layers], "seed": self.seed,
+                "dtype": self.dtype.name}
+
+    def __repr__(self):
+        inner = ",\n    ".join(map(repr, self.layers))
+        return (f"Sequential([\n    {inner}\n], backend={self.backend!r}, "
+                f"dtype={self.dtype.name!r}, parameters={self._params.size})")
+
+    # -- passes ----------------------------------------------------------------------------
+    def _workspace(self, batch: int) -> dict:
+        """Buffers for one batch size, allocated once and reused by every later batch."""
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            if len(self._workspaces) >= 4:       # bound memory when many sizes come through
+                self._workspaces.clear()
+            ws = {"layers": [l._workspace(batch, self.dtype) for l in self.layers],
+                  "dout": np.empty((batch, self.out_features), self.dtype)}
+            self._workspaces[batch] = ws
+        return ws
+
+    def _forward(self, X: np.ndarray, training: bool, logits: bool) -> np.ndarray:
+        ws = self._workspace(len(X))["layers"]
+        h, last = X, len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer._forward(self._k, h, ws[i], training, logits=logits and i == last)
+        return h
+
+    def _backward(self, dout: np.ndarray) -> None:
+        ws = self._workspace(len(dout))["layers"]
+        d = dout
+        for i in range(len(self.layers) - 1, -1, -1):
+            d = self.layers[i]._backward(self._k, d, ws[i], need_dX=i > 0)
+
+    def _loss_and_gradients(self, X, y, loss: losses.Loss):
+        """Forward in training mode, loss kernel, backward: fills the gradient buffer."""
+        out = self._forward(X, training=True, logits=loss.on_logits)
+        dout = self._workspace(len(X))["dout"]
+        value = getattr(self._k, loss.kernel)(out, y, dout)
+        self._backward(dout)
+        return value, out
+
+    def _prepare(self, X, y, loss, x_name="X", y_name="y"):
+        loss = losses.get(loss)
+        loss.check_model(self.last_activation, self.out_features)
+        X = validation.features(X, self.in_features, self.dtype, x_name)
+        y = loss.targets(y, self.out_features, self.dtype, y_name)
+        validation.same_rows(X, y, x_name, y_name)
+        return X, y, loss
+
+    # -- public API ------------------------------------------------------------------------
+    def compute_gradients(self, X, y, loss: str) -> float:
+        """Loss of (X, y) as one batch in training mode; fills :meth:`gradients`.
+
+        Parameters are not changed (BatchNorm's running statistics are, as in any training
+        forward pass).
+        """
+        X, y, loss = self._prepare(X, y, loss)
+        return self._loss_and_gradients(X, y, loss)[0]
+
+    def fit(self, X, y, loss: str, optimizer: Optimizer | None = None, epochs: int = 10,
+            batch_size: int = 32, shuffle: bool = True, validation_data=None,
+            verbose: int = 1) -> History:
+        """Train with minibatch gradient descent; return the per-epoch :class:`History`.
+
+        ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
+        :mod:`fastnn.losses` for the targets each takes). ``optimizer`` defaults to
+        ``SGD(0.01)``. ``validation_data=(X_val, y_val)`` adds val_loss (and val_accuracy)
+        per epoch. ``verbose=0`` silences the progress bar.
+        """
+        X, y, loss = self._prepare(X, y, loss)
+        optimizer = SGD(0.01) if optimizer is None else optimizer
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastnn optimizer such as fastnn.SGD(0.1) or "
+                            f"fastnn.Adam(1e-3), got {type(optimizer).__name__}")
+        epochs = validation.positive_int(epochs, "epochs")
+        batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            X_val, y_val, _ = self._prepare(*validation_data, loss.name, "X_val", "y_val")
+
+        rng = np.random.default_rng((self.seed, self._fits))
+        self._fits += 1
+        history = History()
+        order = np.arange(len(X))
+        batches = {}                                    # batch size -> (X buffer, y buffer)
+        bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc="fit")
+        for epoch in bar:
+            start = time.perf_counter()
+            if shuffle:
+                rng.shuffle(order)
+            total, correct = 0.0, 0
+            for s in range(0, len(X), batch_size):
+                idx = order[s:s + batch_size]
+                if len(idx) not in batches:
+                    batches[len(idx)] = (np.empty((len(idx),) + X.shape[1:], X.dtype),
+                                         np.empty((len(idx),) + y.shape[1:], y.dtype))
+                Xb, yb = batches[len(idx)]
+                np.take(X, idx, axis=0, out=Xb)
+                np.take(y, idx, axis=0, out=yb)
+                value, out = self._loss_and_gradients(Xb, yb, loss)
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the loss became {value} at epoch {epoch + 1}, batch "
+                        f"{s // batch_size + 1}; lower the learning rate (the weights have "
+                        f"diverged)")
+                optimizer.step(self._k, self._params, self._grads)
+                total += value * len(idx)
+                n_right = loss.n_correct(out, yb, probabilities=not loss.on_logits)
+                correct = None if n_right is None else correct + n_right
+            record = {"loss": total / len(X),
+                      "accuracy": None if correct is None else correct / len(X)}
+            if validation_data is not None:
+                record.update({f"val_{k}": v for k, v in
+                               self._evaluate(X_val, y_val, loss).items()})
+            record["epoch_time"] = time.perf_counter() - start
+            history.record(**record)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()
+                             if v is not None and k != "epoch_time"})
+        return history
+
+    def predict(self, X, batch_size: int = 1024) -> np.ndarray:
+        """Network output for X (samples, in): (samples, out), after the last activation."""
+        X = validation.features(X, self.in_features, self.dtype)
+        batch_size = validation.positive_int(batch_size, "batch_size")
+        out = np.empty((len(X), self.out_features), self.dtype)
+        for s in range(0, len(X), batch_size):
+            out[s:s + batch_size] = self._forward(X[s:s + batch_size], training=False,
+                                                  logits=False)
+        return out
+
+    def evaluate(self, X, y, loss: str, batch_size: int = 1024) -> dict:
+        """{"loss": mean loss, "accuracy": fraction correct (cross-entropies only)} on (X, y)."""
+        X, y, loss = self._prepare(X, y, loss)
+        return self._evaluate(X, y, loss, validation.positive_int(batch_size, "batch_size"))
+
+    def _evaluate(self, X, y, loss, batch_size=1024) -> dict:
+        total, correct = 0.0, 0
+        for s in range(0, len(X), batch_size):
+            Xc, yc = X[s:s + batch_size], y[s:s + batch_size]
+            out = self._forward(Xc, training=False, logits=loss.on_logits)
+            total += getattr(self._k, loss.kernel)(out, yc, self._workspace(len(Xc))["dout"]) \
+                * len(Xc)
+            n_right = loss.n_correct(out, yc, probabilities=not loss.on_logits)
+            correct = None if n_right is None else correct + n_right
+        result = {"loss": total / len(X)}
+        if correct is not None:
+            result["accuracy"] = correct / len(X)
+        return result
+
+    def save(self, path) -> None:
+        """Write the architecture and weights to ``path`` (see :func:`fastnn.load`)."""
+        from .io import save
+        save(self, path)

@@ -1,0 +1,74 @@
+"""Input checks for the model API: every message names the argument and what is wrong with it.
+
+All checks run before a model is touched, so a rejected call leaves its weights unchanged.
+Integer, boolean and float64 inputs are converted to the model's dtype, never rejected.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def as_numeric_array(a, name: str) -> np.ndarray:
+    """Convert array-likes to an ndarray of a real numeric dtype, or raise TypeError."""
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} could not be converted to a numeric array: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    return arr
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Reject NaN and Inf, saying how many and where the first one is."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))
+        raise ValueError(f"{name} contains {len(bad)} NaN or Inf value(s), the first at index "
+                         f"{tuple(int(i) for i in bad[0])}")
+
+
+def features(X, n_features: int, dtype: np.dtype, name: str = "X") -> np.ndarray:
+    """Validate a feature matrix (samples, n_features) and return it C-contiguous in dtype."""
+    arr = as_numeric_array(X, name)
+    if arr.ndim != 2:
+        hint = "; use X.reshape(-1, 1) for a single feature" if arr.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (samples, features), got shape {arr.shape}{hint}")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} columns but the model takes "
+                         f"{n_features} inputs")
+    check_finite(arr, name)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def same_rows(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:
+    if len(X) != len(y):
+        raise ValueError(f"{x_name} has {len(X)} rows but {y_name} has {len(y)}")
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
+def positive_float(value, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a finite {bound} number, got {value}")
+    return value
+
+
+def choice(value, name: str, options) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"unknown {name} {value!r}; choose one of "
+                         f"{', '.join(map(repr, options))}")
+    return value
