@@ -85,6 +85,8 @@ class Sequential:
             layer._reset_parameters(rng)
         self._workspaces: dict[int, dict] = {}
         self._fits = 0
+        #: let the backend fuse whole epochs into one compiled call where it can
+        self.fuse = True
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -194,41 +196,76 @@ class Sequential:
         self._fits += 1
         history = History()
         order = np.arange(len(X))
-        batches = {}                                    # batch size -> (X buffer, y buffer)
+        trainer = self._make_trainer(loss, optimizer, batch_size)
         bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc="fit")
-        for epoch in bar:
-            start = time.perf_counter()
-            if shuffle:
-                rng.shuffle(order)
-            total, correct = 0.0, 0
-            for s in range(0, len(X), batch_size):
-                idx = order[s:s + batch_size]
-                if len(idx) not in batches:
-                    batches[len(idx)] = (np.empty((len(idx),) + X.shape[1:], X.dtype),
-                                         np.empty((len(idx),) + y.shape[1:], y.dtype))
-                Xb, yb = batches[len(idx)]
-                np.take(X, idx, axis=0, out=Xb)
-                np.take(y, idx, axis=0, out=yb)
-                value, out = self._loss_and_gradients(Xb, yb, loss)
-                if not math.isfinite(value):
+        try:
+            for epoch in bar:
+                start = time.perf_counter()
+                if shuffle:
+                    rng.shuffle(order)
+                if trainer is not None:
+                    total, correct = trainer.run_epoch(X, y, order)
+                else:
+                    total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size)
+                if not math.isfinite(total):
                     raise FloatingPointError(
-                        f"the loss became {value} at epoch {epoch + 1}, batch "
-                        f"{s // batch_size + 1}; lower the learning rate (the weights have "
-                        f"diverged)")
-                optimizer.step(self._k, self._params, self._grads)
-                total += value * len(idx)
-                n_right = loss.n_correct(out, yb, probabilities=not loss.on_logits)
-                correct = None if n_right is None else correct + n_right
-            record = {"loss": total / len(X),
-                      "accuracy": None if correct is None else correct / len(X)}
-            if validation_data is not None:
-                record.update({f"val_{k}": v for k, v in
-                               self._evaluate(X_val, y_val, loss).items()})
-            record["epoch_time"] = time.perf_counter() - start
-            history.record(**record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()
-                             if v is not None and k != "epoch_time"})
+                        f"the loss became {total} in epoch {epoch + 1}; lower the learning "
+                        f"rate (the weights have diverged)")
+                record = {"loss": total / len(X),
+                          "accuracy": None if correct is None else correct / len(X)}
+                if validation_data is not None:
+                    if trainer is not None:
+                        trainer.sync()
+                    record.update({f"val_{k}": v for k, v in
+                                   self._evaluate(X_val, y_val, loss).items()})
+                record["epoch_time"] = time.perf_counter() - start
+                history.record(**record)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()
+                                 if v is not None and k != "epoch_time"})
+        finally:
+            if trainer is not None:
+                trainer.sync()
         return history
+
+    def _make_trainer(self, loss, optimizer, batch_size):
+        """The backend's fused whole-epoch trainer for this model, if it has one that fits.
+
+        A backend may define ``make_trainer(model, loss, optimizer, batch_size)`` returning an
+        object with ``run_epoch(X, y, order) -> (sum of batch loss × batch rows, n_correct or
+        None)`` that trains one epoch over the minibatches ``order[i:i + batch_size]`` with no
+        Python between layers, and ``sync()`` which writes parameters, BatchNorm statistics and
+        optimizer state back to the model's host buffers. It returns None when the layer-by-layer
+        path is the faster or the only one for this model. ``model.fuse = False`` forces the
+        layer-by-layer path (used to verify the fused one).
+        """
+        make = getattr(self._k, "make_trainer", None)
+        if make is None or not self.fuse:
+            return None
+        return make(self, loss, optimizer, batch_size)
+
+    def _run_epoch(self, X, y, order, loss, optimizer, batch_size):
+        """One epoch layer by layer: per minibatch, forward, loss, backward, optimizer step."""
+        total, correct = 0.0, 0
+        for s in range(0, len(X), batch_size):
+            idx = order[s:s + batch_size]
+            Xb, yb = self._batch_buffers(len(idx), X, y)
+            np.take(X, idx, axis=0, out=Xb)
+            np.take(y, idx, axis=0, out=yb)
+            value, out = self._loss_and_gradients(Xb, yb, loss)
+            optimizer.step(self._k, self._params, self._grads)
+            total += value * len(idx)
+            n_right = loss.n_correct(out, yb, probabilities=not loss.on_logits)
+            correct = None if n_right is None else correct + n_right
+        return total, correct
+
+    def _batch_buffers(self, batch, X, y):
+        """Minibatch gather buffers, allocated once per (batch size, target layout)."""
+        ws = self._workspace(batch)
+        key = ("batch", y.dtype, y.shape[1:])
+        if key not in ws:
+            ws[key] = (np.empty((batch,) + X.shape[1:], X.dtype),
+                       np.empty((batch,) + y.shape[1:], y.dtype))
+        return ws[key]
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
         """Network output for X (samples, in): (samples, out), after the last activation."""

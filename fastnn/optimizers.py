@@ -21,10 +21,15 @@ class Optimizer:
 
     def step(self, kernels, params: np.ndarray, grads: np.ndarray) -> None:
         """Update ``params`` in place from ``grads`` with the backend's kernel."""
+        self.ensure_state(params)
+        self._step(kernels, params, grads)
+
+    def ensure_state(self, params: np.ndarray) -> None:
+        """Create the optimizer state for ``params`` unless it exists (fused trainers call
+        this, then update the state arrays themselves)."""
         if self._state_for is not params:      # a new model (or the first step): fresh state
             self._init_state(params)
             self._state_for = params
-        self._step(kernels, params, grads)
 
     def _init_state(self, params: np.ndarray) -> None:
         pass
