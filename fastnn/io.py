@@ -30,6 +30,11 @@ def load(path: str | os.PathLike, backend: str = "auto"):
     """Read a model written by ``model.save``; raise ValueError for anything else."""
     from .model import Sequential
 
+    with open(path, "rb") as fh:               # FileNotFoundError stays what it is
+        is_archive = zipfile.is_zipfile(fh)
+    if not is_archive:
+        raise ValueError(f"{os.fspath(path)!r} is not a valid fastnn model file (not an .npz "
+                         f"archive: corrupted, truncated or another kind of file)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"params", "state", "architecture"} - set(archive.files)
@@ -37,8 +42,6 @@ def load(path: str | os.PathLike, backend: str = "auto"):
                 raise ValueError(f"it lacks {', '.join(sorted(missing))}")
             params, state = archive["params"], archive["state"]
             architecture = json.loads(str(archive["architecture"]))
-    except FileNotFoundError:
-        raise
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise ValueError(f"refusing to load {os.fspath(path)!r}: it contains a pickled "

@@ -1,0 +1,37 @@
+"""The fastnn command: info and train, run as a user would (a subprocess)."""
+import subprocess
+import sys
+
+import pytest
+
+
+def fastnn(*args, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "fastnn", *args], capture_output=True,
+                            text=True, timeout=timeout)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_info_lists_every_backend():
+    code, out = fastnn("info")
+    assert code == 0, out
+    for name in ("numba_cuda", "numba_cpu", "cython", "reference"):
+        assert name in out
+    assert "threads" in out and "auto ->" in out
+
+
+def test_train_on_digits_prints_accuracy_and_time(tmp_path):
+    saved = tmp_path / "digits.fnn"
+    code, out = fastnn("train", "--epochs", "3", "--hidden", "32", "--backend", "reference",
+                       "--verbose", "0", "--save", str(saved))
+    assert code == 0, out
+    assert "test accuracy 0." in out and "ms per epoch" in out
+    assert saved.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "0", "--backend", "reference"], "epochs must be at least 1"),
+    (["train", "--lr", "-1", "--backend", "reference"], "lr must be a finite positive"),
+])
+def test_train_reports_bad_options_clearly(args, message):
+    code, out = fastnn(*args)
+    assert code == 2 and message in out

@@ -1,0 +1,162 @@
+"""Every compiled backend against the NumPy reference, kernel by kernel.
+
+Parametrised over every usable backend of the registry, so a backend added there is tested
+here automatically. Cases are drawn by hypothesis: batch 1..257, widths 1..300 (odd and prime
+sizes included), every activation and loss, float32 and float64, and inputs in C, Fortran and
+strided layouts.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import COMPILED_BACKENDS, layout, tolerance
+from fastnn.backends import resolve
+from fastnn.kernels import ACTIVATIONS, INTERFACE
+
+pytestmark = pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend is usable")
+
+CASES = settings(max_examples=20, deadline=None, derandomize=True)
+dtypes = st.sampled_from([np.float32, np.float64])
+layouts = st.sampled_from(["C", "F", "strided"])
+batches = st.one_of(st.just(1), st.integers(1, 257))
+widths = st.one_of(st.sampled_from([1, 2, 7, 31, 97, 257]), st.integers(1, 300))
+
+
+@pytest.fixture(params=COMPILED_BACKENDS)
+def backend(request):
+    return resolve(request.param)[1]
+
+
+def rand(rng, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def test_backend_defines_the_whole_interface(backend):
+    assert [f for f in INTERFACE if not callable(getattr(backend, f, None))] == []
+
+
+@CASES
+@given(batch=batches, n_in=widths, n_out=widths, act=st.sampled_from(sorted(ACTIVATIONS)),
+       dtype=dtypes, kind=layouts, seed=st.integers(0, 2**16))
+def test_dense_forward(backend, reference, batch, n_in, n_out, act, dtype, kind, seed):
+    rng = np.random.default_rng(seed)
+    X = rand(rng, (batch, n_in), dtype)
+    W = rand(rng, (n_in, n_out), dtype, 1 / np.sqrt(n_in))
+    b = rand(rng, n_out, dtype)
+    expected = np.empty((batch, n_out), dtype)
+    reference.dense_forward(X, W, b, ACTIVATIONS[act], expected)
+    out = np.full((batch, n_out), np.nan, dtype)
+    backend.dense_forward(layout(X, kind), layout(W, kind), b, ACTIVATIONS[act], out)
+    np.testing.assert_allclose(out, expected, **tolerance(dtype, n_in))
+
+
+@CASES
+@given(batch=batches, n_in=widths, n_out=widths, act=st.sampled_from(sorted(ACTIVATIONS)),
+       dtype=dtypes, kind=layouts, first_layer=st.booleans(), seed=st.integers(0, 2**16))
+def test_dense_backward(backend, reference, batch, n_in, n_out, act, dtype, kind, first_layer,
+                        seed):
+    rng = np.random.default_rng(seed)
+    X = rand(rng, (batch, n_in), dtype)
+    W = rand(rng, (n_in, n_out), dtype, 1 / np.sqrt(n_in))
+    A = np.empty((batch, n_out), dtype)
+    reference.dense_forward(X, W, rand(rng, n_out, dtype), ACTIVATIONS[act], A)
+    dA = rand(rng, (batch, n_out), dtype)
+
+    def run(kernels, kind):
+        dZ = layout(dA.copy(), kind) if kind != "C" else dA.copy()
+        dX = None if first_layer else np.full((batch, n_in), np.nan, dtype)
+        dW = np.full((n_in, n_out), np.nan, dtype)
+        db = np.full(n_out, np.nan, dtype)
+        kernels.dense_backward(dZ, layout(X, kind), layout(W, kind), layout(A, kind),
+                               ACTIVATIONS[act], dX, dW, db)
+        return dZ, dX, dW, db
+
+    want = run(reference, "C")
+    got = run(backend, kind)
+    for name, g, w, k in zip(("dZ", "dX", "dW", "db"), got, want, (n_out, n_out, batch, batch)):
+        if w is not None:
+            np.testing.assert_allclose(g, w, err_msg=name, **tolerance(dtype, k))
+
+
+@CASES
+@given(batch=batches, n_out=st.integers(1, 300), dtype=dtypes, seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1.0, 30.0]))
+def test_losses(backend, reference, batch, n_out, dtype, seed, scale):
+    rng = np.random.default_rng(seed)
+    Z = rand(rng, (batch, n_out), dtype, scale)
+    targets = {
+        "mse": rand(rng, (batch, n_out), dtype),
+        "sigmoid_binary_cross_entropy": rng.integers(0, 2, (batch, n_out)).astype(dtype),
+        "softmax_cross_entropy": rng.integers(0, n_out, batch).astype(np.int64),
+    }
+    for kernel, y in targets.items():
+        dZ_want, dZ_got = np.empty_like(Z), np.full_like(Z, np.nan)
+        want = getattr(reference, kernel)(Z, y, dZ_want)
+        got = getattr(backend, kernel)(Z.copy(), y, dZ_got)
+        tol = tolerance(dtype, batch * n_out)
+        assert isinstance(got, float)
+        np.testing.assert_allclose(got, want, err_msg=kernel, rtol=tol["rtol"] * 10,
+                                   atol=tol["atol"])
+        np.testing.assert_allclose(dZ_got, dZ_want, err_msg=kernel, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_losses_stay_finite_for_huge_logits(backend, reference, dtype):
+    Z = np.array([[250.0, -250.0], [-1000.0, 1000.0], [0.0, 120.0]], dtype)
+    labels = np.array([0, 0, 1])
+    bits = np.array([[1, 0], [1, 1], [0, 1]], dtype)
+    for kernel, y in (("softmax_cross_entropy", labels), ("sigmoid_binary_cross_entropy", bits)):
+        dZ_want, dZ_got = np.empty_like(Z), np.empty_like(Z)
+        want = getattr(reference, kernel)(Z, y, dZ_want)
+        got = getattr(backend, kernel)(Z, y, dZ_got)
+        assert np.isfinite(got) and np.isfinite(dZ_got).all()
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        np.testing.assert_allclose(dZ_got, dZ_want, **tolerance(dtype))
+
+
+@CASES
+@given(n=st.integers(1, 5000), dtype=dtypes, seed=st.integers(0, 2**16))
+def test_optimizers(backend, reference, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    p0 = rand(rng, n, dtype)
+    grads = [rand(rng, n, dtype) for _ in range(3)]
+
+    def run(kernels, name):
+        p, s1, s2 = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        for t, g in enumerate(grads, start=1):
+            if name == "sgd":
+                kernels.sgd(p, g, 0.1)
+            elif name == "sgd_momentum":
+                kernels.sgd_momentum(p, g, s1, 0.1, 0.9)
+            else:
+                kernels.adam(p, g, s1, s2, 1e-2, 0.9, 0.999, 1e-8, t)
+        return p, s1, s2
+
+    for name in ("sgd", "sgd_momentum", "adam"):
+        for got, want in zip(run(backend, name), run(reference, name)):
+            np.testing.assert_allclose(got, want, err_msg=name, **tolerance(dtype))
+
+
+@CASES
+@given(batch=st.integers(1, 257), n=widths, dtype=dtypes, training=st.booleans(), kind=layouts,
+       seed=st.integers(0, 2**16))
+def test_batchnorm(backend, reference, batch, n, dtype, training, kind, seed):
+    rng = np.random.default_rng(seed)
+    X = rand(rng, (batch, n), dtype, 3.0) + 1
+    gamma, beta = rand(rng, n, dtype), rand(rng, n, dtype)
+    dY = rand(rng, (batch, n), dtype)
+
+    def run(kernels, kind):
+        rm, rv = rand(np.random.default_rng(1), n, dtype), np.ones(n, dtype)
+        out, xhat = np.empty((batch, n), dtype), np.empty((batch, n), dtype)
+        inv_std, dX = np.empty(n, dtype), np.empty((batch, n), dtype)
+        dgamma, dbeta = np.empty(n, dtype), np.empty(n, dtype)
+        kernels.batchnorm_forward(layout(X, kind), gamma, beta, rm, rv, 0.1, 1e-5, training,
+                                  out, xhat, inv_std)
+        kernels.batchnorm_backward(layout(dY, kind), xhat, inv_std, gamma, dX, dgamma, dbeta)
+        return out, xhat, inv_std, rm, rv, dX, dgamma, dbeta
+
+    names = ("out", "xhat", "inv_std", "running_mean", "running_var", "dX", "dgamma", "dbeta")
+    for name, got, want in zip(names, run(backend, kind), run(reference, "C")):
+        np.testing.assert_allclose(got, want, err_msg=name, **tolerance(dtype, batch))
