@@ -1,0 +1,56 @@
+"""Benchmarks: one training step per configuration × contender, and mnist inference.
+
+Contenders are every usable fastnn backend (from the registry) and PyTorch when installed.
+How and when these are timed: bench/README.md and conftest.py.
+"""
+import numpy as np
+import pytest
+
+from fastnn import benchmark as bm
+
+CONTENDERS = bm.usable_contenders()
+TRAIN = [pytest.param(c, n, id=f"{c}-{n}") for c in bm.CONFIGS for n in CONTENDERS]
+PREDICT = [pytest.param(c, n, id=f"{c}-{n}") for c, cfg in bm.CONFIGS.items() if cfg.predict
+           for n in CONTENDERS]
+needs_torch = pytest.mark.skipif(not bm.torch_installed(), reason="PyTorch is not installed")
+
+
+@pytest.mark.parametrize("name, contender", TRAIN)
+def test_train_step(benchmark, bench_run, name, contender):
+    config = bm.CONFIGS[name]
+    steps = bench_run.steps(config)
+    contest = bm.Contest(config, contender, steps)
+    before = contest.parameters()
+    seconds = bench_run.time(benchmark, contest.train, group=f"train {name}")
+    after = contest.parameters()
+    assert np.isfinite(after).all()
+    assert not np.array_equal(before, after), "training did not change the parameters"
+    if seconds is not None:
+        bench_run.record(benchmark, config, "train", contender, seconds / steps)
+
+
+@pytest.mark.parametrize("name, contender", PREDICT)
+def test_predict(benchmark, bench_run, name, contender):
+    config = bm.CONFIGS[name]
+    batches = bm.PREDICT_BATCHES if bench_run.timed else 1
+    contest = bm.Contest(config, contender, 1, predict_samples=bm.PREDICT_BATCH * batches)
+    seconds = bench_run.time(benchmark, contest.predict, group=f"predict {name}")
+    expected = bm.build_model(config, "reference").predict(contest.X_predict)
+    np.testing.assert_allclose(contest.predict(), expected, rtol=1e-3, atol=1e-4)
+    if seconds is not None:
+        bench_run.record(benchmark, config, "predict", contender, seconds / batches)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", list(bm.CONFIGS))
+def test_torch_peer_computes_the_same_network(name):
+    """The PyTorch peer holds fastnn's initial weights, so both time one computation."""
+    config = bm.CONFIGS[name]
+    fast = bm.Contest(config, "reference", 1, predict_samples=64)
+    peer = bm.Contest(config, "torch_cpu", 1, predict_samples=64)
+    np.testing.assert_allclose(peer.parameters(), fast.parameters())
+    np.testing.assert_allclose(peer.predict(), fast.predict(), rtol=1e-4, atol=1e-5)
+    if config.loss == "cross_entropy":    # the same loss, so the same SGD step (nn.MSELoss
+        fast.train()                      # averages over outputs too: a scaled gradient)
+        peer.train()
+        np.testing.assert_allclose(peer.parameters(), fast.parameters(), rtol=1e-4, atol=1e-6)

@@ -1,0 +1,475 @@
+"""Benchmarks of one training step, shared by ``pytest bench/`` and ``fastnn bench``.
+
+What is timed, for every configuration of :data:`CONFIGS` and every contender:
+
+* a fastnn backend: ``model.fit(X, y, epochs=1, batch_size=B, shuffle=False, verbose=0)`` over
+  ``config.steps`` minibatches, divided by the number of minibatches, i.e. one training step
+  (forward, loss, backward, SGD update, float32) through exactly the path ``fit`` takes, fused
+  trainer included. A warm-up fit runs first, so JIT compilation is not timed.
+* PyTorch (the peer, when installed): the loop a PyTorch user writes over the same minibatches
+  (``zero_grad``, forward, loss, ``backward``, ``SGD.step``) on an ``nn.Sequential`` holding the
+  same initial weights, timed the same way.
+
+Every contender gets the same number of threads (:func:`pin_threads`). Each step's GFLOP/s is
+reported as a fraction of the matmul peak measured in the same run (NumPy sgemm on the CPU,
+cuBLAS fp32 with TF32 off on a GPU). Backends come from the registry, so a backend becomes a
+contender as soon as it is usable.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, backends
+
+#: learning rate of every contender: small enough that repeated rounds over random data never
+#: diverge (the speed of a step does not depend on it)
+LR = 1e-4
+#: samples per predict batch in the inference benchmark (``Sequential.predict``'s default),
+#: and batches per timed predict call
+PREDICT_BATCH = 1024
+PREDICT_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    """A benchmark network: Dense layers of ``widths``, hidden activation, loss, batch size."""
+
+    name: str
+    widths: tuple[int, ...]
+    batch: int
+    activation: str          # of the hidden layers; the last layer is linear
+    loss: str                # "mse" or "cross_entropy"
+    steps: int               # minibatches per timed fit: enough to amortise fit's fixed cost
+    predict: bool = False    # also time inference throughput
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        return list(zip(self.widths[:-1], self.widths[1:]))
+
+    @property
+    def forward_flops(self) -> int:
+        """2·B·in·out per layer: one matmul each."""
+        return sum(2 * self.batch * i * o for i, o in self.layer_shapes)
+
+    @property
+    def step_flops(self) -> int:
+        """Forward, plus backward's dW and dX matmuls (no dX for the first layer)."""
+        i0, o0 = self.layer_shapes[0]
+        return 3 * self.forward_flops - 2 * self.batch * i0 * o0
+
+
+CONFIGS = {c.name: c for c in (
+    Config("tiny", (32, 64, 64, 1), 32, "relu", "mse", steps=256),
+    Config("small", (64, 128, 128, 10), 64, "relu", "cross_entropy", steps=128),
+    Config("mnist", (784, 256, 256, 10), 128, "relu", "cross_entropy", steps=32, predict=True),
+    Config("wide", (1024, 2048, 2048, 1024), 512, "relu", "mse", steps=4),
+    Config("deep", (64,) * 22, 64, "sigmoid", "mse", steps=64),
+)}
+
+#: speed targets from the issues: (contender, config) -> (× faster than reference, × faster
+#: than PyTorch on the same device); None where an issue sets no target
+TARGETS = {
+    **{("numba_cpu", c): t for c, t in {"tiny": (4, 15), "small": (1.8, 4.5), "mnist": (1.0, 1.2),
+                                        "wide": (0.95, 1.5), "deep": (2.5, 6)}.items()},
+    **{("cython", c): (1.0, None) for c in CONFIGS},
+    **{("numba_cuda", c): (None, t) for c, t in {"tiny": 3, "small": 3, "mnist": 1.0}.items()},
+}
+
+TORCH_PEERS = ("torch_cpu", "torch_cuda")
+
+
+# -- contenders ----------------------------------------------------------------------------
+def torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _cuda_simulated() -> bool:
+    """True when Numba's CUDA simulator stands in for a GPU: timing it is meaningless."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def contenders() -> dict[str, str]:
+    """Every backend and PyTorch peer -> "usable" or why it is left out.
+
+    Ordered so that each device's baselines (reference, then PyTorch) come before the backends
+    compared with them.
+    """
+    found = {name: info.reason for name, info in backends.available_backends().items()}
+    if found.get("numba_cuda") == "usable" and _cuda_simulated():
+        found["numba_cuda"] = "left out: NUMBA_ENABLE_CUDASIM=1 simulates the GPU"
+    if torch_installed():
+        import torch
+        found["torch_cpu"] = "usable"
+        found["torch_cuda"] = ("usable" if torch.cuda.is_available() and
+                               found.get("numba_cuda") == "usable" else
+                               "left out: needs a CUDA GPU and a usable numba_cuda")
+    else:
+        found["torch_cpu"] = found["torch_cuda"] = "not installed (pip install 'fastnn[bench]')"
+    order = ("reference", "torch_cpu", "cython", "numba_cpu", "torch_cuda", "numba_cuda")
+    return {name: found[name] for name in sorted(found, key=lambda n: (
+        order.index(n) if n in order else len(order)))}
+
+
+def usable_contenders() -> list[str]:
+    return [name for name, why in contenders().items() if why == "usable"]
+
+
+def device_of(contender: str) -> str:
+    return "cuda" if contender in ("numba_cuda", "torch_cuda") else "cpu"
+
+
+def pin_threads(n: int, torch: bool = False) -> None:
+    """Give every contender the same ``n`` threads: BLAS, OpenMP, Numba (and PyTorch)."""
+    import fastnn
+    if hasattr(fastnn, "set_num_threads"):
+        fastnn.set_num_threads(n)          # fastnn's own control of Numba and BLAS together
+    else:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+        if importlib.util.find_spec("numba") is not None:
+            import numba
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if torch:
+        import torch as th
+        th.set_num_threads(n)
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# -- the timed work ------------------------------------------------------------------------
+def make_data(config: Config, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` minibatches of random float32 inputs and targets for ``config``'s loss."""
+    rng = np.random.default_rng(seed)
+    n, n_in, n_out = steps * config.batch, config.widths[0], config.widths[-1]
+    X = rng.standard_normal((n, n_in), dtype=np.float32)
+    if config.loss == "cross_entropy":
+        return X, rng.integers(0, n_out, n)
+    return X, rng.standard_normal((n, n_out), dtype=np.float32)
+
+
+def build_model(config: Config, backend: str, seed: int = 0):
+    """The fastnn model of ``config``: Dense layers with default init, last one linear."""
+    from .layers import Dense
+    from .model import Sequential
+    last = len(config.layer_shapes) - 1
+    return Sequential([Dense(i, o, "identity" if k == last else config.activation)
+                       for k, (i, o) in enumerate(config.layer_shapes)],
+                      backend=backend, seed=seed, dtype="float32")
+
+
+class Contest:
+    """One contender's work on one configuration, built once and then called per round.
+
+    ``train()`` runs ``steps`` training steps; ``predict()`` runs inference on
+    ``predict_samples`` samples. ``parameters()`` returns the weights as fastnn's flat vector,
+    so a test can check that training changed them.
+    """
+
+    def __init__(self, config: Config, contender: str, steps: int, predict_samples: int = 0,
+                 seed: int = 0):
+        self.config, self.contender, self.steps = config, contender, steps
+        self.X, self.y = make_data(config, steps, seed)
+        self.X_predict = self.X[:0]
+        if predict_samples:
+            self.X_predict = make_data(config, -(-predict_samples // config.batch), seed + 1)[0]
+            self.X_predict = self.X_predict[:predict_samples]
+        backend = "reference" if contender in TORCH_PEERS else contender
+        self.model = build_model(config, backend, seed)
+        self.optimizer = None
+        self.torch = _TorchNet(self) if contender in TORCH_PEERS else None
+
+    def train(self) -> None:
+        if self.torch is not None:
+            return self.torch.train()
+        from .optimizers import SGD
+        self.optimizer = self.optimizer or SGD(LR)
+        self.model.fit(self.X, self.y, loss=self.config.loss, optimizer=self.optimizer,
+                       epochs=1, batch_size=self.config.batch, shuffle=False, verbose=0)
+
+    def predict(self) -> np.ndarray:
+        if self.torch is not None:
+            return self.torch.predict()
+        return self.model.predict(self.X_predict, batch_size=PREDICT_BATCH)
+
+    def parameters(self) -> np.ndarray:
+        return self.torch.parameters() if self.torch is not None \
+            else self.model.parameters().copy()
+
+
+class _TorchNet:
+    """The PyTorch peer: nn.Sequential with the fastnn model's initial weights, SGD, and the
+    usual training loop over pre-sliced minibatches (on the GPU for torch_cuda)."""
+
+    def __init__(self, contest: Contest):
+        import torch
+        from torch import nn
+        self.torch, self.config = torch, contest.config
+        config = contest.config
+        self.device = torch.device("cuda" if contest.contender == "torch_cuda" else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[config.activation]
+        modules = []
+        for layer in contest.model.layers:
+            linear = nn.Linear(layer.in_features, layer.out_features)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(layer.weight.T.copy()))
+                linear.bias.copy_(torch.from_numpy(layer.bias))
+            modules += [linear, act()]
+        self.net = nn.Sequential(*modules[:-1]).to(self.device)
+        self.loss = nn.CrossEntropyLoss() if config.loss == "cross_entropy" else nn.MSELoss()
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=LR)
+        X = torch.from_numpy(contest.X).to(self.device)
+        y = torch.from_numpy(contest.y).to(self.device)
+        B = config.batch
+        self.batches = [(X[s:s + B], y[s:s + B]) for s in range(0, len(X), B)]
+        self.X_predict = torch.from_numpy(contest.X_predict)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def train(self) -> None:
+        for xb, yb in self.batches:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss(self.net(xb), yb).backward()
+            self.optimizer.step()
+        self._sync()
+
+    def predict(self) -> np.ndarray:
+        out = np.empty((len(self.X_predict), self.config.widths[-1]), np.float32)
+        with self.torch.inference_mode():
+            for s in range(0, len(out), PREDICT_BATCH):
+                chunk = self.X_predict[s:s + PREDICT_BATCH].to(self.device)
+                out[s:s + PREDICT_BATCH] = self.net(chunk).cpu().numpy()
+        return out
+
+    def parameters(self) -> np.ndarray:
+        linears = [m for m in self.net if hasattr(m, "weight")]
+        return np.concatenate([np.concatenate([m.weight.detach().cpu().numpy().T.ravel(),
+                                               m.bias.detach().cpu().numpy()])
+                               for m in linears])
+
+
+def time_call(fn: Callable[[], object], rounds: int) -> float:
+    """Fastest of ``rounds`` timed calls, in seconds: on a shared machine, noise only adds."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# -- matmul peaks --------------------------------------------------------------------------
+def sgemm_gflops(threads: int, n: int = 2048, rounds: int = 3) -> float:
+    """NumPy float32 matmul n×n·n×n with ``threads`` BLAS threads, in GFLOP/s."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    A, B = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    C = np.empty_like(A)
+    with threadpool_limits(threads, user_api="blas"):
+        np.matmul(A, B, out=C)
+        return 2 * n ** 3 / time_call(lambda: np.matmul(A, B, out=C), rounds) / 1e9
+
+
+def cublas_gflops(n: int = 2048, rounds: int = 5) -> float:
+    """PyTorch fp32 CUDA matmul n×n (cuBLAS, TF32 off), in GFLOP/s."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    A, B = (torch.randn(n, n, device="cuda") for _ in range(2))
+
+    def matmul():
+        torch.matmul(A, B)
+        torch.cuda.synchronize()
+    matmul()
+    return 2 * n ** 3 / time_call(matmul, rounds) / 1e9
+
+
+def numba_cuda_matmul_gflops(n: int = 2048) -> float | None:
+    """The numba_cuda backend's own matmul kernel, if it exposes ``matmul_tflops(n)``."""
+    module = backends._probe("numba_cuda")[0]
+    measure = getattr(module, "matmul_tflops", None)
+    return None if measure is None else 1e3 * float(measure(n))
+
+
+def measure_peaks(threads: int, devices: set[str], quick: bool = False) -> dict[str, float]:
+    """Matmul GFLOP/s per key: "cpu" (sgemm), and on a GPU "cuda" (cuBLAS) and
+    "numba_cuda_matmul" where the backend exposes its kernel."""
+    n = 256 if quick else 2048
+    peaks = {"cpu": sgemm_gflops(threads, n, 1 if quick else 3)}
+    if "cuda" in devices:
+        if torch_installed():
+            import torch
+            if torch.cuda.is_available():
+                peaks["cuda"] = cublas_gflops(n, 1 if quick else 5)
+        own = numba_cuda_matmul_gflops(n)
+        if own is not None:
+            peaks["numba_cuda_matmul"] = own
+    return peaks
+
+
+# -- results -------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One timed (configuration, task, contender)."""
+
+    config: str
+    task: str                # "train" (one step) or "predict" (one batch of PREDICT_BATCH)
+    contender: str
+    seconds: float           # per step or per predict batch
+    samples: int             # samples per step or batch
+    flops: int               # per step or batch
+    vs_reference: float | None = None
+    vs_torch: float | None = None
+    peak_fraction: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.config if self.task == "train" else f"{self.config} predict"
+
+    @property
+    def us(self) -> float:
+        return 1e6 * self.seconds
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.seconds / 1e9
+
+    def extra_info(self) -> dict:
+        """The figures pytest-benchmark stores with the run."""
+        return {"us_per_step": self.us, "samples_per_s": self.samples_per_s,
+                "gflops": self.gflops, "vs_reference": self.vs_reference,
+                "vs_torch": self.vs_torch, "peak_fraction": self.peak_fraction}
+
+
+@dataclass
+class Results:
+    """Rows of one run plus the conditions they were measured under."""
+
+    threads: int
+    peaks: dict[str, float] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, config: Config, task: str, contender: str, seconds: float) -> Row:
+        """Record a timing; its ratios use the rows of the same config and task so far."""
+        samples = config.batch if task == "train" else PREDICT_BATCH
+        flops = config.step_flops if task == "train" \
+            else config.forward_flops // config.batch * PREDICT_BATCH
+        row = Row(config.name, task, contender, seconds, samples, flops)
+        self.rows.append(row)
+        self._ratios()
+        return row
+
+    def _ratios(self) -> None:
+        times = {(r.config, r.task, r.contender): r.seconds for r in self.rows}
+        for r in self.rows:
+            peer = "torch_cuda" if device_of(r.contender) == "cuda" else "torch_cpu"
+            ref = times.get((r.config, r.task, "reference"))
+            torch_time = times.get((r.config, r.task, peer))
+            r.vs_reference = None if ref is None else ref / r.seconds
+            r.vs_torch = None if torch_time is None else torch_time / r.seconds
+            peak = self.peaks.get(device_of(r.contender))
+            r.peak_fraction = None if peak is None else r.gflops / peak
+
+    def table(self) -> str:
+        """Aligned text table, one line per row, with the issue targets where there are."""
+        head = ("config", "backend", "µs/step", "samples/s", "×ref", "×torch", "of peak",
+                "target ×ref / ×torch")
+        lines = [head]
+        for r in self.rows:
+            lines.append((r.label, r.contender, f"{r.us:,.1f}", f"{r.samples_per_s:,.0f}",
+                          _ratio(r.vs_reference), _ratio(r.vs_torch),
+                          "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%",
+                          _target(r)))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        text = ["  ".join(c.ljust(w) if i < 2 or i == 7 else c.rjust(w)
+                          for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                for line in lines]
+        peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in self.peaks.items())
+        return "\n".join([*text[:1], "-" * len(text[0]), *text[1:],
+                          f"threads: {self.threads}; matmul peaks: {peaks}"])
+
+    def to_json(self) -> dict:
+        return {"machine": machine(), "threads": self.threads, "peaks": self.peaks,
+                "rows": [{**asdict(r), **r.extra_info()} for r in self.rows]}
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _target(row: Row) -> str:
+    """e.g. "≥4 ok / ≥15 MISS"; training targets only."""
+    target = TARGETS.get((row.contender, row.config)) if row.task == "train" else None
+    if target is None:
+        return ""
+    parts = []
+    for goal, got in zip(target, (row.vs_reference, row.vs_torch)):
+        if goal is None:
+            parts.append("-")
+        else:
+            verdict = "?" if got is None else "ok" if got >= goal else "MISS"
+            parts.append(f"≥{goal:g} {verdict}")
+    return " / ".join(parts)
+
+
+def machine() -> dict:
+    """CPU model, cores and the versions that decide the timings."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "fastnn": __version__, "numpy": np.__version__}
+    for name in ("numba", "torch"):
+        if importlib.util.find_spec(name) is not None:
+            info[name] = importlib.import_module(name).__version__
+    if "torch" in info:
+        import torch
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# -- a whole run (the CLI's) ---------------------------------------------------------------
+def run(configs: list[str], names: list[str], threads: int, rounds: int,
+        progress: Callable[[str], None] = lambda line: None) -> Results:
+    """Time every (config, contender): a warm-up call, then the fastest of ``rounds`` calls."""
+    pin_threads(threads, torch=any(c in TORCH_PEERS for c in names))
+    results = Results(threads, measure_peaks(threads, {device_of(c) for c in names}))
+    for config in map(CONFIGS.__getitem__, configs):
+        for contender in names:
+            contest = Contest(config, contender, config.steps,
+                              PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0)
+            timed = [("train", contest.train, config.steps)]
+            if config.predict:
+                timed.append(("predict", contest.predict, PREDICT_BATCHES))
+            for task, call, per_call in timed:
+                call()
+                row = results.add(config, task, contender, time_call(call, rounds) / per_call)
+                progress(f"{row.label:<14} {contender:<11} {row.us:>12,.1f} µs")
+    return results
+
+
+def write_json(results: Results, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(results.to_json(), f, indent=1)
