@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -473,3 +474,43 @@ def run(configs: list[str], names: list[str], threads: int, rounds: int,
 def write_json(results: Results, path: str) -> None:
     with open(path, "w") as f:
         json.dump(results.to_json(), f, indent=1)
+
+
+# -- the ``fastnn bench`` command ----------------------------------------------------------
+def add_arguments(parser) -> None:
+    """Options of ``fastnn bench``."""
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="configurations to time (default: all)")
+    parser.add_argument("--backends", nargs="+", metavar="NAME",
+                        choices=[*backends.BACKENDS, *TORCH_PEERS],
+                        help="fastnn backends and PyTorch peers (torch_cpu, torch_cuda) to time "
+                             "(default: every usable one)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="threads for every contender (default: all cores: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds after a warm-up; the fastest counts (default: 3)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+
+
+def cmd_bench(args) -> int:
+    """Time the configurations, print the table (and write JSON if asked)."""
+    from .validation import positive_int
+    threads, rounds = positive_int(args.threads, "threads"), positive_int(args.rounds, "rounds")
+    found = contenders()
+    for name in args.backends or ():
+        if found[name] != "usable":
+            raise RuntimeError(f"--backends {name}: {found[name]}")
+    names = [n for n, why in found.items()
+             if (n in args.backends if args.backends else why == "usable")]
+    info = machine()
+    print(", ".join(f"{k} {v}" for k, v in info.items()))
+    left_out = [f"{n} ({why})" for n, why in found.items() if n not in names]
+    if left_out:
+        print(f"not timed: {'; '.join(left_out)}")
+    results = run(args.configs, names, threads, rounds,
+                  progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    print(results.table())
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return 0

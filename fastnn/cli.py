@@ -1,4 +1,4 @@
-"""The ``fastnn`` command: ``fastnn info`` and ``fastnn train``."""
+"""The ``fastnn`` command: ``fastnn info``, ``fastnn train`` and ``fastnn bench``."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from . import __version__, backends
+from . import __version__, backends, benchmark
 from .layers import ACTIVATIONS, INITS
 from .optimizers import OPTIMIZERS
 
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="FILE", help="save the trained model here")
     train.add_argument("--verbose", type=int, default=1, help="0 hides the progress bar")
     train.set_defaults(run=cmd_train)
+
+    bench = sub.add_parser("bench", help="time a training step on every usable backend and "
+                                         "PyTorch; print the table")
+    benchmark.add_arguments(bench)
+    bench.set_defaults(run=benchmark.cmd_bench)
     return parser
 
 
