@@ -81,7 +81,7 @@ def bench_run(pytestconfig) -> BenchRun:
     contenders = bm.usable_contenders()
     bm.pin_threads(threads, torch=any(c in bm.TORCH_PEERS for c in contenders))
     peaks = bm.measure_peaks(threads, {bm.device_of(c) for c in contenders}, quick=not timed)
-    results = pytestconfig.stash[RESULTS] = bm.Results(threads, peaks)
+    results = pytestconfig.stash[RESULTS] = bm.Results(threads, peaks, bm.thread_state())
     return BenchRun(timed, pytestconfig.getoption("bench_rounds", default=10), results)
 
 

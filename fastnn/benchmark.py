@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, backends
+from .optimizers import SGD
 
 #: learning rate of every contender: small enough that repeated rounds over random data never
 #: diverge (the speed of a step does not depend on it)
@@ -123,6 +124,10 @@ def usable_contenders() -> list[str]:
     return [name for name, why in contenders().items() if why == "usable"]
 
 
+def usable(contender: str) -> bool:
+    return contenders().get(contender) == "usable"
+
+
 def device_of(contender: str) -> str:
     return "cuda" if contender in ("numba_cuda", "torch_cuda") else "cpu"
 
@@ -141,6 +146,15 @@ def pin_threads(n: int, torch: bool = False) -> None:
     if torch:
         import torch as th
         th.set_num_threads(n)
+
+
+def thread_state() -> str:
+    """The thread pools as they are now (after :func:`pin_threads`), PyTorch's included."""
+    from .cli import thread_report
+    state = thread_report()
+    if "torch" in sys.modules:
+        state += f", torch {sys.modules['torch'].get_num_threads()} threads"
+    return state
 
 
 def default_threads() -> int:
@@ -185,16 +199,15 @@ class Contest:
         if predict_samples:
             self.X_predict = make_data(config, -(-predict_samples // config.batch), seed + 1)[0]
             self.X_predict = self.X_predict[:predict_samples]
+        # a PyTorch peer copies the initial weights of the reference backend's model
         backend = "reference" if contender in TORCH_PEERS else contender
         self.model = build_model(config, backend, seed)
-        self.optimizer = None
+        self.optimizer = SGD(LR)
         self.torch = _TorchNet(self) if contender in TORCH_PEERS else None
 
     def train(self) -> None:
         if self.torch is not None:
             return self.torch.train()
-        from .optimizers import SGD
-        self.optimizer = self.optimizer or SGD(LR)
         self.model.fit(self.X, self.y, loss=self.config.loss, optimizer=self.optimizer,
                        epochs=1, batch_size=self.config.batch, shuffle=False, verbose=0)
 
@@ -290,10 +303,10 @@ def cublas_gflops(n: int = 2048, rounds: int = 5) -> float:
     """PyTorch fp32 CUDA matmul n×n (cuBLAS, TF32 off), in GFLOP/s."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
-    A, B = (torch.randn(n, n, device="cuda") for _ in range(2))
+    A, B, C = (torch.randn(n, n, device="cuda") for _ in range(3))
 
     def matmul():
-        torch.matmul(A, B)
+        torch.matmul(A, B, out=C)
         torch.cuda.synchronize()
     matmul()
     return 2 * n ** 3 / time_call(matmul, rounds) / 1e9
@@ -301,22 +314,22 @@ def cublas_gflops(n: int = 2048, rounds: int = 5) -> float:
 
 def numba_cuda_matmul_gflops(n: int = 2048) -> float | None:
     """The numba_cuda backend's own matmul kernel, if it exposes ``matmul_tflops(n)``."""
-    module = backends._probe("numba_cuda")[0]
-    measure = getattr(module, "matmul_tflops", None)
+    measure = getattr(backends.resolve("numba_cuda")[1], "matmul_tflops", None)
     return None if measure is None else 1e3 * float(measure(n))
 
 
 def measure_peaks(threads: int, devices: set[str], quick: bool = False) -> dict[str, float]:
-    """Matmul GFLOP/s per key: "cpu" (sgemm), and on a GPU "cuda" (cuBLAS) and
-    "numba_cuda_matmul" where the backend exposes its kernel."""
+    """Matmul GFLOP/s per key: "cpu" (NumPy sgemm), and when a GPU contender runs "cuda"
+    (cuBLAS) and "numba_cuda_matmul" (where the backend exposes its kernel); ``quick`` uses
+    256² for a smoke test."""
     n = 256 if quick else 2048
-    peaks = {"cpu": sgemm_gflops(threads, n, 1 if quick else 3)}
+    peaks = {"cpu": sgemm_gflops(threads, n, 1 if quick else 5)}
     if "cuda" in devices:
         if torch_installed():
             import torch
             if torch.cuda.is_available():
                 peaks["cuda"] = cublas_gflops(n, 1 if quick else 5)
-        own = numba_cuda_matmul_gflops(n)
+        own = numba_cuda_matmul_gflops(n) if usable("numba_cuda") else None
         if own is not None:
             peaks["numba_cuda_matmul"] = own
     return peaks
@@ -366,6 +379,7 @@ class Results:
 
     threads: int
     peaks: dict[str, float] = field(default_factory=dict)
+    thread_state: str = ""
     rows: list[Row] = field(default_factory=list)
 
     def add(self, config: Config, task: str, contender: str, seconds: float) -> Row:
@@ -404,11 +418,17 @@ class Results:
                           for i, (c, w) in enumerate(zip(line, widths))).rstrip()
                 for line in lines]
         peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in self.peaks.items())
+        if "cuda" in self.peaks and "numba_cuda_matmul" in self.peaks:
+            peaks += (f" (numba_cuda matmul = "
+                      f"{100 * self.peaks['numba_cuda_matmul'] / self.peaks['cuda']:.0f}% of "
+                      f"cuBLAS)")
         return "\n".join([*text[:1], "-" * len(text[0]), *text[1:],
-                          f"threads: {self.threads}; matmul peaks: {peaks}"])
+                          f"threads: {self.threads} ({self.thread_state})",
+                          f"matmul peaks: {peaks}"])
 
     def to_json(self) -> dict:
-        return {"machine": machine(), "threads": self.threads, "peaks": self.peaks,
+        return {"machine": machine(), "threads": self.threads,
+                "thread_state": self.thread_state, "peaks": self.peaks,
                 "rows": [{**asdict(r), **r.extra_info()} for r in self.rows]}
 
 
@@ -452,21 +472,34 @@ def machine() -> dict:
 
 
 # -- a whole run (the CLI's) ---------------------------------------------------------------
+def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Fastest of ``rounds`` calls of each, after one warm-up call each, taken in turns so that
+    load from other processes falls on every contender alike."""
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            best[name] = min(best[name], time_call(call, 1))
+    return best
+
+
 def run(configs: list[str], names: list[str], threads: int, rounds: int,
         progress: Callable[[str], None] = lambda line: None) -> Results:
-    """Time every (config, contender): a warm-up call, then the fastest of ``rounds`` calls."""
+    """Time every (config, contender) in one process with the same threads."""
     pin_threads(threads, torch=any(c in TORCH_PEERS for c in names))
-    results = Results(threads, measure_peaks(threads, {device_of(c) for c in names}))
+    results = Results(threads, measure_peaks(threads, {device_of(c) for c in names}),
+                      thread_state())
     for config in map(CONFIGS.__getitem__, configs):
-        for contender in names:
-            contest = Contest(config, contender, config.steps,
-                              PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0)
-            timed = [("train", contest.train, config.steps)]
-            if config.predict:
-                timed.append(("predict", contest.predict, PREDICT_BATCHES))
-            for task, call, per_call in timed:
-                call()
-                row = results.add(config, task, contender, time_call(call, rounds) / per_call)
+        contests = {c: Contest(config, c, config.steps,
+                               PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0)
+                    for c in names}
+        tasks = [("train", config.steps)] + [("predict", PREDICT_BATCHES)] * config.predict
+        for task, per_call in tasks:
+            best = time_interleaved({c: getattr(contest, task)
+                                     for c, contest in contests.items()}, rounds)
+            for contender, seconds in best.items():
+                row = results.add(config, task, contender, seconds / per_call)
                 progress(f"{row.label:<14} {contender:<11} {row.us:>12,.1f} µs")
     return results
 
@@ -504,7 +537,8 @@ def cmd_bench(args) -> int:
              if (n in args.backends if args.backends else why == "usable")]
     info = machine()
     print(", ".join(f"{k} {v}" for k, v in info.items()))
-    left_out = [f"{n} ({why})" for n, why in found.items() if n not in names]
+    left_out = [f"{n} ({'not selected' if why == 'usable' else why})"
+                for n, why in found.items() if n not in names]
     if left_out:
         print(f"not timed: {'; '.join(left_out)}")
     results = run(args.configs, names, threads, rounds,
