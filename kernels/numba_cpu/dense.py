@@ -1,0 +1,123 @@
+"""Dense layer kernels: single-threaded BLAS per row chunk, bias and activation fused after it.
+
+Each thread owns a chunk of rows. Forward: z = X[chunk] @ W through BLAS, then bias and
+activation over the chunk while it is still in cache. Backward: dZ from the saved output, then
+dX = dZ Wᵀ for the chunk; dW = Xᵀ dZ and db = Σ dZ reduce over the whole batch.
+
+BLAS is called from inside the parallel region, so it must run single-threaded there
+(:func:`fastnn.set_num_threads` pins it): Numba's threads and BLAS's never stack.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .. import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, SOFTMAX, TANH
+from ._exp import exp_neg
+from ._split import row_split
+
+
+@njit(inline="always")
+def bias_activate_rows(Z, b, act, r0, r1):
+    """Z[r0:r1] = f(Z[r0:r1] + b) in place, one row at a time."""
+    one, zero = Z.dtype.type(1), Z.dtype.type(0)
+    slope = Z.dtype.type(LEAKY_SLOPE)
+    n = Z.shape[1]
+    for i in range(r0, r1):
+        z = Z[i]
+        if act == SIGMOID:
+            for j in range(n):
+                v = z[j] + b[j]
+                e = exp_neg(-abs(v))                      # σ = 1/(1+e^−v) = e^v/(1+e^v)
+                z[j] = one / (one + e) if v >= zero else e / (one + e)
+        elif act == TANH:
+            for j in range(n):
+                z[j] = math.tanh(z[j] + b[j])
+        elif act == RELU:
+            for j in range(n):
+                v = z[j] + b[j]
+                z[j] = zero if v < zero else v            # keeps NaN, like np.maximum
+        elif act == LEAKY_RELU:
+            for j in range(n):
+                v = z[j] + b[j]
+                z[j] = v * (one if v > zero else slope)
+        elif act == SOFTMAX:
+            m = z[0] + b[0]
+            for j in range(n):
+                z[j] += b[j]
+                m = max(m, z[j])
+            s = zero
+            for j in range(n):
+                z[j] = exp_neg(z[j] - m)                  # e^(z − max z)
+                s += z[j]
+            for j in range(n):
+                z[j] = z[j] / s
+        else:
+            for j in range(n):
+                z[j] += b[j]
+
+
+@njit(inline="always")
+def activation_grad_rows(dA, A, act, r0, r1):
+    """dA[r0:r1] ← dA ⊙ f′, f′ from the saved output a (σ′ = a(1−a), tanh′ = 1−a², …)."""
+    one, zero = dA.dtype.type(1), dA.dtype.type(0)
+    slope = dA.dtype.type(LEAKY_SLOPE)
+    n = dA.shape[1]
+    for i in range(r0, r1):
+        d, a = dA[i], A[i]
+        if act == SIGMOID:
+            for j in range(n):
+                d[j] = d[j] * a[j] * (one - a[j])
+        elif act == TANH:
+            for j in range(n):
+                d[j] = d[j] * (one - a[j] * a[j])
+        elif act == RELU:
+            for j in range(n):
+                d[j] = d[j] * (one if a[j] > zero else zero)
+        elif act == LEAKY_RELU:
+            for j in range(n):
+                d[j] = d[j] * (one if a[j] > zero else slope)
+        elif act == SOFTMAX:                              # ∂L/∂z_j = a_j(∂L/∂a_j − Σ a_k ∂L/∂a_k)
+            s = zero
+            for j in range(n):
+                s += d[j] * a[j]
+            for j in range(n):
+                d[j] = a[j] * (d[j] - s)
+
+
+@njit(inline="always")
+def column_sums(dZ, r0, r1, db):
+    """db = Σ_{i in r0:r1} dZ[i] (the bias gradient of a row chunk)."""
+    db[:] = 0
+    for i in range(r0, r1):
+        d = dZ[i]
+        for j in range(db.shape[0]):
+            db[j] += d[j]
+
+
+@njit(inline="always")
+def dense_forward_rows(X, W, b, act, out, r0, r1):
+    """out[r0:r1] = f(X[r0:r1] @ W + b)."""
+    np.dot(X[r0:r1], W, out[r0:r1])
+    bias_activate_rows(out, b, act, r0, r1)
+
+
+@njit(parallel=True, cache=True)
+def dense_forward_kernel(X, W, b, act, out, threads):
+    n = X.shape[0]
+    q, nchunk = row_split(n, threads)
+    for c in prange(nchunk):
+        dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q))
+
+
+@njit(parallel=True, cache=True)
+def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, threads):
+    n = X.shape[0]
+    q, nchunk = row_split(n, threads)
+    for c in prange(nchunk):
+        r0, r1 = c * q, min(n, c * q + q)
+        activation_grad_rows(dA, A, act, r0, r1)          # dZ = ∂L/∂a ⊙ f′(z)
+        if has_dX:
+            np.dot(dA[r0:r1], W.T, dX[r0:r1])             # ∂L/∂x = dZ Wᵀ
+    np.dot(X.T, dA, dW)                                   # ∂L/∂W = Xᵀ dZ
+    column_sums(dA, 0, n, db)                             # ∂L/∂b = Σ_batch dZ

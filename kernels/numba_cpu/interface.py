@@ -1,0 +1,145 @@
+"""The kernel interface of fastnn.kernels (signatures and semantics of ``reference.py``).
+
+Thin Python wrappers over the compiled kernels. The kernels are compiled for C-contiguous
+float32 and float64 arrays only (a few signatures keep JIT time down); an argument in another
+layout or dtype is copied into one here, and an output that is not C-contiguous is computed
+into a temporary and copied back. Arrays from a model are already contiguous, so the training
+path never copies.
+"""
+import numba
+import numpy as np
+
+from .. import ACTIVATIONS
+from .batchnorm import bn_backward_kernel, bn_forward_kernel
+from .dense import dense_backward_kernel, dense_forward_kernel
+from .losses import CODES, loss_kernel
+from .optimizers import ADAM, MOMENTUM, SGD, update_kernel
+
+_EMPTY = {np.dtype(t): (np.empty((0, 0), t), np.empty(0, t)) for t in (np.float32, np.float64)}
+_NO_LABELS = np.empty(0, np.int64)
+
+
+def _dtype(out) -> np.dtype:
+    return out.dtype if out.dtype in _EMPTY else np.dtype(np.float64)
+
+
+def _input(a, dt):
+    """a as a C-contiguous array of dtype dt (no copy when it already is)."""
+    if isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dt)
+
+
+def _output(a, dt):
+    """The array a kernel may write: a itself when C-contiguous of dtype dt, else a copy."""
+    if a.dtype == dt and a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, dt, order="C")
+
+
+def _write_back(target, result):
+    if result is not target:
+        target[...] = result
+
+
+def _check_act(act):
+    if act not in ACTIVATIONS.values():
+        raise ValueError(f"unknown activation code {act}")
+    return int(act)
+
+
+def dense_forward(X, W, b, act, out):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+    dt = _dtype(out)
+    o = _output(out, dt)
+    dense_forward_kernel(_input(X, dt), _input(W, dt), _input(b, dt), _check_act(act), o,
+                         numba.get_num_threads())
+    _write_back(out, o)
+
+
+def dense_backward(dA, X, W, A, act, dX, dW, db):
+    """Gradients of a dense layer from ∂L/∂a; dA is overwritten with dZ = ∂L/∂z.
+
+    dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None.
+    """
+    dt = _dtype(dW)
+    dZ, gW, gb = _output(dA, dt), _output(dW, dt), _output(db, dt)
+    gX = _EMPTY[dt][0] if dX is None else _output(dX, dt)
+    dense_backward_kernel(dZ, _input(X, dt), _input(W, dt), _input(A, dt), _check_act(act),
+                          gX, dX is not None, gW, gb, numba.get_num_threads())
+    for target, result in ((dA, dZ), (dW, gW), (db, gb), (dX, gX)):
+        if target is not None:
+            _write_back(target, result)
+
+
+def _loss(kernel, Z, labels, Y, dZ):
+    dt = _dtype(dZ)
+    d = _output(dZ, dt)
+    value = loss_kernel(CODES[kernel], _input(Z, dt), labels, Y, d,
+                        numba.get_num_threads())
+    _write_back(dZ, d)
+    return float(value)
+
+
+def mse(Yhat, Y, dYhat):
+    """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
+    return _loss("mse", Yhat, _NO_LABELS, _input(Y, _dtype(dYhat)), dYhat)
+
+
+def softmax_cross_entropy(Z, labels, dZ):
+    """L = mean_batch(log Σ_k e^z_k − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
+    return _loss("softmax_cross_entropy", Z, _input(labels, np.int64), _EMPTY[_dtype(dZ)][0],
+                 dZ)
+
+
+def sigmoid_binary_cross_entropy(Z, Y, dZ):
+    """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
+    return _loss("sigmoid_binary_cross_entropy", Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ)
+
+
+def _update(code, params, grads, s1, s2, lr, mu=0.0, b1=0.0, b2=0.0, eps=0.0, t=1):
+    dt = _dtype(params)
+    p = _output(params, dt)
+    none = _EMPTY[dt][1]
+    states = [none if s is None else _output(s, dt) for s in (s1, s2)]
+    update_kernel(code, p, _input(grads, dt), states[0], states[1], float(lr), float(mu),
+                  float(b1), float(b2), float(eps), int(t))
+    for target, result in ((params, p), (s1, states[0]), (s2, states[1])):
+        if target is not None:
+            _write_back(target, result)
+
+
+def sgd(params, grads, lr):
+    """w ← w − η ∂L/∂w, in place."""
+    _update(SGD, params, grads, None, None, lr)
+
+
+def sgd_momentum(params, grads, velocity, lr, momentum):
+    """v ← μv + ∂L/∂w; w ← w − η v, in place."""
+    _update(MOMENTUM, params, grads, velocity, None, lr, momentum)
+
+
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
+    """Adam, in place; ``t`` is the 1-based step count for bias correction."""
+    _update(ADAM, params, grads, m, v, lr, 0.0, beta1, beta2, eps, t)
+
+
+def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,
+                      out, xhat, inv_std):
+    """Batch normalisation of X (batch, n) per feature (see the reference)."""
+    dt = _dtype(out)
+    bufs = [_output(a, dt) for a in (running_mean, running_var, out, xhat, inv_std)]
+    bn_forward_kernel(_input(X, dt), _input(gamma, dt), _input(beta, dt), bufs[0], bufs[1],
+                      float(momentum), float(eps), bool(training), bufs[2], bufs[3], bufs[4])
+    for target, result in zip((running_mean, running_var, out, xhat, inv_std), bufs):
+        _write_back(target, result)
+
+
+def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
+    """Backward of training-mode batch normalisation; writes dX, dgamma, dbeta."""
+    dt = _dtype(dX)
+    bufs = [_output(a, dt) for a in (dX, dgamma, dbeta)]
+    bn_backward_kernel(_input(dY, dt), _input(xhat, dt), _input(inv_std, dt),
+                       _input(gamma, dt), bufs[0], bufs[1], bufs[2])
+    for target, result in zip((dX, dgamma, dbeta), bufs):
+        _write_back(target, result)

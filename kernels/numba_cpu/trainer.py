@@ -1,0 +1,339 @@
+"""Whole-epoch fusion: one compiled call trains an epoch (the fused-trainer protocol of
+``Sequential._make_trainer``).
+
+The model is encoded as a *plan*: integer arrays saying, per layer op, its kind, widths,
+activation code and offsets into flat buffers — parameters, gradients, BatchNorm state, and a
+workspace holding every layer's output (``acts``) and its gradient (``dacts``) for one batch
+size. The epoch kernel interprets the plan for every minibatch: gather rows by ``order``,
+forward, loss, backward, optimizer update, with no Python in between.
+
+A step runs as *stages*. Dense layers, residual additions, the gather and the loss work row by
+row, so consecutive ones form one parallel region in which each thread carries its own chunk of
+rows through all of them (BLAS single-threaded per chunk). Each thread writes its dW, db into
+its own copy of the gradient buffer (thread 0 into the model's); the optimizer region sums
+those copies block by block and updates the parameters in the same pass. BatchNorm needs the
+whole batch, so each BatchNorm forward or backward is a stage of its own, parallel over
+features. A dense-only network thus costs two parallel regions per step.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .. import IDENTITY
+from .batchnorm import bn_backward_col, bn_forward_col
+from .dense import activation_grad_rows, column_sums, dense_forward_rows
+from .losses import CODES, loss_rows
+from .optimizers import ADAM, MOMENTUM, SGD, update_range
+from ._split import BLOCK, row_split
+
+# op kinds, and the columns of the op table
+DENSE, BATCHNORM, ADD = range(3)
+KIND, IN, OUT, NIN, NOUT, ACT, POFF, SOFF, AUX, SKIP, DX, DSKIP = range(12)
+# action phases (an action is one phase of one op) and stage kinds
+GATHER, FORWARD, LOSS, BACKWARD = range(4)
+ROWS, WHOLE_BATCH = range(2)
+
+
+@njit(inline="always")
+def _view(buf, off, rows, cols):
+    """rows × cols C-contiguous view of a flat buffer at off."""
+    return buf[off:off + rows * cols].reshape((rows, cols))
+
+
+@njit(inline="always")
+def _add_rows(dst, src, mode, r0, r1):
+    """dst[r0:r1] = src (mode 1) or += src (mode 2)."""
+    for i in range(r0, r1):
+        d, s = dst[i], src[i]
+        if mode == 1:
+            d[:] = s
+        else:
+            for j in range(d.shape[0]):
+                d[j] += s[j]
+
+
+@njit(cache=True)
+def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, params, grads,
+                partials, acts, dacts, tmp, labels_b, Yb, loss_code, out_op, lossp, corrp):
+    """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
+    if phase == GATHER:                                   # minibatch rows order[start + i]
+        Xb = _view(acts, 0, nb, X.shape[1])
+        for i in range(r0, r1):
+            src = order[start + i]
+            Xb[i] = X[src]
+            if labels.shape[0]:
+                labels_b[i] = labels[src]
+            if Y.shape[0]:
+                Yb[i] = Y[src]
+        return
+    if phase == LOSS:
+        k = ops[out_op, NOUT]
+        Z = _view(acts, ops[out_op, OUT], nb, k)
+        dZ = _view(dacts, ops[out_op, OUT], nb, k)
+        lossp[c], corrp[c] = loss_rows(loss_code, Z, labels_b, Yb[:nb], dZ, nb, r0, r1)
+        return
+    nin, nout = ops[op, NIN], ops[op, NOUT]
+    x_in = _view(acts, ops[op, IN], nb, nin)
+    a_out = _view(acts, ops[op, OUT], nb, nout)
+    if ops[op, KIND] == ADD:                              # y = x + block(x)
+        x_skip = _view(acts, ops[op, SKIP], nb, nout)
+        if phase == FORWARD:
+            for i in range(r0, r1):
+                o, s, h = a_out[i], x_skip[i], x_in[i]
+                for j in range(nout):
+                    o[j] = s[j] + h[j]
+        else:                                             # ∂L/∂x and ∂L/∂block(x) = ∂L/∂y
+            d_out = _view(dacts, ops[op, OUT], nb, nout)
+            _add_rows(_view(dacts, ops[op, IN], nb, nin), d_out, ops[op, DX], r0, r1)
+            if ops[op, DSKIP]:
+                _add_rows(_view(dacts, ops[op, SKIP], nb, nin), d_out, ops[op, DSKIP], r0, r1)
+        return
+    p = ops[op, POFF]
+    W = _view(params, p, nin, nout)
+    if phase == FORWARD:
+        dense_forward_rows(x_in, W, params[p + nin * nout:p + nin * nout + nout], ops[op, ACT],
+                           a_out, r0, r1)
+        return
+    dZ = _view(dacts, ops[op, OUT], nb, nout)
+    activation_grad_rows(dZ, a_out, ops[op, ACT], r0, r1)   # dZ = ∂L/∂a ⊙ f′(z)
+    G = grads if c == 0 else partials[c - 1]              # this chunk's share of ∂L/∂W, ∂L/∂b
+    np.dot(x_in[r0:r1].T, dZ[r0:r1], _view(G, p, nin, nout))
+    column_sums(dZ, r0, r1, G[p + nin * nout:p + nin * nout + nout])
+    mode = ops[op, DX]
+    if mode == 1:
+        np.dot(dZ[r0:r1], W.T, _view(dacts, ops[op, IN], nb, nin)[r0:r1])   # dX = dZ Wᵀ
+    elif mode == 2:                                       # dX += dZ Wᵀ (x also feeds a skip)
+        T = _view(tmp, 0, nb, nin)
+        np.dot(dZ[r0:r1], W.T, T[r0:r1])
+        _add_rows(_view(dacts, ops[op, IN], nb, nin), T, 2, r0, r1)
+
+
+@njit(parallel=True, cache=True)
+def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params, grads, state,
+                 s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, lossp, corrp,
+                 loss_code, opt_code, hyper, step, threads):
+    """Train one epoch over minibatches order[s:s + batch]; return (Σ row losses, n right)."""
+    n = order.shape[0]
+    lr, mu, b1, b2, eps = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    out_op = ops.shape[0] - 1
+    total, right = 0.0, 0
+    n_params = params.shape[0]
+    for start in range(0, n, batch):
+        nb = min(batch, n - start)
+        q, nchunk = row_split(nb, threads)
+        for st in range(stages.shape[0]):
+            a, b = stages[st, 1], stages[st, 2]
+            if stages[st, 0] == ROWS:
+                for c in prange(nchunk):
+                    r0, r1 = c * q, min(nb, c * q + q)
+                    for k in range(a, b):
+                        _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X,
+                                    labels, Y, order, ops, params, grads, partials, acts,
+                                    dacts, tmp, labels_b, Yb, loss_code, out_op, lossp, corrp)
+            else:                                         # BatchNorm over the whole batch
+                op = actions[a, 1]
+                m = ops[op, NIN]
+                p, s, x = ops[op, POFF], ops[op, SOFF], ops[op, AUX]
+                xhat = _view(aux, x, nb, m)
+                inv_std = aux[x + batch * m:x + batch * m + m]
+                if actions[a, 0] == FORWARD:
+                    X_in = _view(acts, ops[op, IN], nb, m)
+                    out = _view(acts, ops[op, OUT], nb, m)
+                    for j in prange(m):
+                        bn_forward_col(j, X_in, params[p:p + m], params[p + m:p + 2 * m],
+                                       state[s:s + m], state[s + m:s + 2 * m], fops[op, 0],
+                                       fops[op, 1], True, out, xhat, inv_std)
+                else:
+                    dY = _view(dacts, ops[op, OUT], nb, m)
+                    dX = _view(dacts, ops[op, IN], nb, m)
+                    for j in prange(m):
+                        bn_backward_col(j, dY, xhat, inv_std, params[p:p + m], dX,
+                                        ops[op, DX], grads[p:p + m], grads[p + m:p + 2 * m])
+        for c in range(nchunk):
+            total += lossp[c]
+            right += corrp[c]
+        step[0] += 1
+        t = step[0]
+        for blk in prange((n_params + BLOCK - 1) // BLOCK):   # Σ chunks' gradients, update
+            lo, hi = blk * BLOCK, min(n_params, blk * BLOCK + BLOCK)
+            for c in range(1, nchunk):
+                part = partials[c - 1]
+                for i in range(lo, hi):
+                    grads[i] += part[i]
+            update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b1, b2, eps, t)
+    return total, right
+
+
+class _Planner:
+    """Walks the layers in the order the model binds them, laying out ops and buffers."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        self.ops: list[list[int]] = []
+        self.fops: list[tuple[float, float]] = []
+        self.act_size = 0
+        self.aux_size = 0
+        self.p = self.s = 0
+
+    def buffer(self, width: int) -> int:
+        off, self.act_size = self.act_size, self.act_size + self.batch * width
+        return off
+
+    def op(self, kind, src, width_in, width_out, act=IDENTITY, aux=0, skip=0, fop=(0.0, 0.0)):
+        out = self.buffer(width_out)
+        self.ops.append([kind, src, out, width_in, width_out, act, self.p, self.s, aux, skip,
+                         0, 0])
+        self.fops.append(fop)
+        return out
+
+    def add(self, layers, src: int, logits_last: bool) -> int | None:
+        from fastnn.layers import BatchNorm, Dense, Residual
+
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Dense):
+                act = IDENTITY if logits_last and i == len(layers) - 1 else layer._code
+                src = self.op(DENSE, src, layer.in_features, layer.out_features, act)
+            elif isinstance(layer, BatchNorm):
+                n = layer.in_features
+                src = self.op(BATCHNORM, src, n, n, aux=self.aux_size,
+                              fop=(layer.momentum, layer.eps))
+                self.aux_size += self.batch * n + n
+            elif isinstance(layer, Residual):
+                h = self.add(layer.block, src, False)
+                if h is None:
+                    return None
+                src = self.op(ADD, h, layer.in_features, layer.out_features, skip=src)
+                continue                                  # the block advanced p and s
+            else:
+                return None
+            self.p += layer.n_params
+            self.s += layer.n_state
+        return src
+
+    def gradient_modes(self) -> None:
+        """Per op, whether its input gradient is skipped (0: the data), written (1: first
+        writer, walking backwards) or accumulated (2: a buffer that also feeds a skip)."""
+        written = set()
+        for row in reversed(self.ops):
+            for field, buf in ((DX, row[IN]), (DSKIP, row[SKIP] if row[KIND] == ADD else 0)):
+                if buf == 0:
+                    continue
+                row[field] = 2 if buf in written else 1
+                written.add(buf)
+
+    def schedule(self):
+        """(actions, stages): the step's actions in order, grouped into parallel stages."""
+        actions = [(GATHER, 0)] + [(FORWARD, k) for k in range(len(self.ops))] + [(LOSS, 0)]
+        actions += [(BACKWARD, k) for k in reversed(range(len(self.ops)))]
+        stages = []
+        for a, (_, op) in enumerate(actions):
+            whole = actions[a][0] in (FORWARD, BACKWARD) and self.ops[op][KIND] == BATCHNORM
+            if whole:
+                stages.append((WHOLE_BATCH, a, a + 1))
+            elif stages and stages[-1][0] == ROWS and stages[-1][2] == a:
+                stages[-1] = (ROWS, stages[-1][1], a + 1)
+            else:
+                stages.append((ROWS, a, a + 1))
+        return np.array(actions, np.int64), np.array(stages, np.int64)
+
+
+#: per model, per (batch size, dtype): the workspace buffers, allocated once
+_WORKSPACES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class Trainer:
+    """Runs whole epochs of ``model.fit`` in one compiled call (see the module docstring).
+
+    It trains the model's own parameter, gradient and state buffers and the optimizer's own
+    state arrays in place, so :meth:`sync` has nothing to copy back.
+    """
+
+    def __init__(self, model, loss, optimizer, batch: int, planner: _Planner):
+        self.model, self.loss, self.optimizer, self.batch = model, loss, optimizer, batch
+        self.ops = np.array(planner.ops, np.int64)
+        self.fops = np.array(planner.fops, np.float64).reshape(-1, 2)
+        self.actions, self.stages = planner.schedule()
+        dt = model.dtype
+        key = (batch, dt.name, planner.act_size, planner.aux_size)
+        spaces = _WORKSPACES.setdefault(model, {})
+        if key not in spaces:
+            width = max(max(r[NIN], r[NOUT]) for r in planner.ops)
+            spaces[key] = {"acts": np.zeros(planner.act_size, dt),
+                           "dacts": np.zeros(planner.act_size, dt),
+                           "aux": np.zeros(max(planner.aux_size, 1), dt),
+                           "tmp": np.zeros(batch * width, dt),
+                           "labels_b": np.zeros(batch, np.int64),
+                           "Yb": np.zeros((batch, model.out_features), dt),
+                           "partials": np.zeros((0, model.parameters().size), dt)}
+        self.ws = spaces[key]
+        self.loss_code = CODES[loss.kernel]
+        self.empty = np.zeros(0, dt)
+
+    def _partials(self, threads: int) -> np.ndarray:
+        """Per extra chunk a gradient buffer; entries no chunk writes (BatchNorm's) stay 0."""
+        chunks = row_split(self.batch, threads)[1]
+        ws = self.ws
+        if ws["partials"].shape[0] < chunks - 1:
+            ws["partials"] = np.zeros((chunks - 1, self.model.parameters().size),
+                                      self.model.dtype)
+        return ws["partials"]
+
+    def run_epoch(self, X, y, order):
+        """Train one epoch on the minibatches order[i:i + batch]; see Sequential._make_trainer."""
+        model, opt, ws = self.model, self.optimizer, self.ws
+        params = model.parameters()
+        opt.ensure_state(params)
+        code, s1, s2 = _optimizer_state(opt, self.empty)
+        hyper = np.array([opt.lr, getattr(opt, "momentum", 0.0), getattr(opt, "beta1", 0.0),
+                          getattr(opt, "beta2", 0.0), getattr(opt, "eps", 0.0)])
+        step = np.array([getattr(opt, "t", 0)], np.int64)
+        if self.loss_code == CODES["softmax_cross_entropy"]:
+            labels, Y = np.ascontiguousarray(y, np.int64), ws["Yb"][:0]
+        else:
+            labels, Y = ws["labels_b"][:0], np.ascontiguousarray(y, model.dtype)
+        order = np.ascontiguousarray(order, np.int64)
+        threads = numba.get_num_threads()
+        partials = self._partials(threads)
+        total, right = epoch_kernel(
+            np.ascontiguousarray(X, model.dtype), labels, Y, order, self.batch, self.ops,
+            self.fops, self.actions, self.stages, params, model.gradients(), model._state,
+            s1, s2, partials, ws["acts"], ws["dacts"], ws["aux"], ws["tmp"], ws["labels_b"],
+            ws["Yb"], np.zeros(len(partials) + 1), np.zeros(len(partials) + 1, np.int64),
+            self.loss_code, code, hyper, step, threads)
+        if code == ADAM:
+            opt.t = int(step[0])
+        return total, (None if right < 0 else int(right))
+
+    def sync(self) -> None:
+        """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""
+
+
+def _optimizer_state(opt, empty):
+    """(optimizer code, first state buffer, second state buffer) for the update kernel."""
+    from fastnn.optimizers import SGD as SGDClass, Adam
+
+    if isinstance(opt, Adam):
+        return ADAM, opt.m, opt.v
+    if isinstance(opt, SGDClass):
+        return (MOMENTUM, opt.velocity, empty) if opt.momentum else (SGD, empty, empty)
+    raise TypeError(f"no numba_cpu update for {type(opt).__name__}")
+
+
+def make_trainer(model, loss, optimizer, batch_size: int):
+    """A :class:`Trainer` for this model, or None where the layer-by-layer path must run
+    (a layer or optimizer type this planner does not know)."""
+    from fastnn.optimizers import SGD as SGDClass, Adam
+
+    if type(optimizer) not in (SGDClass, Adam):
+        return None
+    planner = _Planner(batch_size)
+    planner.buffer(model.in_features)                     # acts[0]: the gathered minibatch
+    if planner.add(model.layers, 0, loss.on_logits) is None:
+        return None
+    planner.gradient_modes()
+    optimizer.ensure_state(model.parameters())
+    return Trainer(model, loss, optimizer, batch_size, planner)
