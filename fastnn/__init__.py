@@ -14,6 +14,8 @@ from .io import load
 from .layers import BatchNorm, Dense, Residual
 from .model import History, Sequential
 from .optimizers import SGD, Adam
+from .threads import get_num_threads, set_num_threads
 
 __all__ = ["Adam", "BatchNorm", "Dense", "History", "Residual", "SGD", "Sequential",
-           "available_backends", "load", "set_backend", "__version__"]
+           "available_backends", "get_num_threads", "load", "set_backend", "set_num_threads",
+           "__version__"]
