@@ -1,0 +1,18 @@
+"""Cython backend: the kernels compiled to C (BLAS matmuls, OpenMP loops where the build had it).
+
+The fallback where Numba is missing. The code lives in the extension module ``_kernels``, built
+from ``_kernels.pyx`` by setup.py; without it this backend is unusable and says why.
+"""
+try:
+    from ._kernels import (OPENMP, adam, batchnorm_backward, batchnorm_forward, dense_backward,
+                           dense_forward, make_trainer, mse, sgd, sgd_momentum,
+                           sigmoid_binary_cross_entropy, softmax_cross_entropy)
+except ImportError as exc:
+    _missing = isinstance(exc, ModuleNotFoundError) and exc.name == f"{__name__}._kernels"
+    raise ImportError(f"the compiled extension {__name__}._kernels "
+                      + ("is missing: reinstall fastnn with a C compiler" if _missing
+                         else f"failed to load: {exc}")) from exc
+
+__all__ = ["OPENMP", "adam", "batchnorm_backward", "batchnorm_forward", "dense_backward",
+           "dense_forward", "make_trainer", "mse", "sgd", "sgd_momentum",
+           "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]

@@ -1,0 +1,979 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Cython backend: the kernel interface of ``fastnn.kernels`` compiled to C.
+
+Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm); everything around them — bias and
+activation after the forward matmul, dZ = dA ⊙ f′ and db = Σ dZ before the backward ones,
+losses, optimizers, batch normalisation — is one C loop per pass, over typed memoryviews with
+the GIL released. Loops run on OpenMP threads (``prange``) when the extension was built with
+OpenMP and the array is large enough to pay for the threads; results do not depend on the
+thread count (every sum runs in a fixed order).
+
+Layering: ``_dense_forward`` & co. are C functions on raw pointers (fused float/double), so the
+fused trainer (:class:`Trainer`) chains them for a whole epoch without Python in between; the
+``def`` functions of the interface check shapes, take typed memoryviews of their arguments and
+call those same C functions. Inputs that are not C-contiguous or not in the dtype of the output
+are copied first; outputs that are not C-contiguous are computed in a copy and written back.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, sqrt, sqrtf, tanh, tanhf
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import numpy as np
+
+from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define FASTNN_OPENMP 1
+    #else
+    #define FASTNN_OPENMP 0
+    #endif
+    """
+    const int FASTNN_OPENMP
+
+#: True when this extension was compiled with OpenMP (its loops may then use several threads)
+OPENMP = bool(FASTNN_OPENMP)
+
+# Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (checked by the tests).
+cdef enum:
+    IDENTITY = 0
+    SIGMOID = 1
+    TANH = 2
+    RELU = 3
+    LEAKY_RELU = 4
+    SOFTMAX = 5
+
+# Loss and optimizer codes of the fused trainer.
+cdef enum:
+    MSE = 0
+    SOFTMAX_CE = 1
+    SIGMOID_BCE = 2
+cdef enum:
+    SGD = 0
+    SGD_MOMENTUM = 1
+    ADAM = 2
+
+cdef enum:
+    # columns per block in the column-wise reductions (db, batch-norm statistics): each block
+    # is one thread's work and its partial sums live on the stack
+    BLOCK = 64
+
+cdef double LEAKY = _LEAKY_SLOPE
+# a loop runs on several threads only from this many elements on: below it the fork/join of
+# the thread team costs more than it saves
+cdef Py_ssize_t PARALLEL_MIN = 1 << 18
+
+cdef object _F32 = np.dtype(np.float32)
+cdef object _F64 = np.dtype(np.float64)
+cdef object _I64 = np.dtype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar helpers: the float versions call the single-precision libm functions
+# ---------------------------------------------------------------------------------------------
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating _exp_neg_abs(floating z) noexcept nogil:
+    """e^−|z|, which never overflows."""
+    return _exp(-z if z >= 0 else z)
+
+
+cdef inline floating _sigmoid(floating z) noexcept nogil:
+    """σ(z) = 1/(1+e^−z) = e^z/(1+e^z), in the form that cannot overflow."""
+    cdef floating e = _exp_neg_abs(z)
+    return 1 / (1 + e) if z >= 0 else e / (1 + e)
+
+
+cdef inline floating _activate(floating z, int act) noexcept nogil:
+    """a = f(z) for the element-wise activations."""
+    if act == SIGMOID:
+        return _sigmoid(z)
+    if act == TANH:
+        return _tanh(z)
+    if act == RELU:
+        return z if z > 0 else 0
+    if act == LEAKY_RELU:
+        return z if z > 0 else z * <floating> LEAKY
+    return z
+
+
+cdef inline floating _derivative(floating a, int act) noexcept nogil:
+    """f′ written in terms of the output a = f(z): σ′ = a(1−a), tanh′ = 1−a², ReLU′ = [a>0]."""
+    if act == SIGMOID:
+        return a * (1 - a)
+    if act == TANH:
+        return 1 - a * a
+    if act == RELU:
+        return 1 if a > 0 else 0
+    if act == LEAKY_RELU:
+        return 1 if a > 0 else <floating> LEAKY
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# C kernels on raw pointers (row-major, C-contiguous), shared by the interface and the trainer
+# ---------------------------------------------------------------------------------------------
+cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                floating* C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m×n) = op(A)·op(B) through column-major BLAS.
+
+    A row-major matrix is the column-major storage of its transpose, so the column-major call
+    computes Cᵀ = op(B)ᵀ·op(A)ᵀ: the same BLAS call with A and B (and m and n) swapped.
+    """
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    cdef int im = <int> m, in_ = <int> n, ik = <int> k
+    cdef int ilda = <int> (lda if lda > 1 else 1), ildb = <int> (ldb if ldb > 1 else 1)
+    cdef int ildc = <int> (ldc if ldc > 1 else 1)
+    cdef floating one = 1, zero = 0
+    if m == 0 or n == 0:
+        return
+    if k == 0:                                  # an empty sum: C = 0
+        memset(C, 0, m * n * sizeof(floating))
+        return
+    if floating is float:
+        sgemm(&tb, &ta, &in_, &im, &ik, &one, <float*> B, &ildb, <float*> A, &ilda, &zero,
+              C, &ildc)
+    else:
+        dgemm(&tb, &ta, &in_, &im, &ik, &one, <double*> B, &ildb, <double*> A, &ilda, &zero,
+              C, &ildc)
+
+
+cdef void _bias_activate_row(floating* z, const floating* b, int act,
+                             Py_ssize_t cols) noexcept nogil:
+    """One row of a = f(z + b); softmax is row-wise: a_j = e^(z_j − max z) / Σ_k e^(z_k − max z)."""
+    cdef Py_ssize_t j
+    cdef floating top, total
+    if act != SOFTMAX:
+        for j in range(cols):
+            z[j] = _activate(z[j] + b[j], act)
+        return
+    for j in range(cols):
+        z[j] += b[j]
+    top = z[0]
+    for j in range(1, cols):
+        if z[j] > top:
+            top = z[j]
+    total = 0
+    for j in range(cols):
+        z[j] = _exp(z[j] - top)
+        total += z[j]
+    for j in range(cols):
+        z[j] /= total
+
+
+cdef void _dense_forward(const floating* X, const floating* W, const floating* b, int act,
+                         floating* out, Py_ssize_t batch, Py_ssize_t n_in,
+                         Py_ssize_t n_out) noexcept nogil:
+    """out = f(X·W + b): one BLAS gemm, then bias and activation while each row is in cache."""
+    cdef Py_ssize_t i
+    _gemm(False, False, batch, n_out, n_in, X, n_in, W, n_out, out, n_out)   # z = x·W
+    for i in prange(batch, schedule="static", use_threads_if=batch * n_out >= PARALLEL_MIN):
+        _bias_activate_row(out + i * n_out, b, act, n_out)                    # a = f(z + b)
+
+
+cdef void _softmax_grad_row(floating* dA, const floating* A, Py_ssize_t cols) noexcept nogil:
+    """∂L/∂z_j = a_j (∂L/∂a_j − Σ_k a_k ∂L/∂a_k), in place over one row of dA."""
+    cdef Py_ssize_t j
+    cdef double s = 0
+    for j in range(cols):
+        s += dA[j] * A[j]
+    for j in range(cols):
+        dA[j] = A[j] * (dA[j] - <floating> s)
+
+
+cdef void _grad_bias_block(floating* dA, const floating* A, int act, floating* db,
+                           Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t j0,
+                           Py_ssize_t j1) noexcept nogil:
+    """Columns j0..j1 of dZ = dA ⊙ f′(a) (in place) and db_j = Σ_i dZ_ij, rows in order."""
+    cdef double acc[BLOCK]
+    cdef Py_ssize_t i, j
+    cdef floating dz
+    for j in range(j1 - j0):
+        acc[j] = 0
+    for i in range(rows):
+        for j in range(j0, j1):
+            dz = dA[i * cols + j] * _derivative(A[i * cols + j], act)
+            dA[i * cols + j] = dz
+            acc[j - j0] += dz
+    for j in range(j0, j1):
+        db[j] = <floating> acc[j - j0]
+
+
+cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
+                          const floating* A, int act, floating* dX, floating* dW, floating* db,
+                          Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """dZ = dA ⊙ f′ (written over dA) and db = Σ dZ in one pass; dW = Xᵀ·dZ and, unless dX is
+    NULL, dX = dZ·Wᵀ by BLAS."""
+    cdef Py_ssize_t i, jb
+    cdef Py_ssize_t n_blocks = (n_out + BLOCK - 1) // BLOCK
+    cdef bint threads = batch * n_out >= PARALLEL_MIN
+    if act == SOFTMAX:                          # row-wise Jacobian first, then plain column sums
+        for i in prange(batch, schedule="static", use_threads_if=threads):
+            _softmax_grad_row(dA + i * n_out, A + i * n_out, n_out)
+        act = IDENTITY
+    for jb in prange(n_blocks, schedule="static", use_threads_if=threads):
+        _grad_bias_block(dA, A, act, db, batch, n_out, jb * BLOCK,
+                         min((jb + 1) * BLOCK, n_out))
+    _gemm(True, False, n_in, n_out, batch, X, n_in, dA, n_out, dW, n_out)      # ∂L/∂W = Xᵀ dZ
+    if dX != NULL:
+        _gemm(False, True, batch, n_in, n_out, dA, n_out, W, n_out, dX, n_in)  # ∂L/∂x = dZ Wᵀ
+
+
+cdef double _mse(const floating* Yhat, const floating* Y, floating* dYhat, Py_ssize_t n,
+                 Py_ssize_t k) noexcept nogil:
+    """L = (1/n) Σ ½(ŷ − y)²; dYhat = (ŷ − y)/n."""
+    cdef Py_ssize_t i
+    cdef floating r, inv_n = <floating> (1.0 / n)
+    cdef double total = 0
+    for i in range(n * k):
+        r = Yhat[i] - Y[i]
+        dYhat[i] = r * inv_n
+        total += <double> r * r
+    return 0.5 * total / n
+
+
+cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, floating* dZ,
+                                   Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """L = mean(log Σ_k e^z_k − z_y); dZ = (softmax(z) − onehot(y))/n. Labels must be in range."""
+    cdef Py_ssize_t i, j
+    cdef const floating* z
+    cdef floating* d
+    cdef floating top, total, inv
+    cdef double loss = 0
+    for i in range(n):
+        z, d = Z + i * k, dZ + i * k
+        top = z[0]
+        for j in range(1, k):
+            if z[j] > top:
+                top = z[j]
+        total = 0
+        for j in range(k):
+            d[j] = _exp(z[j] - top)                 # e^(z − max z)
+            total += d[j]
+        inv = 1 / (total * n)
+        for j in range(k):
+            d[j] *= inv                             # softmax / n
+        d[labels[i]] -= <floating> (1.0 / n)        # (p − onehot(y)) / n
+        loss += top + _log(total) - z[labels[i]]    # lse − z_y
+    return loss / n
+
+
+cdef double _sigmoid_binary_cross_entropy(const floating* Z, const floating* Y, floating* dZ,
+                                          Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """L = (1/n) Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = (σ(z) − y)/n."""
+    cdef Py_ssize_t i
+    cdef floating z, e, inv_n = <floating> (1.0 / n)
+    cdef double loss = 0
+    for i in range(n * k):
+        z = Z[i]
+        e = _exp_neg_abs(z)
+        dZ[i] = ((1 / (1 + e) if z >= 0 else e / (1 + e)) - Y[i]) * inv_n
+        loss += (z if z > 0 else 0) - z * Y[i] + _log1p(e)
+    return loss / n
+
+
+cdef void _sgd(floating* p, const floating* g, Py_ssize_t n, floating lr) noexcept nogil:
+    """w ← w − η g."""
+    cdef Py_ssize_t i
+    for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        p[i] -= lr * g[i]
+
+
+cdef void _sgd_momentum(floating* p, const floating* g, floating* v, Py_ssize_t n, floating lr,
+                        floating mu) noexcept nogil:
+    """v ← μv + g; w ← w − η v."""
+    cdef Py_ssize_t i
+    for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        v[i] = v[i] * mu + g[i]
+        p[i] -= lr * v[i]
+
+
+cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                floating lr, floating beta1, floating beta2, floating eps,
+                long t) noexcept nogil:
+    """m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε), m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)."""
+    cdef Py_ssize_t i
+    cdef floating c1 = <floating> (1 - (<double> beta1) ** t)
+    cdef floating c2 = <floating> (1 - (<double> beta2) ** t)
+    cdef floating a1 = 1 - beta1, a2 = 1 - beta2
+    for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        m[i] = m[i] * beta1 + a1 * g[i]
+        v[i] = v[i] * beta2 + a2 * g[i] * g[i]
+        p[i] -= lr * (m[i] / c1) / (_sqrt(v[i] / c2) + eps)
+
+
+cdef void _batchnorm_forward_block(const floating* X, const floating* gamma,
+                                   const floating* beta, floating* running_mean,
+                                   floating* running_var, floating momentum, floating eps,
+                                   bint training, floating* out, floating* xhat,
+                                   floating* inv_std, Py_ssize_t rows, Py_ssize_t cols,
+                                   Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Batch normalisation of columns j0..j1 (statistics summed over rows in order)."""
+    cdef double mean[BLOCK]
+    cdef double var[BLOCK]
+    cdef Py_ssize_t i, j
+    cdef double d
+    if training:
+        for j in range(j1 - j0):
+            mean[j] = 0
+            var[j] = 0
+        for i in range(rows):
+            for j in range(j0, j1):
+                mean[j - j0] += X[i * cols + j]
+        for j in range(j1 - j0):
+            mean[j] /= rows                                         # μ = mean_batch x
+        for i in range(rows):
+            for j in range(j0, j1):
+                d = X[i * cols + j] - mean[j - j0]
+                var[j - j0] += d * d
+        for j in range(j0, j1):
+            var[j - j0] /= rows                                     # σ² = mean_batch (x − μ)²
+            running_mean[j] = running_mean[j] * (1 - momentum) + momentum * <floating> mean[j - j0]
+            running_var[j] = (running_var[j] * (1 - momentum)       # unbiased σ² n/(n−1)
+                              + momentum * <floating> (var[j - j0] * rows
+                                                       / (rows - 1 if rows > 1 else 1)))
+    else:
+        for j in range(j0, j1):
+            mean[j - j0] = running_mean[j]
+            var[j - j0] = running_var[j]
+    for j in range(j0, j1):
+        inv_std[j] = 1 / _sqrt(<floating> var[j - j0] + eps)        # 1/√(σ² + ε)
+    for i in range(rows):
+        for j in range(j0, j1):
+            xhat[i * cols + j] = (X[i * cols + j] - <floating> mean[j - j0]) * inv_std[j]
+            out[i * cols + j] = gamma[j] * xhat[i * cols + j] + beta[j]   # y = γ x̂ + β
+
+
+cdef void _batchnorm_backward_block(const floating* dY, const floating* xhat,
+                                    const floating* inv_std, const floating* gamma,
+                                    floating* dX, floating* dgamma, floating* dbeta,
+                                    Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t j0,
+                                    Py_ssize_t j1) noexcept nogil:
+    """Columns j0..j1 of ∂L/∂β = Σ dy, ∂L/∂γ = Σ dy x̂ and
+    ∂L/∂x = γ/σ · (dy − ∂L/∂β / n − x̂ ∂L/∂γ / n)."""
+    cdef double sum_dy[BLOCK]
+    cdef double sum_dy_xhat[BLOCK]
+    cdef Py_ssize_t i, j
+    cdef floating dy
+    for j in range(j1 - j0):
+        sum_dy[j] = 0
+        sum_dy_xhat[j] = 0
+    for i in range(rows):
+        for j in range(j0, j1):
+            dy = dY[i * cols + j]
+            sum_dy[j - j0] += dy
+            sum_dy_xhat[j - j0] += dy * xhat[i * cols + j]
+    for j in range(j0, j1):
+        dbeta[j] = <floating> sum_dy[j - j0]
+        dgamma[j] = <floating> sum_dy_xhat[j - j0]
+    for i in range(rows):
+        for j in range(j0, j1):
+            dX[i * cols + j] = gamma[j] * inv_std[j] * (
+                dY[i * cols + j] - <floating> (sum_dy[j - j0] / rows)
+                - xhat[i * cols + j] * <floating> (sum_dy_xhat[j - j0] / rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# memoryview layer: shape checks, then the C kernels with the GIL released
+# ---------------------------------------------------------------------------------------------
+cdef int _dense_forward_mv(const floating[:, ::1] X, const floating[:, ::1] W,
+                           const floating[::1] b, int act, floating[:, ::1] out) except -1:
+    cdef Py_ssize_t batch = X.shape[0], n_in = X.shape[1], n_out = W.shape[1]
+    if W.shape[0] != n_in or b.shape[0] != n_out or out.shape[0] != batch \
+            or out.shape[1] != n_out:
+        raise ValueError(f"dense_forward needs X (batch, in), W (in, out), b (out,) and out "
+                         f"(batch, out); got X {_shape2(X)}, W {_shape2(W)}, b ({b.shape[0]},), "
+                         f"out {_shape2(out)}")
+    with nogil:
+        _dense_forward(&X[0, 0], &W[0, 0], &b[0], act, &out[0, 0], batch, n_in, n_out)
+    return 0
+
+
+cdef int _dense_backward_mv(floating[:, ::1] dA, const floating[:, ::1] X,
+                            const floating[:, ::1] W, const floating[:, ::1] A, int act,
+                            floating[:, ::1] dX, floating[:, ::1] dW,
+                            floating[::1] db) except -1:
+    cdef Py_ssize_t batch = X.shape[0], n_in = X.shape[1], n_out = W.shape[1]
+    cdef floating* dX_ptr = NULL
+    if W.shape[0] != n_in or A.shape[0] != batch or A.shape[1] != n_out \
+            or dA.shape[0] != batch or dA.shape[1] != n_out or dW.shape[0] != n_in \
+            or dW.shape[1] != n_out or db.shape[0] != n_out \
+            or (dX is not None and (dX.shape[0] != batch or dX.shape[1] != n_in)):
+        raise ValueError(f"dense_backward needs dA and A (batch, out), X (batch, in), W and dW "
+                         f"(in, out), db (out,), dX (batch, in) or None; got dA {_shape2(dA)}, "
+                         f"X {_shape2(X)}, W {_shape2(W)}, A {_shape2(A)}, dW {_shape2(dW)}, "
+                         f"db ({db.shape[0]},)"
+                         + ("" if dX is None else f", dX {_shape2(dX)}"))
+    if dX is not None:
+        dX_ptr = &dX[0, 0]
+    with nogil:
+        _dense_backward(&dA[0, 0], &X[0, 0], &W[0, 0], &A[0, 0], act, dX_ptr, &dW[0, 0],
+                        &db[0], batch, n_in, n_out)
+    return 0
+
+
+cdef double _loss_mv(int loss, const floating[:, ::1] Z, const floating[:, ::1] Y,
+                     const int64_t[::1] labels, floating[:, ::1] dZ) except? -1:
+    """Dispatch to a loss kernel; Y is None for cross-entropy, labels None otherwise."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i
+    cdef double value
+    if dZ.shape[0] != n or dZ.shape[1] != k:
+        raise ValueError(f"the gradient buffer has shape {_shape2(dZ)} but the predictions "
+                         f"{_shape2(Z)}")
+    if loss == SOFTMAX_CE:
+        if labels.shape[0] != n:
+            raise ValueError(f"labels has {labels.shape[0]} entries but Z has {n} rows")
+        i = _first_outside(labels, k)
+        if i >= 0:
+            raise ValueError(f"labels[{i}] = {labels[i]} is not a class index in [0, {k})")
+        with nogil:
+            value = _softmax_cross_entropy(&Z[0, 0], &labels[0], &dZ[0, 0], n, k)
+        return value
+    if Y.shape[0] != n or Y.shape[1] != k:
+        raise ValueError(f"targets have shape {_shape2(Y)} but the predictions {_shape2(Z)}")
+    with nogil:
+        if loss == MSE:
+            value = _mse(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k)
+        else:
+            value = _sigmoid_binary_cross_entropy(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k)
+    return value
+
+
+cdef int _optimizer_mv(int rule, floating[::1] p, const floating[::1] g, floating[::1] s1,
+                       floating[::1] s2, double lr, double mu_or_beta1, double beta2,
+                       double eps, long t) except -1:
+    """Dispatch to an optimizer kernel over flat vectors; s1/s2 are its state (or None)."""
+    cdef Py_ssize_t n = p.shape[0]
+    if g.shape[0] != n or (s1 is not None and s1.shape[0] != n) \
+            or (s2 is not None and s2.shape[0] != n):
+        raise ValueError("params, grads and the optimizer state must have the same size")
+    with nogil:
+        if rule == SGD:
+            _sgd(&p[0], &g[0], n, <floating> lr)
+        elif rule == SGD_MOMENTUM:
+            _sgd_momentum(&p[0], &g[0], &s1[0], n, <floating> lr, <floating> mu_or_beta1)
+        else:
+            _adam(&p[0], &g[0], &s1[0], &s2[0], n, <floating> lr, <floating> mu_or_beta1,
+                  <floating> beta2, <floating> eps, t)
+    return 0
+
+
+cdef int _batchnorm_forward_mv(const floating[:, ::1] X, const floating[::1] gamma,
+                               const floating[::1] beta, floating[::1] running_mean,
+                               floating[::1] running_var, double momentum, double eps,
+                               bint training, floating[:, ::1] out, floating[:, ::1] xhat,
+                               floating[::1] inv_std) except -1:
+    cdef Py_ssize_t rows = X.shape[0], cols = X.shape[1], jb
+    cdef Py_ssize_t n_blocks = (cols + BLOCK - 1) // BLOCK
+    if gamma.shape[0] != cols or beta.shape[0] != cols or running_mean.shape[0] != cols \
+            or running_var.shape[0] != cols or inv_std.shape[0] != cols \
+            or out.shape[0] != rows or out.shape[1] != cols or xhat.shape[0] != rows \
+            or xhat.shape[1] != cols:
+        raise ValueError(f"batchnorm_forward needs X, out and xhat (batch, n) and gamma, beta, "
+                         f"running_mean, running_var, inv_std (n,); got X {_shape2(X)}, out "
+                         f"{_shape2(out)}, xhat {_shape2(xhat)}, gamma ({gamma.shape[0]},), "
+                         f"beta ({beta.shape[0]},), running_mean ({running_mean.shape[0]},), "
+                         f"running_var ({running_var.shape[0]},), inv_std ({inv_std.shape[0]},)")
+    with nogil:
+        for jb in prange(n_blocks, schedule="static",
+                         use_threads_if=rows * cols >= PARALLEL_MIN):
+            _batchnorm_forward_block(&X[0, 0], &gamma[0], &beta[0], &running_mean[0],
+                                     &running_var[0], <floating> momentum, <floating> eps,
+                                     training, &out[0, 0], &xhat[0, 0], &inv_std[0], rows, cols,
+                                     jb * BLOCK, min((jb + 1) * BLOCK, cols))
+    return 0
+
+
+cdef int _batchnorm_backward_mv(const floating[:, ::1] dY, const floating[:, ::1] xhat,
+                                const floating[::1] inv_std, const floating[::1] gamma,
+                                floating[:, ::1] dX, floating[::1] dgamma,
+                                floating[::1] dbeta) except -1:
+    cdef Py_ssize_t rows = dY.shape[0], cols = dY.shape[1], jb
+    cdef Py_ssize_t n_blocks = (cols + BLOCK - 1) // BLOCK
+    if inv_std.shape[0] != cols or gamma.shape[0] != cols or dgamma.shape[0] != cols \
+            or dbeta.shape[0] != cols or xhat.shape[0] != rows or xhat.shape[1] != cols \
+            or dX.shape[0] != rows or dX.shape[1] != cols:
+        raise ValueError(f"batchnorm_backward needs dY, xhat and dX (batch, n) and inv_std, "
+                         f"gamma, dgamma, dbeta (n,); got dY {_shape2(dY)}, xhat {_shape2(xhat)}, "
+                         f"dX {_shape2(dX)}, inv_std ({inv_std.shape[0]},), gamma "
+                         f"({gamma.shape[0]},), dgamma ({dgamma.shape[0]},), dbeta "
+                         f"({dbeta.shape[0]},)")
+    with nogil:
+        for jb in prange(n_blocks, schedule="static",
+                         use_threads_if=rows * cols >= PARALLEL_MIN):
+            _batchnorm_backward_block(&dY[0, 0], &xhat[0, 0], &inv_std[0], &gamma[0],
+                                      &dX[0, 0], &dgamma[0], &dbeta[0], rows, cols,
+                                      jb * BLOCK, min((jb + 1) * BLOCK, cols))
+    return 0
+
+
+cdef Py_ssize_t _first_outside(const int64_t[::1] values, Py_ssize_t k) noexcept:
+    """Index of the first entry outside [0, k), or −1 (class labels, row indices)."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(values.shape[0]):
+            if values[i] < 0 or values[i] >= k:
+                return i
+    return -1
+
+
+cdef str _shape2(object a):
+    return f"({a.shape[0]}, {a.shape[1]})"
+
+
+# ---------------------------------------------------------------------------------------------
+# argument conversion for the def functions
+# ---------------------------------------------------------------------------------------------
+cdef object _float_dtype(object a, str name):
+    """The dtype an output buffer fixes for the whole call: float32 or float64."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array (the kernels write into it), "
+                        f"got {type(a).__name__}")
+    if a.dtype == _F32:
+        return _F32
+    if a.dtype == _F64:
+        return _F64
+    raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+
+
+cdef inline object _input(object a, object dtype):
+    """a as a C-contiguous array of dtype: a itself when it already is one, else a copy."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+cdef inline object _output(object a, object dtype):
+    """An output buffer as a C-contiguous array of dtype: a itself, or a copy that
+    :func:`_write_back` copies into a after the kernel ran."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"output buffers must be NumPy arrays, got {type(a).__name__}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+cdef inline void _write_back(object a, object buf):
+    if buf is not a:
+        a[...] = buf
+
+
+cdef inline int _check_act(int act) except -1:
+    if act < IDENTITY or act > SOFTMAX:
+        raise ValueError(f"unknown activation code {act}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel interface
+# ---------------------------------------------------------------------------------------------
+def dense_forward(X, W, b, int act, out):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+    _check_act(act)
+    dtype = _float_dtype(out, "out")
+    o = _output(out, dtype)
+    if dtype is _F32:
+        _dense_forward_mv[float](_input(X, dtype), _input(W, dtype), _input(b, dtype), act, o)
+    else:
+        _dense_forward_mv[double](_input(X, dtype), _input(W, dtype), _input(b, dtype), act, o)
+    _write_back(out, o)
+
+
+def dense_backward(dA, X, W, A, int act, dX, dW, db):
+    """Gradients of a dense layer from ∂L/∂a; dA is overwritten with dZ = ∂L/∂z.
+
+    dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None.
+    """
+    _check_act(act)
+    dtype = _float_dtype(dA, "dA")
+    bufs = [_output(a, dtype) if a is not None else None for a in (dA, dX, dW, db)]
+    if dtype is _F32:
+        _dense_backward_mv[float](bufs[0], _input(X, dtype), _input(W, dtype),
+                                  _input(A, dtype), act, bufs[1], bufs[2], bufs[3])
+    else:
+        _dense_backward_mv[double](bufs[0], _input(X, dtype), _input(W, dtype),
+                                   _input(A, dtype), act, bufs[1], bufs[2], bufs[3])
+    for a, buf in zip((dA, dX, dW, db), bufs):
+        if a is not None:
+            _write_back(a, buf)
+
+
+cdef double _loss(int loss, Z, y, dZ) except? -1:
+    dtype = _float_dtype(dZ, "dZ")
+    d = _output(dZ, dtype)
+    labels = _input(y, _I64) if loss == SOFTMAX_CE else None
+    Y = None if loss == SOFTMAX_CE else _input(y, dtype)
+    if Y is not None and Y.ndim == 1:
+        Y = Y.reshape(-1, 1)
+    if dtype is _F32:
+        value = _loss_mv[float](loss, _input(Z, dtype), Y, labels, d)
+    else:
+        value = _loss_mv[double](loss, _input(Z, dtype), Y, labels, d)
+    _write_back(dZ, d)
+    return value
+
+
+def mse(Yhat, Y, dYhat):
+    """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = ∂L/∂ŷ = (ŷ − y)/batch."""
+    return _loss(MSE, Yhat, Y, dYhat)
+
+
+def softmax_cross_entropy(Z, labels, dZ):
+    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes dZ = (softmax(z) − onehot(y))/batch.
+
+    ``labels`` are integers in [0, Z.shape[1]).
+    """
+    return _loss(SOFTMAX_CE, Z, labels, dZ)
+
+
+def sigmoid_binary_cross_entropy(Z, Y, dZ):
+    """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))] over logits Z (batch, k),
+    computed as max(z, 0) − z·y + log(1 + e^−|z|); writes dZ = (σ(z) − y)/batch."""
+    return _loss(SIGMOID_BCE, Z, Y, dZ)
+
+
+cdef int _optimize(int rule, params, grads, s1, s2, double lr, double mu_or_beta1,
+                   double beta2, double eps, long t) except -1:
+    dtype = _float_dtype(params, "params")
+    bufs = [_output(a, dtype) if a is not None else None for a in (params, s1, s2)]
+    flat = [_flat(b) for b in bufs]
+    if dtype is _F32:
+        _optimizer_mv[float](rule, flat[0], _flat(_input(grads, dtype)), flat[1], flat[2], lr,
+                             mu_or_beta1, beta2, eps, t)
+    else:
+        _optimizer_mv[double](rule, flat[0], _flat(_input(grads, dtype)), flat[1], flat[2], lr,
+                              mu_or_beta1, beta2, eps, t)
+    for a, buf in zip((params, s1, s2), bufs):
+        if a is not None:
+            _write_back(a, buf)
+    return 0
+
+
+cdef inline object _flat(object a):
+    """A C-contiguous array (or None) as a 1-D view."""
+    return a if a is None or a.ndim == 1 else a.reshape(-1)
+
+
+def sgd(params, grads, lr):
+    """Plain gradient descent, in place: w ← w − η ∂L/∂w."""
+    _optimize(SGD, params, grads, None, None, lr, 0, 0, 0, 0)
+
+
+def sgd_momentum(params, grads, velocity, lr, momentum):
+    """Heavy-ball momentum, in place: v ← μv + ∂L/∂w; w ← w − η v."""
+    _optimize(SGD_MOMENTUM, params, grads, velocity, None, lr, momentum, 0, 0, 0)
+
+
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
+    """Adam (Kingma & Ba), in place; ``t`` is the 1-based step count for bias correction."""
+    _optimize(ADAM, params, grads, m, v, lr, beta1, beta2, eps, t)
+
+
+def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,
+                      out, xhat, inv_std):
+    """Batch normalisation of X (batch, n) per feature.
+
+    Training: normalise with the batch statistics and update the running ones,
+    r ← (1−momentum) r + momentum·stat (running variance uses the unbiased estimate).
+    Evaluation: normalise with the running statistics. Writes out, xhat (batch, n) and
+    inv_std (n,) for the backward pass.
+    """
+    dtype = _float_dtype(out, "out")
+    bufs = [_output(a, dtype) for a in (running_mean, running_var, out, xhat, inv_std)]
+    if dtype is _F32:
+        _batchnorm_forward_mv[float](_input(X, dtype), _input(gamma, dtype),
+                                     _input(beta, dtype), bufs[0], bufs[1], momentum, eps,
+                                     training, bufs[2], bufs[3], bufs[4])
+    else:
+        _batchnorm_forward_mv[double](_input(X, dtype), _input(gamma, dtype),
+                                      _input(beta, dtype), bufs[0], bufs[1], momentum, eps,
+                                      training, bufs[2], bufs[3], bufs[4])
+    for a, buf in zip((running_mean, running_var, out, xhat, inv_std), bufs):
+        _write_back(a, buf)
+
+
+def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
+    """Backward of training-mode batch normalisation; writes dX, dgamma, dbeta."""
+    dtype = _float_dtype(dX, "dX")
+    bufs = [_output(a, dtype) for a in (dX, dgamma, dbeta)]
+    if dtype is _F32:
+        _batchnorm_backward_mv[float](_input(dY, dtype), _input(xhat, dtype),
+                                      _input(inv_std, dtype), _input(gamma, dtype), bufs[0],
+                                      bufs[1], bufs[2])
+    else:
+        _batchnorm_backward_mv[double](_input(dY, dtype), _input(xhat, dtype),
+                                       _input(inv_std, dtype), _input(gamma, dtype), bufs[0],
+                                       bufs[1], bufs[2])
+    for a, buf in zip((dX, dgamma, dbeta), bufs):
+        _write_back(a, buf)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused trainer: a whole epoch in one nogil C loop
+# ---------------------------------------------------------------------------------------------
+cdef struct LayerSpec:
+    Py_ssize_t n_in, n_out
+    Py_ssize_t w, b            # offsets of W (n_in × n_out) and b (n_out) in the parameters
+    Py_ssize_t dw, db          # offsets of ∂L/∂W and ∂L/∂b in the gradients
+    Py_ssize_t a               # offset of the layer's output (batch × n_out) in the workspace
+    int act                    # activation code in training (identity when the loss takes z)
+
+
+def make_trainer(model, loss, optimizer, batch_size):
+    """The fused trainer of ``model`` (see ``Sequential._make_trainer``) when every layer is a
+    Dense layer and the optimizer is fastnn's SGD or Adam; None otherwise, and the model then
+    trains layer by layer through the kernels above."""
+    from fastnn.layers import Dense
+    from fastnn.optimizers import SGD as SGDOptimizer, Adam
+
+    if any(type(layer) is not Dense for layer in model.layers) \
+            or type(optimizer) not in (SGDOptimizer, Adam):
+        return None
+    return Trainer(model, loss, optimizer, batch_size)
+
+
+cdef class Trainer:
+    """Minibatch training of a stack of Dense layers, one epoch per call with the GIL released:
+    per minibatch gather the rows, forward, loss, backward and optimizer step, all by the C
+    kernels of this module. Parameters, gradients and optimizer state are the model's and the
+    optimizer's own arrays, updated in place."""
+
+    cdef LayerSpec* layers
+    cdef int n_layers, loss, rule
+    cdef Py_ssize_t batch, width, n_params
+    cdef object dtype, optimizer
+    cdef object params, grads, state1, state2       # the arrays the optimizer step updates
+    cdef object acts, deltas, xb, yb                # one minibatch's workspace
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def __init__(self, model, loss, optimizer, Py_ssize_t batch_size):
+        from fastnn.kernels import ACTIVATIONS
+        from fastnn.optimizers import Adam
+
+        cdef LayerSpec* spec
+        cdef Py_ssize_t i, acts_size = 0
+        self.params, self.grads = model.parameters(), model.gradients()
+        self.dtype = _float_dtype(self.params, "the model's parameters")
+        self.n_params = self.params.size
+        self.batch = batch_size
+        self.loss = {"mse": MSE, "cross_entropy": SOFTMAX_CE,
+                     "binary_cross_entropy": SIGMOID_BCE}[loss.name]
+        self.n_layers = len(model.layers)
+        self.layers = <LayerSpec*> malloc(self.n_layers * sizeof(LayerSpec))
+        if self.layers == NULL:
+            raise MemoryError()
+        self.width = 0
+        for i, layer in enumerate(model.layers):
+            spec = &self.layers[i]
+            spec.n_in, spec.n_out = layer.in_features, layer.out_features
+            spec.w = _offset(layer.weight, self.params)
+            spec.b = _offset(layer.bias, self.params)
+            spec.dw = _offset(layer.weight_grad, self.grads)
+            spec.db = _offset(layer.bias_grad, self.grads)
+            spec.a = acts_size
+            last = i == self.n_layers - 1
+            spec.act = IDENTITY if last and loss.on_logits else ACTIVATIONS[layer.activation]
+            acts_size += batch_size * spec.n_out
+            self.width = max(self.width, spec.n_out)
+        self.acts = np.empty(acts_size, self.dtype)
+        self.deltas = np.empty(2 * batch_size * self.width, self.dtype)
+        self.xb = np.empty(batch_size * self.layers[0].n_in, self.dtype)
+        self.yb = (np.empty(batch_size, _I64) if self.loss == SOFTMAX_CE
+                   else np.empty(batch_size * self.layers[self.n_layers - 1].n_out, self.dtype))
+
+        optimizer.ensure_state(self.params)
+        self.optimizer = optimizer
+        if type(optimizer) is Adam:
+            self.rule, self.state1, self.state2 = ADAM, optimizer.m, optimizer.v
+        elif optimizer.momentum:
+            self.rule, self.state1, self.state2 = SGD_MOMENTUM, optimizer.velocity, None
+        else:
+            self.rule, self.state1, self.state2 = SGD, None, None
+
+    def run_epoch(self, X, y, order):
+        """Train on the minibatches ``order[i:i + batch_size]`` of (X, y); return (Σ batch loss ×
+        batch rows, number of correct predictions or None for mse)."""
+        cdef Py_ssize_t n_in = self.layers[0].n_in, k = self.layers[self.n_layers - 1].n_out
+        cdef Py_ssize_t bad
+        X = _input(X, self.dtype)
+        order = _input(order, _I64)
+        if X.ndim != 2 or X.shape[1] != n_in or len(y) != len(X) or order.ndim != 1:
+            raise ValueError(f"run_epoch needs X (n, {n_in}), y with n rows and a 1-D order; "
+                             f"got X {X.shape}, y {np.shape(y)}, order {order.shape}")
+        bad = _first_outside(order, X.shape[0])
+        if bad >= 0:
+            raise ValueError(f"order[{bad}] = {order[bad]} is not a row of X ({len(X)} rows)")
+        labels, Y = None, None
+        if self.loss == SOFTMAX_CE:
+            labels = _input(y, _I64)
+            bad = _first_outside(labels, k)
+            if bad >= 0:
+                raise ValueError(f"y[{bad}] = {labels[bad]} is not a class index in [0, {k})")
+        else:
+            Y = _input(y, self.dtype).reshape(len(X), -1)
+            if Y.shape[1] != k:
+                raise ValueError(f"y has {Y.shape[1]} columns but the model outputs {k}")
+
+        opt = self.optimizer
+        lr = opt.lr
+        h1, h2, eps = ((opt.beta1, opt.beta2, opt.eps) if self.rule == ADAM
+                       else (opt.momentum, 0.0, 0.0))
+        t = opt.t if self.rule == ADAM else 0
+        if self.dtype is _F32:
+            total, correct, t = _epoch[float](self, X, Y, labels, order, lr, h1, h2, eps, t)
+        else:
+            total, correct, t = _epoch[double](self, X, Y, labels, order, lr, h1, h2, eps, t)
+        if self.rule == ADAM:
+            opt.t = t
+        return total, None if self.loss == MSE else correct
+
+    def sync(self):
+        """Nothing to copy: the trainer works in the model's and optimizer's own arrays."""
+
+
+cdef Py_ssize_t _offset(object view, object base) except -1:
+    """Position of a view's first element in the flat array it looks into."""
+    if not view.flags.c_contiguous:
+        raise ValueError("the fused trainer needs C-contiguous parameter views")
+    return (view.ctypes.data - base.ctypes.data) // base.itemsize
+
+
+cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,
+                           const floating* Y, Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """Correct predictions on logits: argmax z = y (cross-entropy), [z > 0] = y on every output
+    (binary cross-entropy); 0 for mse."""
+    cdef Py_ssize_t i, j, best, right = 0
+    cdef bint row_right
+    for i in range(rows):
+        if loss == SOFTMAX_CE:
+            best = 0
+            for j in range(1, k):
+                if out[i * k + j] > out[i * k + best]:
+                    best = j
+            right += best == labels[i]
+        elif loss == SIGMOID_BCE:
+            row_right = True
+            for j in range(k):
+                row_right = row_right and (out[i * k + j] > 0) == (Y[i * k + j] > 0.5)
+            right += row_right
+    return right
+
+
+cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
+                  const int64_t[::1] labels, const int64_t[::1] order, double lr, double h1,
+                  double h2, double eps, long t):
+    """One epoch of :class:`Trainer`: returns (Σ loss × rows, correct predictions, step t)."""
+    cdef floating[::1] P = self.params, G = self.grads, Acts = self.acts, D = self.deltas
+    cdef floating[::1] Xb = self.xb, S1 = self.state1, S2 = self.state2
+    cdef floating[::1] Yb
+    cdef int64_t[::1] Lb
+    cdef floating* p = &P[0]
+    cdef floating* g = &G[0]
+    cdef floating* acts = &Acts[0]
+    cdef floating* x = &Xb[0]
+    cdef floating* s1 = &S1[0] if S1 is not None else NULL
+    cdef floating* s2 = &S2[0] if S2 is not None else NULL
+    cdef floating* yb = NULL
+    cdef int64_t* lb = NULL
+    cdef floating* delta[2]
+    cdef floating* d
+    cdef floating* dX
+    cdef const floating* h
+    cdef LayerSpec* spec
+    cdef Py_ssize_t n = order.shape[0], n_in = self.layers[0].n_in
+    cdef Py_ssize_t k = self.layers[self.n_layers - 1].n_out
+    cdef Py_ssize_t mb, i, rows, row, correct = 0, step = self.batch
+    cdef Py_ssize_t n_batches = (n + step - 1) // step
+    cdef int l, which
+    cdef double total = 0, value
+    if self.loss == SOFTMAX_CE:
+        Lb = self.yb
+        lb = &Lb[0]
+    else:
+        Yb = self.yb
+        yb = &Yb[0]
+    delta[0], delta[1] = &D[0], &D[self.batch * self.width]
+    with nogil:
+        for mb in range(n_batches):
+            rows = min(step, n - mb * step)
+            for i in range(rows):                           # gather the minibatch
+                row = order[mb * step + i]
+                memcpy(x + i * n_in, &X[row, 0], n_in * sizeof(floating))
+                if lb != NULL:
+                    lb[i] = labels[row]
+                else:
+                    memcpy(yb + i * k, &Y[row, 0], k * sizeof(floating))
+            h = x
+            for l in range(self.n_layers):                  # forward
+                spec = &self.layers[l]
+                _dense_forward(h, p + spec.w, p + spec.b, spec.act, acts + spec.a, rows,
+                               spec.n_in, spec.n_out)
+                h = acts + spec.a
+            d, which = delta[0], 0                          # loss and ∂L/∂output
+            if self.loss == MSE:
+                value = _mse(h, yb, d, rows, k)
+            elif self.loss == SOFTMAX_CE:
+                value = _softmax_cross_entropy(h, lb, d, rows, k)
+            else:
+                value = _sigmoid_binary_cross_entropy(h, yb, d, rows, k)
+            total += value * rows
+            correct += _n_correct(self.loss, h, lb, yb, rows, k)
+            for l in range(self.n_layers - 1, -1, -1):      # backward
+                spec = &self.layers[l]
+                which = 1 - which
+                dX = delta[which] if l > 0 else NULL
+                _dense_backward(d, acts + self.layers[l - 1].a if l > 0 else x, p + spec.w,
+                                acts + spec.a, spec.act, dX, g + spec.dw, g + spec.db, rows,
+                                spec.n_in, spec.n_out)
+                d = dX
+            t += 1                                          # optimizer step
+            if self.rule == SGD:
+                _sgd(p, g, self.n_params, <floating> lr)
+            elif self.rule == SGD_MOMENTUM:
+                _sgd_momentum(p, g, s1, self.n_params, <floating> lr, <floating> h1)
+            else:
+                _adam(p, g, s1, s2, self.n_params, <floating> lr, <floating> h1, <floating> h2,
+                      <floating> eps, t)
+    return total, correct, t
