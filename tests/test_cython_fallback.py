@@ -1,0 +1,145 @@
+"""The Cython backend as the fallback where Numba is missing, and what is particular to it.
+
+The kernel-by-kernel comparison with the reference is tests/test_kernels.py (it covers every
+usable backend); here: fastnn without Numba picks cython and trains digits as well as the
+reference, an install without the compiled extension still works and says why, the fused
+whole-epoch trainer computes exactly what the layer-by-layer path does, and bad shapes raise
+instead of reading out of bounds.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.backends import available_backends
+
+pytestmark = pytest.mark.skipif(not available_backends()["cython"].usable,
+                                reason=available_backends()["cython"].reason)
+
+#: run before the script in a subprocess: makes every import of the named modules fail the way
+#: a missing package does
+BLOCKER = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED or name in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, _Block())
+"""
+
+DIGITS = """
+import json, fastnn
+from fastnn.datasets import load_digits_split
+X_train, X_test, y_train, y_test = load_digits_split(seed=0)
+
+def digits_accuracy(backend):
+    model = fastnn.Sequential([fastnn.Dense(64, 128, "relu"), fastnn.Dense(128, 10)],
+                              backend=backend, seed=0)
+    model.fit(X_train, y_train, loss="cross_entropy", optimizer=fastnn.Adam(1e-3), epochs=30,
+              batch_size=32, verbose=0)
+    return model.backend, model.evaluate(X_test, y_test, loss="cross_entropy")["accuracy"]
+
+auto, accuracy = digits_accuracy("auto")
+print(json.dumps({
+    "backends": {n: [i.usable, i.reason] for n, i in fastnn.available_backends().items()},
+    "auto": auto, "accuracy": accuracy, "reference_accuracy": digits_accuracy("reference")[1],
+}))
+"""
+
+
+def run_blocked(blocked: tuple[str, ...], script: str) -> dict:
+    """Run ``script`` in a fresh interpreter where importing ``blocked`` modules fails; return
+    the JSON it prints last."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTNN_BACKEND"}
+    code = f"BLOCKED = {blocked!r}\n{BLOCKER}\n{textwrap.dedent(script)}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_without_numba_auto_picks_cython_and_trains_digits_like_the_reference():
+    result = run_blocked(("numba", "numba_cuda"), DIGITS)
+    numba_usable, numba_reason = result["backends"]["numba_cpu"]
+    assert not numba_usable and "numba" in numba_reason.lower()
+    assert result["backends"]["cython"] == [True, "usable"]
+    assert result["auto"] == "cython"
+    assert result["accuracy"] >= 0.97
+    assert abs(result["accuracy"] - result["reference_accuracy"]) <= 0.01
+
+
+def test_without_the_compiled_extension_fastnn_still_works_and_says_why():
+    result = run_blocked(("numba", "numba_cuda", "fastnn.kernels.cython._kernels"), DIGITS)
+    usable, reason = result["backends"]["cython"]
+    assert not usable
+    assert "fastnn.kernels.cython._kernels is missing: reinstall fastnn with a C compiler" \
+        in reason
+    assert result["auto"] == "reference" and result["accuracy"] >= 0.97
+
+
+def data(loss, n=50, n_in=5, n_out=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, n_in))
+    if loss == "cross_entropy":
+        return X, rng.integers(0, n_out, n)
+    if loss == "binary_cross_entropy":
+        return X, rng.integers(0, 2, (n, n_out))
+    return X, rng.standard_normal((n, n_out))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("optimizer", [lambda: fastnn.SGD(0.05),
+                                       lambda: fastnn.SGD(0.05, momentum=0.9),
+                                       lambda: fastnn.Adam(1e-2)],
+                         ids=["sgd", "momentum", "adam"])
+def test_fused_trainer_matches_the_layer_by_layer_path(dtype, loss, optimizer):
+    X, y = data(loss)
+    runs = []
+    for fuse in (True, False):
+        model = fastnn.Sequential([fastnn.Dense(5, 7, "tanh"), fastnn.Dense(7, 6, "relu"),
+                                   fastnn.Dense(6, 3)], backend="cython", seed=1, dtype=dtype)
+        model.fuse = fuse
+        opt = optimizer()
+        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=3, batch_size=16, verbose=0)
+        runs.append((model, history, opt))
+    (fused, h_fused, opt_fused), (layered, h_layered, opt_layered) = runs
+    assert fused._make_trainer(fastnn.losses.get(loss), opt_fused, 16) is not None
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(fused.parameters(), layered.parameters(), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(fused.gradients(), layered.gradients(), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(h_fused["loss"], h_layered["loss"], rtol=rtol)
+    assert h_fused.history.get("accuracy") == h_layered.history.get("accuracy")
+    assert getattr(opt_fused, "t", None) == getattr(opt_layered, "t", None)
+
+
+def test_models_the_trainer_does_not_fuse_train_layer_by_layer():
+    model = fastnn.Sequential([fastnn.Dense(5, 4, "relu"), fastnn.BatchNorm(4),
+                               fastnn.Dense(4, 3)], backend="cython")
+    loss, opt = fastnn.losses.get("cross_entropy"), fastnn.Adam(1e-2)
+    assert model._make_trainer(loss, opt, 16) is None
+    X, y = data("cross_entropy")
+    history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=5, verbose=0)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_bad_shapes_raise_instead_of_reading_out_of_bounds():
+    k = fastnn.backends.resolve("cython")[1]
+    X, W, b = np.ones((4, 3), np.float32), np.ones((5, 2), np.float32), np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="dense_forward needs X"):
+        k.dense_forward(X, W, b, 0, np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="not a class index"):
+        k.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]), np.empty((2, 3)))
+    with pytest.raises(TypeError, match="out must be float32 or float64"):
+        k.dense_forward(X, W[:3], b, 0, np.empty((4, 2), np.int32))
+    with pytest.raises(ValueError, match="unknown activation code 9"):
+        k.dense_forward(X, W[:3], b, 9, np.empty((4, 2), np.float32))
+    model = fastnn.Sequential([fastnn.Dense(3, 2)], backend="cython")
+    trainer = model._make_trainer(fastnn.losses.get("mse"), fastnn.SGD(0.1), 2)
+    with pytest.raises(ValueError, match="is not a row of X"):
+        trainer.run_epoch(X, np.ones((4, 2), np.float32), np.array([0, 1, 2, 4]))

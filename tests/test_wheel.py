@@ -1,0 +1,80 @@
+"""The distribution works on its own: ``python -m build`` makes an sdist and, from it, a platform
+wheel with the compiled kernels inside; the wheel installed into a fresh virtual environment (not
+editable, no source tree on the path) runs ``fastnn info`` and a short training.
+
+Slow (a build and an install with dependencies): marked ``wheel``, deselect with
+``pytest -m "not wheel"``.
+"""
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.wheel
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = "Scripts" if os.name == "nt" else "bin"
+
+
+def run(args, cwd, timeout=900) -> str:
+    """Run a command outside the source tree's import path; fail with its output if it fails."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FASTNN_BACKEND")}
+    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    """sdist and wheel built by ``python -m build`` (the wheel is built from the sdist)."""
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def venv(dist, tmp_path_factory) -> Path:
+    """A fresh virtual environment with the wheel installed (dependencies from the index)."""
+    env_dir = tmp_path_factory.mktemp("venv") / "env"
+    run([sys.executable, "-m", "venv", env_dir], cwd=dist)
+    (wheel,) = dist.glob("*.whl")
+    run([env_dir / SCRIPTS / "python", "-m", "pip", "install", "--quiet", wheel], cwd=dist)
+    return env_dir
+
+
+def test_sdist_ships_the_cython_sources_not_build_outputs(dist):
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"setup.py", "pyproject.toml", "kernels/cython/_kernels.pyx",
+            "kernels/cython/__init__.py"} <= names
+    assert not [n for n in names if n.endswith((".so", ".pyd", ".c"))]
+
+
+def test_wheel_is_a_platform_wheel_with_the_compiled_kernels(dist):
+    (wheel,) = dist.glob("*.whl")
+    assert not wheel.name.endswith("-none-any.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert [n for n in names if n.startswith("fastnn/kernels/cython/_kernels.")
+            and n.endswith((".so", ".pyd"))]
+    assert "fastnn/kernels/reference.py" in names and "fastnn/cli.py" in names
+
+
+def test_installed_wheel_runs_info_and_trains_with_cython(venv, tmp_path):
+    where = run([venv / SCRIPTS / "python", "-c",
+                 "import fastnn.kernels.cython._kernels as k; print(k.__file__)"], cwd=tmp_path)
+    assert Path(where.strip()).resolve().is_relative_to(venv.resolve())
+
+    info = run([venv / SCRIPTS / "fastnn", "info"], cwd=tmp_path)
+    reasons = dict(line.split(None, 1) for line in info.splitlines() if line.startswith("  "))
+    assert reasons["cython"] == "usable", info
+
+    trained = run([venv / SCRIPTS / "fastnn", "train", "--epochs", "2", "--backend", "cython",
+                   "--verbose", "0"], cwd=tmp_path)
+    assert "backend cython" in trained and "test accuracy" in trained, trained
