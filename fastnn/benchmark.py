@@ -133,16 +133,12 @@ def device_of(contender: str) -> str:
 
 
 def pin_threads(n: int, torch: bool = False) -> None:
-    """Give every contender the same ``n`` threads: BLAS, OpenMP, Numba (and PyTorch)."""
-    import fastnn
-    if hasattr(fastnn, "set_num_threads"):
-        fastnn.set_num_threads(n)          # fastnn's own control of Numba and BLAS together
-    else:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n)
-        if importlib.util.find_spec("numba") is not None:
-            import numba
-            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    """Give every contender the same ``n`` threads: Numba, BLAS, OpenMP (and PyTorch)."""
+    from threadpoolctl import threadpool_limits
+
+    from .threads import set_num_threads
+    set_num_threads(n)                        # Numba's pool and the BLAS libraries, together
+    threadpool_limits(n, user_api="openmp")   # OpenMP pools: cython's prange, PyTorch's
     if torch:
         import torch as th
         th.set_num_threads(n)
