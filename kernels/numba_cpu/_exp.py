@@ -2,7 +2,7 @@
 
 Without Intel's SVML, LLVM turns ``math.exp`` on float32 into one libm call per element, which
 made sigmoid-heavy networks exp-bound; :func:`exp_neg` is a branch-free Cody–Waite exponential
-(error about 2 ulp) that vectorises. float64 keeps ``math.exp`` (gradient checks need it).
+(error about 2 ulp, 2^t built from its exponent bits) that vectorises. float64 keeps ``math.exp`` (gradient checks need it).
 """
 import math
 
@@ -21,7 +21,7 @@ def exp_neg(x):
     return math.exp(x)
 
 
-@overload(exp_neg, inline="always")
+@overload(exp_neg)
 def _exp_neg_overload(x):
     if not (isinstance(x, types.Float) and x.bitwidth == 32):
         return lambda x: math.exp(x)
@@ -29,20 +29,12 @@ def _exp_neg_overload(x):
     log2e, hi, lo, half, one, zero, lim = (f(c) for c in (_LOG2E, _LN2_HI, _LN2_LO, 0.5, 1.0,
                                                            0.0, -87.0))
     c2, c3, c4, c5, c6, c7 = (f(1 / math.factorial(k)) for k in range(2, 8))
-    p1, p2, p4, p8, p16, p32, p64 = (f(2.0 ** -e) for e in (1, 2, 4, 8, 16, 32, 64))
 
     def impl(x):
-        y = max(x, lim)                                   # e^−87 ≈ 1.6e−38 is still normal
-        m = np.int32(-math.floor(y * log2e + half))       # y = −m ln2 + r, |r| ≤ ln2/2
-        mf = f(m)
-        r = (y + mf * hi) + mf * lo
+        y = x if x > lim else lim                         # e^−87 ≈ 1.6e−38 is still normal
+        t = np.floor(y * log2e + half)                    # y = t ln2 + r, |r| ≤ ln2/2, t ≤ 0
+        r = (y - t * hi) - t * lo
         p = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))
-        p = p * (p1 if m & 1 else one)                    # × 2^−m, from the bits of m ≤ 126
-        p = p * (p2 if m & 2 else one)
-        p = p * (p4 if m & 4 else one)
-        p = p * (p8 if m & 8 else one)
-        p = p * (p16 if m & 16 else one)
-        p = p * (p32 if m & 32 else one)
-        p = p * (p64 if m & 64 else one)
-        return p if x >= lim else zero
+        scale = np.int32((np.int32(t) + 127) << 23).view(np.float32)   # 2^t from its bits
+        return p * scale if x >= lim else zero
     return impl

@@ -7,7 +7,7 @@ import math
 from numba import njit, prange
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps, training,
                    out, xhat, inv_std):
     """Normalise feature j of X (batch, n); in training also update its running statistics."""
@@ -35,7 +35,7 @@ def bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps, 
         out[i, j] = g * xh + b                            # y = γ x̂ + β
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def bn_backward_col(j, dY, xhat, inv_std, gamma, dX, dX_mode, dgamma, dbeta):
     """Gradients of training-mode batch norm for feature j. dX_mode: 0 skip, 1 write, 2 add."""
     n = dY.shape[0]
@@ -55,7 +55,7 @@ def bn_backward_col(j, dY, xhat, inv_std, gamma, dX, dX_mode, dgamma, dbeta):
             dX[i, j] = dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def bn_forward_kernel(X, gamma, beta, running_mean, running_var, momentum, eps, training,
                       out, xhat, inv_std):
     for j in prange(X.shape[1]):
@@ -63,7 +63,7 @@ def bn_forward_kernel(X, gamma, beta, running_mean, running_var, momentum, eps, 
                        out, xhat, inv_std)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def bn_backward_kernel(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
     for j in prange(dY.shape[1]):
         bn_backward_col(j, dY, xhat, inv_std, gamma, dX, 1, dgamma, dbeta)

@@ -17,7 +17,7 @@ from ._exp import exp_neg
 from ._split import row_split
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def bias_activate_rows(Z, b, act, r0, r1):
     """Z[r0:r1] = f(Z[r0:r1] + b) in place, one row at a time."""
     one, zero = Z.dtype.type(1), Z.dtype.type(0)
@@ -57,7 +57,7 @@ def bias_activate_rows(Z, b, act, r0, r1):
                 z[j] += b[j]
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def activation_grad_rows(dA, A, act, r0, r1):
     """dA[r0:r1] ← dA ⊙ f′, f′ from the saved output a (σ′ = a(1−a), tanh′ = 1−a², …)."""
     one, zero = dA.dtype.type(1), dA.dtype.type(0)
@@ -85,7 +85,7 @@ def activation_grad_rows(dA, A, act, r0, r1):
                 d[j] = a[j] * (d[j] - s)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def column_sums(dZ, r0, r1, db):
     """db = Σ_{i in r0:r1} dZ[i] (the bias gradient of a row chunk)."""
     db[:] = 0
@@ -95,14 +95,14 @@ def column_sums(dZ, r0, r1, db):
             db[j] += d[j]
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def dense_forward_rows(X, W, b, act, out, r0, r1):
     """out[r0:r1] = f(X[r0:r1] @ W + b)."""
     np.dot(X[r0:r1], W, out[r0:r1])
     bias_activate_rows(out, b, act, r0, r1)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def dense_forward_kernel(X, W, b, act, out, threads):
     n = X.shape[0]
     q, nchunk = row_split(n, threads)
@@ -110,7 +110,7 @@ def dense_forward_kernel(X, W, b, act, out, threads):
         dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, threads):
     n = X.shape[0]
     q, nchunk = row_split(n, threads)

@@ -14,7 +14,7 @@ CODES = {"mse": MSE, "softmax_cross_entropy": CROSS_ENTROPY,
          "sigmoid_binary_cross_entropy": BINARY_CROSS_ENTROPY}
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def loss_rows(code, Z, labels, Y, dZ, n, r0, r1):
     """Σ over rows r0:r1 of the per-row loss (float64) and the rows predicted right (−1 for
     mse); writes dZ[r0:r1] = ∂L/∂z with L the mean over the n rows of the batch.
@@ -62,7 +62,7 @@ def loss_rows(code, Z, labels, Y, dZ, n, r0, r1):
     return total, (-1 if code == MSE else right)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def loss_kernel(code, Z, labels, Y, dZ, threads):
     """Mean loss over the rows of Z, writing dZ; the row chunks run in parallel."""
     n = Z.shape[0]

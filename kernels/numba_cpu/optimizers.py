@@ -7,7 +7,7 @@ from ._split import BLOCK
 SGD, MOMENTUM, ADAM = range(3)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def update_range(code, p, g, s1, s2, lo, hi, lr, mu, b1, b2, eps, t):
     """Update p[lo:hi] from g. s1 is the velocity (momentum) or first moment (Adam), s2 the
     second moment; t the 1-based Adam step. Hyperparameters are cast to p's dtype."""
@@ -30,7 +30,7 @@ def update_range(code, p, g, s1, s2, lo, hi, lr, mu, b1, b2, eps, t):
             p[i] -= lr_ * (s1[i] / bc1) / (np.sqrt(s2[i] / bc2) + eps_)  # w ← w − η m̂/(√v̂+ε)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def update_kernel(code, p, g, s1, s2, lr, mu, b1, b2, eps, t):
     """One optimizer step over all of p, block by block in parallel."""
     n = p.shape[0]

@@ -38,13 +38,13 @@ GATHER, FORWARD, LOSS, BACKWARD = range(4)
 ROWS, WHOLE_BATCH = range(2)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _view(buf, off, rows, cols):
     """rows × cols C-contiguous view of a flat buffer at off."""
     return buf[off:off + rows * cols].reshape((rows, cols))
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _add_rows(dst, src, mode, r0, r1):
     """dst[r0:r1] = src (mode 1) or += src (mode 2)."""
     for i in range(r0, r1):
@@ -56,7 +56,7 @@ def _add_rows(dst, src, mode, r0, r1):
                 d[j] += s[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, params, grads,
                 partials, acts, dacts, tmp, labels_b, Yb, loss_code, out_op, lossp, corrp):
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
@@ -112,7 +112,7 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
         _add_rows(_view(dacts, ops[op, IN], nb, nin), T, 2, r0, r1)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params, grads, state,
                  s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, lossp, corrp,
                  loss_code, opt_code, hyper, step, threads):

@@ -1,0 +1,43 @@
+"""Whether Numba's on-disk cache holds this backend's compiled kernels (``fastnn info``).
+
+Compiling every kernel takes tens of seconds; with ``cache=True`` a later process loads the
+machine code instead. This reads Numba's cache index of each kernel (a private Numba API,
+hence the guard): an index whose source stamp no longer matches the file counts as cold.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class CacheStatus(NamedTuple):
+    directory: str     # where Numba keeps this backend's cache ("" if unknown)
+    compiled: int      # kernels with at least one cached signature
+    total: int         # kernels that are cached on disk when compiled
+    signatures: int    # cached signatures over all kernels
+
+
+def _kernels():
+    from .batchnorm import bn_backward_kernel, bn_forward_kernel
+    from .dense import dense_backward_kernel, dense_forward_kernel
+    from .losses import loss_kernel
+    from .optimizers import update_kernel
+    from .trainer import _row_action, epoch_kernel
+
+    return (dense_forward_kernel, dense_backward_kernel, loss_kernel, update_kernel,
+            bn_forward_kernel, bn_backward_kernel, _row_action, epoch_kernel)
+
+
+def cache_status() -> CacheStatus:
+    """How many of the backend's kernels have compiled code in the on-disk cache."""
+    directory, compiled, signatures = "", 0, 0
+    kernels = _kernels()
+    for kernel in kernels:
+        try:
+            cache = kernel._cache
+            directory = cache._cache_path
+            entries = len(cache._cache_file._load_index())
+        except (AttributeError, OSError):
+            entries = 0
+        compiled += entries > 0
+        signatures += entries
+    return CacheStatus(directory, compiled, len(kernels), signatures)
