@@ -25,12 +25,26 @@ def thread_report() -> str:
     return ", ".join(parts)
 
 
+def numba_cache_report() -> str:
+    """Whether numba_cpu's compiled kernels are in Numba's on-disk cache (warm start)."""
+    from .kernels.numba_cpu import cache_status
+
+    status = cache_status()
+    state = ("warm" if status.compiled == status.total else
+             "cold: the first training call compiles (tens of seconds)" if not status.compiled
+             else "partly warm: kernels not yet used compile on first call")
+    return (f"{state} ({status.compiled}/{status.total} kernels, {status.signatures} "
+            f"signatures cached in {status.directory or 'an unknown directory'})")
+
+
 def cmd_info(args) -> int:
     print(f"fastnn {__version__} (Python {sys.version.split()[0]})")
     print(f"threads: {thread_report()}")
     print("backends (auto picks the first usable):")
     for name, info in backends.available_backends().items():
         print(f"  {name:<11} {info.reason}")
+    if backends.available_backends()["numba_cpu"].usable:
+        print(f"numba_cpu JIT cache: {numba_cache_report()}")
     try:
         chosen, _ = backends.resolve("auto")
         print(f"auto -> {chosen}")
