@@ -1,0 +1,113 @@
+"""The kernel interface on host NumPy arrays: copy the inputs in, launch, copy the outputs out.
+
+This is what ``fastnn.kernels.INTERFACE`` asks of a backend, so the shared kernel-vs-reference
+tests and the layer-by-layer training path (``model.fuse = False``, predict, evaluate) run the
+CUDA kernels. Training with ``fit`` does not come through here: the fused trainer keeps
+everything on the device (:mod:`.trainer`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import ops
+
+
+def _in(a: np.ndarray):
+    """A device copy of a host array."""
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def _out(like: np.ndarray):
+    """An uninitialised device array shaped like a host output."""
+    return cuda.device_array(like.shape, like.dtype)
+
+
+def _back(device, host: np.ndarray) -> None:
+    """Copy a device result into a host array in place (views of flat buffers included)."""
+    host[...] = device.copy_to_host()
+
+
+def dense_forward(X, W, b, act, out):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+    d_out = _out(out)
+    ops.dense_forward(_in(X), _in(W), _in(b), act, d_out)
+    _back(d_out, out)
+
+
+def dense_backward(dA, X, W, A, act, dX, dW, db):
+    """dA ← dZ = dA ⊙ f′; dW = Xᵀ dZ, db = Σ dZ, dX = dZ Wᵀ unless dX is None."""
+    d_dA, d_dW, d_db = _in(dA), _out(dW), _out(db)
+    d_dX = None if dX is None else _out(dX)
+    ops.dense_backward(d_dA, _in(X), _in(W), _in(A), act, d_dX, d_dW, d_db)
+    for device, host in ((d_dA, dA), (d_dW, dW), (d_db, db), (d_dX, dX)):
+        if host is not None:
+            _back(device, host)
+
+
+def _loss(kernel, Z, targets, dZ):
+    """Run a loss kernel; write dZ and return the mean loss over the batch as a float."""
+    totals = cuda.to_device(np.zeros(2))
+    d_dZ = _out(dZ)
+    ops.loss(kernel, _in(Z), _in(targets), d_dZ, totals)
+    _back(d_dZ, dZ)
+    return float(totals.copy_to_host()[0] / len(Z))
+
+
+def mse(Yhat, Y, dYhat):
+    """L = mean_batch Σ ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
+    return _loss("mse", Yhat, Y, dYhat)
+
+
+def softmax_cross_entropy(Z, labels, dZ):
+    """L = mean_batch(log Σ e^z − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
+    return _loss("softmax_cross_entropy", Z, np.asarray(labels).reshape(-1, 1), dZ)
+
+
+def sigmoid_binary_cross_entropy(Z, Y, dZ):
+    """L = mean_batch Σ [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
+    return _loss("sigmoid_binary_cross_entropy", Z, Y, dZ)
+
+
+def sgd(params, grads, lr):
+    """w ← w − η g, in place."""
+    d_params = _in(params)
+    ops.sgd(d_params, _in(grads), lr)
+    _back(d_params, params)
+
+
+def sgd_momentum(params, grads, velocity, lr, momentum):
+    """v ← μv + g; w ← w − η v, in place."""
+    d_params, d_velocity = _in(params), _in(velocity)
+    ops.sgd_momentum(d_params, _in(grads), d_velocity, lr, momentum)
+    _back(d_params, params)
+    _back(d_velocity, velocity)
+
+
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
+    """Adam, in place; ``t`` is the 1-based step count."""
+    d_params, d_m, d_v = _in(params), _in(m), _in(v)
+    ops.adam(d_params, _in(grads), d_m, d_v, lr, beta1, beta2, eps, t)
+    for device, host in ((d_params, params), (d_m, m), (d_v, v)):
+        _back(device, host)
+
+
+def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,
+                      out, xhat, inv_std):
+    """Batch normalisation per feature (running statistics updated when training)."""
+    d_mean, d_var = _in(running_mean), _in(running_var)
+    d_out, d_xhat, d_inv_std = _out(out), _out(xhat), _out(inv_std)
+    ops.batchnorm_forward(_in(X), _in(gamma), _in(beta), d_mean, d_var, momentum, eps,
+                          training, d_out, d_xhat, d_inv_std)
+    for device, host in ((d_mean, running_mean), (d_var, running_var), (d_out, out),
+                         (d_xhat, xhat), (d_inv_std, inv_std)):
+        _back(device, host)
+
+
+def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
+    """Backward of training-mode batch normalisation; writes dX, dgamma, dbeta."""
+    d_dX, d_dgamma, d_dbeta = _out(dX), _out(dgamma), _out(dbeta)
+    ops.batchnorm_backward(_in(dY), _in(xhat), _in(inv_std), _in(gamma), d_dX, d_dgamma,
+                           d_dbeta)
+    for device, host in ((d_dX, dX), (d_dgamma, dgamma), (d_dbeta, dbeta)):
+        _back(device, host)

@@ -1,0 +1,138 @@
+"""The kernel interface on device arrays: each function sizes a grid and launches kernels.
+
+Same names, signatures and semantics as the NumPy reference, except that arrays are Numba
+device arrays that stay on the GPU, losses add into a device ``totals`` vector instead of
+returning a float (so a training epoch never waits for the host), and ``dense_backward`` takes
+a ``row_dot`` workspace (batch,) that softmax layers need. The host-array interface in
+:mod:`.host` and the fused trainer in :mod:`.trainer` are both built on these.
+"""
+from __future__ import annotations
+
+import functools
+
+from numba import cuda
+
+from .. import IDENTITY, SOFTMAX
+from . import cuda_kernels as K
+
+#: outputs per matmul thread along each axis: blocks compute (16·THREAD_TILE)² outputs
+THREAD_TILE = 4
+
+
+def _blocks(n: int, per_block: int) -> int:
+    """Blocks needed to cover n items, at least one (a kernel launch needs a non-empty grid)."""
+    return max(1, -(-n // per_block))
+
+
+@functools.lru_cache(maxsize=None)
+def _placeholder(dtype) -> "cuda.devicearray.DeviceNDArray":
+    """A one-element device vector passed for an array argument a kernel does not read
+    (no bias in the backward matmuls, no row sums without softmax)."""
+    return cuda.device_array(1, dtype)
+
+
+def matmul(A, B, trans_a: bool, trans_b: bool, C, bias=None, act: int = IDENTITY,
+           thread_tile: int = THREAD_TILE) -> None:
+    """C = f(op(A) @ op(B) [+ bias]), op(M) = Mᵀ when its flag is set; softmax is not applied
+    here (see :func:`dense_forward`)."""
+    M, N = C.shape
+    tile = K.MATMUL_BLOCK[0] * thread_tile
+    use_bias = bias is not None
+    K.matmul_kernel(thread_tile)[(_blocks(N, tile), _blocks(M, tile)), K.MATMUL_BLOCK](
+        A, B, trans_a, trans_b, bias if use_bias else _placeholder(C.dtype), use_bias, act, C)
+
+
+def dense_forward(X, W, b, act: int, out) -> None:
+    """out = f(X @ W + b), bias and element-wise activation fused into the matmul."""
+    matmul(X, W, False, False, out, b, act)
+    if act == SOFTMAX:
+        K.softmax_rows[_blocks(len(out), K.THREADS_1D), K.THREADS_1D](out)
+
+
+def dense_backward(dA, X, W, A, act: int, dX, dW, db, row_dot=None) -> None:
+    """dA ← dZ = dA ⊙ f′ with db = Σ dZ in one kernel, then dW = Xᵀ dZ and (unless dX is
+    None) dX = dZ Wᵀ with the same matmul kernel. Softmax layers need ``row_dot`` (batch,);
+    it is allocated here when not given."""
+    if act == SOFTMAX:
+        if row_dot is None:
+            row_dot = cuda.device_array(len(A), A.dtype)
+        K.row_dots[_blocks(len(A), K.THREADS_1D), K.THREADS_1D](dA, A, row_dot)
+    else:
+        row_dot = _placeholder(A.dtype)
+    width = A.shape[1]
+    K.activation_backward[_blocks(width, K.COLUMN_BLOCK[0]), K.COLUMN_BLOCK](
+        dA, A, act, row_dot, db)
+    matmul(X, dA, True, False, dW)                               # ∂L/∂W = Xᵀ dZ
+    if dX is not None:
+        matmul(dA, W, False, True, dX)                           # ∂L/∂x = dZ Wᵀ
+
+
+#: loss kernel name (as in fastnn.losses) -> kernel(Z, targets, dZ, totals)
+LOSS_KERNELS = {
+    "mse": K.mse,
+    "softmax_cross_entropy": K.softmax_cross_entropy,
+    "sigmoid_binary_cross_entropy": K.sigmoid_binary_cross_entropy,
+}
+
+
+def loss(kernel: str, Z, targets, dZ, totals) -> None:
+    """Write the loss gradient dZ and add (Σ_rows loss, rows predicted right) to totals.
+
+    ``targets`` is (n, k) for mse and binary cross-entropy and the labels as a column (n, 1)
+    for softmax cross-entropy; ``totals`` is a float64 device vector of 2.
+    """
+    LOSS_KERNELS[kernel][1, K.LOSS_BLOCK](Z, targets, dZ, totals)
+
+
+def _optimizer_step(rule, params, grads, s1, s2, lr, a=0.0, b=0.0, eps=0.0, c1=1.0, c2=1.0):
+    """Launch the one optimizer kernel over the flat buffer, scalars in the buffer's dtype."""
+    scalar = params.dtype.type
+    K.optimizer_step[_blocks(params.size, K.THREADS_1D), K.THREADS_1D](
+        rule, params, grads, s1, s2, scalar(lr), scalar(a), scalar(b), scalar(eps),
+        scalar(c1), scalar(c2))
+
+
+def sgd(params, grads, lr: float) -> None:
+    """w ← w − η g."""
+    _optimizer_step(K.SGD, params, grads, grads, grads, lr)
+
+
+def sgd_momentum(params, grads, velocity, lr: float, momentum: float) -> None:
+    """v ← μv + g; w ← w − η v."""
+    _optimizer_step(K.MOMENTUM, params, grads, velocity, grads, lr, momentum)
+
+
+def adam(params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
+         t: int) -> None:
+    """Adam with bias correction for the 1-based step ``t``."""
+    _optimizer_step(K.ADAM, params, grads, m, v, lr, beta1, beta2, eps,
+                    1 - beta1 ** t, 1 - beta2 ** t)
+
+
+def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum: float, eps: float,
+                      training: bool, out, xhat, inv_std) -> None:
+    """Batch normalisation per feature; see the reference for the formulas."""
+    K.batchnorm_forward[_blocks(X.shape[1], K.COLUMN_BLOCK[0]), K.COLUMN_BLOCK](
+        X, gamma, beta, running_mean, running_var, float(momentum), float(eps),
+        bool(training), out, xhat, inv_std)
+
+
+def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta) -> None:
+    """Backward of training-mode batch normalisation."""
+    K.batchnorm_backward[_blocks(dY.shape[1], K.COLUMN_BLOCK[0]), K.COLUMN_BLOCK](
+        dY, xhat, inv_std, gamma, dX, dgamma, dbeta)
+
+
+def _grid_2d(rows: int, cols: int) -> tuple[int, int]:
+    return _blocks(cols, K.COLUMN_BLOCK[0]), _blocks(rows, K.COLUMN_BLOCK[1])
+
+
+def add(X, Y, out) -> None:
+    """out = X + Y."""
+    K.add[_grid_2d(*out.shape), K.COLUMN_BLOCK](X, Y, out)
+
+
+def gather_rows(X, Y, order, start: int, Xb, Yb) -> None:
+    """Xb, Yb = rows order[start:start + len(Xb)] of X, Y (one launch for both)."""
+    K.gather_rows[_grid_2d(len(Xb), max(Xb.shape[1], Yb.shape[1])), K.COLUMN_BLOCK](
+        X, Y, order, start, Xb, Yb)
