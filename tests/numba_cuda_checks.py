@@ -1,0 +1,267 @@
+"""The numba_cuda backend against the NumPy reference: every kernel, and ``fit`` through the
+device-resident trainer.
+
+tests/test_numba_cuda.py runs this file under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1),
+which runs every GPU thread as a Python thread: shapes are small but chosen to cross tile and
+block edges (batch 1, widths 1, several matmul tiles along every axis, more rows than a loss
+block has threads). On a machine with a GPU run it directly: ``pytest tests/numba_cuda_checks.py``.
+"""
+import numpy as np
+import pytest
+
+from conftest import layout, tolerance
+from fastnn import Adam, BatchNorm, Dense, Residual, SGD, Sequential
+from fastnn.backends import available_backends, resolve
+from fastnn.kernels import ACTIVATIONS
+from fastnn.losses import LOSSES
+
+if not available_backends()["numba_cuda"].usable:
+    pytest.skip(f"numba_cuda is {available_backends()['numba_cuda'].reason}",
+                allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+from fastnn.kernels.numba_cuda import ops, trainer  # noqa: E402
+
+gpu = resolve("numba_cuda")[1]
+ref = resolve("reference")[1]
+f32, f64 = np.float32, np.float64
+
+
+def rand(rng, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def close(got, want, dtype, reduction=1, what=""):
+    np.testing.assert_allclose(got, want, err_msg=what, **tolerance(dtype, reduction))
+
+
+# -- dense layers: the tiled matmul with its epilogue, fused dZ/db, transposed matmuls -----
+DENSE_CASES = [  # activation, dtype, batch, in, out, input layout, first layer (dX is None)
+    ("identity", f32, 1, 3, 5, "C", False),          # batch 1
+    ("sigmoid", f64, 7, 20, 33, "F", False),
+    ("tanh", f32, 9, 17, 2, "strided", True),
+    ("relu", f32, 65, 66, 17, "C", False),           # 2+ tiles on every matmul axis, 5 K tiles
+    ("leaky_relu", f64, 4, 1, 1, "C", False),        # widths 1
+    ("softmax", f32, 6, 5, 7, "C", False),           # row softmax after the epilogue
+    ("softmax", f64, 3, 4, 40, "F", False),          # and its backward (row sums), 2 db blocks
+]
+
+
+@pytest.mark.parametrize("act, dtype, batch, n_in, n_out, kind, first", DENSE_CASES)
+def test_dense_forward_and_backward(act, dtype, batch, n_in, n_out, kind, first):
+    rng = np.random.default_rng(n_in * 1000 + n_out)
+    X, b = rand(rng, (batch, n_in), dtype), rand(rng, n_out, dtype)
+    W = rand(rng, (n_in, n_out), dtype, 1 / np.sqrt(n_in))
+    code = ACTIVATIONS[act]
+    A, A_gpu = np.empty((batch, n_out), dtype), np.full((batch, n_out), np.nan, dtype)
+    ref.dense_forward(X, W, b, code, A)
+    gpu.dense_forward(layout(X, kind), layout(W, kind), b, code, A_gpu)
+    close(A_gpu, A, dtype, n_in, "out")
+
+    dA = rand(rng, (batch, n_out), dtype)
+
+    def backward(kernels, kind):
+        dZ = layout(dA.copy(), kind)
+        dX = None if first else np.full((batch, n_in), np.nan, dtype)
+        dW, db = np.full((n_in, n_out), np.nan, dtype), np.full(n_out, np.nan, dtype)
+        kernels.dense_backward(dZ, layout(X, kind), layout(W, kind), layout(A, kind), code, dX,
+                               dW, db)
+        return dZ, dX, dW, db
+
+    for name, got, want, k in zip(("dZ", "dX", "dW", "db"), backward(gpu, kind),
+                                  backward(ref, "C"), (n_out, n_out, batch, batch)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            close(got, want, dtype, k, name)
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True)])
+def test_matmul_wide_thread_tile_and_transposes(trans_a, trans_b):
+    """The 8×8-outputs-per-thread variant (128² tiles), operands stored plain or transposed."""
+    rng = np.random.default_rng(3)
+    P, Q, bias = rand(rng, (20, 33), f32), rand(rng, (33, 37), f32), rand(rng, 37, f32)
+    A = np.ascontiguousarray(P.T) if trans_a else P              # op(A) = P
+    B = np.ascontiguousarray(Q.T) if trans_b else Q              # op(B) = Q
+    C = cuda.device_array((20, 37), f32)
+    ops.matmul(cuda.to_device(A), cuda.to_device(B), trans_a, trans_b, C, cuda.to_device(bias),
+               ACTIVATIONS["tanh"], thread_tile=8)
+    close(C.copy_to_host(), np.tanh(P @ Q + bias), f32, 33)
+
+
+# -- losses (with the right-prediction counts the trainer accumulates) ----------------------
+@pytest.mark.parametrize("dtype, batch, k, scale", [(f32, 300, 3, 1.0), (f64, 5, 1, 30.0),
+                                                    (f64, 2, 4, 1.0)])
+def test_losses(dtype, batch, k, scale):
+    rng = np.random.default_rng(batch)
+    Z = rand(rng, (batch, k), dtype, scale)
+    targets = {"mse": rand(rng, (batch, k), dtype),
+               "binary_cross_entropy": rng.integers(0, 2, (batch, k)).astype(dtype),
+               "cross_entropy": rng.integers(0, k, batch).astype(np.int64)}
+    for name, y in targets.items():
+        if name == "cross_entropy" and k == 1:
+            continue
+        kernel = LOSSES[name].kernel
+        dZ_want, dZ_got = np.empty_like(Z), np.full_like(Z, np.nan)
+        want = getattr(ref, kernel)(Z, y, dZ_want)
+        got = getattr(gpu, kernel)(Z, y, dZ_got)
+        assert isinstance(got, float)
+        np.testing.assert_allclose(got, want, err_msg=name, rtol=1e-4 if dtype == f32 else 1e-10)
+        close(dZ_got, dZ_want, dtype, 1, name)
+
+        totals = cuda.to_device(np.zeros(2))
+        ops.loss(kernel, cuda.to_device(Z), cuda.to_device(y.reshape(batch, -1)),
+                 cuda.device_array(Z.shape, dtype), totals)
+        loss_sum, n_right = totals.copy_to_host()
+        np.testing.assert_allclose(loss_sum, want * batch, rtol=1e-4 if dtype == f32 else 1e-10)
+        assert n_right == (LOSSES[name].n_correct(Z, y, probabilities=False) or 0)
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_losses_stay_finite_for_huge_logits(dtype):
+    Z = np.array([[250.0, -250.0], [-1000.0, 1000.0], [0.0, 120.0]], dtype)
+    for kernel, y in (("softmax_cross_entropy", np.array([0, 0, 1])),
+                      ("sigmoid_binary_cross_entropy", np.array([[1, 0], [1, 1], [0, 1]], dtype))):
+        dZ_want, dZ_got = np.empty_like(Z), np.empty_like(Z)
+        want = getattr(ref, kernel)(Z, y, dZ_want)
+        got = getattr(gpu, kernel)(Z, y, dZ_got)
+        assert np.isfinite(got) and np.isfinite(dZ_got).all()
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        close(dZ_got, dZ_want, dtype)
+
+
+# -- optimizers: one launch over the flat buffer ------------------------------------------
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_optimizers(dtype):
+    rng = np.random.default_rng(7)
+    p0, grads = rand(rng, 700, dtype), [rand(rng, 700, dtype) for _ in range(3)]
+
+    def run(kernels, name):
+        p, s1, s2 = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        for t, g in enumerate(grads, start=1):
+            if name == "sgd":
+                kernels.sgd(p, g, 0.1)
+            elif name == "sgd_momentum":
+                kernels.sgd_momentum(p, g, s1, 0.1, 0.9)
+            else:
+                kernels.adam(p, g, s1, s2, 1e-2, 0.9, 0.999, 1e-8, t)
+        return p, s1, s2
+
+    for name in ("sgd", "sgd_momentum", "adam"):
+        for got, want in zip(run(gpu, name), run(ref, name)):
+            close(got, want, dtype, 1, name)
+
+
+# -- BatchNorm ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype, batch, n, training, kind", [
+    (f32, 5, 40, True, "F"), (f64, 6, 3, False, "C"), (f64, 1, 2, True, "C")])
+def test_batchnorm(dtype, batch, n, training, kind):
+    rng = np.random.default_rng(n)
+    X = rand(rng, (batch, n), dtype, 3.0) + 1
+    gamma, beta, dY = rand(rng, n, dtype), rand(rng, n, dtype), rand(rng, (batch, n), dtype)
+
+    def run(kernels, kind):
+        rm, rv = rand(np.random.default_rng(1), n, dtype), np.full(n, 1.5, dtype)
+        out, xhat = np.empty((batch, n), dtype), np.empty((batch, n), dtype)
+        inv_std, dX = np.empty(n, dtype), np.empty((batch, n), dtype)
+        dgamma, dbeta = np.empty(n, dtype), np.empty(n, dtype)
+        kernels.batchnorm_forward(layout(X, kind), gamma, beta, rm, rv, 0.1, 1e-5, training,
+                                  out, xhat, inv_std)
+        kernels.batchnorm_backward(layout(dY, kind), xhat, inv_std, gamma, dX, dgamma, dbeta)
+        return out, xhat, inv_std, rm, rv, dX, dgamma, dbeta
+
+    names = ("out", "xhat", "inv_std", "running_mean", "running_var", "dX", "dgamma", "dbeta")
+    for name, got, want in zip(names, run(gpu, kind), run(ref, "C")):
+        close(got, want, dtype, batch, name)
+
+
+# -- the trainer's own kernels -------------------------------------------------------------
+def test_add_and_gather_rows():
+    rng = np.random.default_rng(5)
+    X, Y = rand(rng, (9, 35), f32), rand(rng, (9, 35), f32)
+    out = cuda.device_array((9, 35), f32)
+    ops.add(cuda.to_device(X), cuda.to_device(Y), out)
+    np.testing.assert_array_equal(out.copy_to_host(), X + Y)
+
+    labels = rng.integers(0, 4, (9, 1))
+    order = rng.permutation(9)
+    Xb, Yb = cuda.device_array((4, 35), f32), cuda.device_array((4, 1), labels.dtype)
+    ops.gather_rows(cuda.to_device(X), cuda.to_device(labels), cuda.to_device(order), 5, Xb, Yb)
+    np.testing.assert_array_equal(Xb.copy_to_host(), X[order[5:9]])
+    np.testing.assert_array_equal(Yb.copy_to_host(), labels[order[5:9]])
+
+
+# -- fit through the device-resident trainer vs the reference backend ----------------------
+def fit_both(build, X, y, loss, optimizer, epochs, batch_size, monkeypatch):
+    """Train the same model on the reference and on numba_cuda (fused trainer); return both
+    models, histories and optimizers, and how many minibatches were gathered on the device."""
+    gathered, gather = [], ops.gather_rows
+    monkeypatch.setattr(ops, "gather_rows", lambda *a: gathered.append(gather(*a)))
+    runs = []
+    for backend in ("reference", "numba_cuda"):
+        model, opt = build(backend), optimizer()
+        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=epochs,
+                            batch_size=batch_size, verbose=0)
+        runs.append((model, history, opt))
+    return runs, len(gathered)
+
+
+def assert_same_training(runs, dtype):
+    (m_ref, h_ref, o_ref), (m_gpu, h_gpu, o_gpu) = runs
+    close(m_gpu.parameters(), m_ref.parameters(), dtype, 1, "parameters")
+    close(m_gpu.gradients(), m_ref.gradients(), dtype, 1, "gradients")
+    close(m_gpu._state, m_ref._state, dtype, 1, "running statistics")
+    for name in ("m", "v", "velocity"):
+        if getattr(o_ref, name, None) is not None:
+            close(getattr(o_gpu, name), getattr(o_ref, name), dtype, 1, name)
+    assert getattr(o_gpu, "t", None) == getattr(o_ref, "t", None)
+    np.testing.assert_allclose(h_gpu["loss"], h_ref["loss"], rtol=tolerance(dtype)["rtol"])
+    assert h_gpu.history.get("accuracy") == h_ref.history.get("accuracy")
+
+
+@pytest.mark.parametrize("dtype, optimizer, resident, epochs", [
+    ("float64", lambda: Adam(1e-2), True, 2),
+    ("float32", lambda: SGD(0.1, momentum=0.9), False, 1)])
+def test_fit_on_the_device_matches_the_reference(dtype, optimizer, resident, epochs,
+                                                 monkeypatch):
+    """Dense, BatchNorm and Residual layers, cross-entropy, a partial last minibatch; the
+    training set resident on the device (and reused by the second epoch), or minibatches
+    copied from the host."""
+    if not resident:
+        monkeypatch.setattr(trainer, "RESIDENT_FRACTION", 0.0)
+
+    def build(backend):
+        return Sequential([Dense(4, 6, "relu"), BatchNorm(6), Residual([Dense(6, 6, "tanh")]),
+                           Dense(6, 3)], backend=backend, seed=2, dtype=dtype)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((9, 4)), rng.integers(0, 3, 9)
+    runs, gathered = fit_both(build, X, y, "cross_entropy", optimizer, epochs, 5, monkeypatch)
+    assert gathered == (2 * epochs if resident else 0)
+    assert_same_training(runs, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("loss, last", [("binary_cross_entropy", "sigmoid"), ("mse", "softmax")])
+def test_fit_other_losses(loss, last, monkeypatch):
+    def build(backend):
+        return Sequential([Dense(3, 4, "leaky_relu"), Dense(4, 2, last)], backend=backend,
+                          seed=1, dtype="float64")
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((6, 3))
+    y = rng.integers(0, 2, (6, 2)) if loss != "mse" else rng.random((6, 2))
+    runs, gathered = fit_both(build, X, y, loss, lambda: SGD(0.5), 1, 3, monkeypatch)
+    assert gathered == 2
+    assert_same_training(runs, np.dtype("float64"))
+
+
+def test_optimizers_without_a_kernel_fall_back_to_the_layer_path():
+    class Halving(SGD):
+        def _step(self, kernels, params, grads):
+            kernels.sgd(params, grads, self.lr / 2)
+    model = Sequential([Dense(2, 1)], backend="numba_cuda")
+    assert trainer.make_trainer(model, LOSSES["mse"], Halving(0.1), 4) is None
+    assert isinstance(trainer.make_trainer(model, LOSSES["mse"], Adam(), 4),
+                      trainer.DeviceTrainer)
+
+
+def test_matmul_tflops_runs():
+    assert gpu.matmul_tflops(16, repeats=1) > 0

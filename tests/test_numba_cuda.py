@@ -1,0 +1,59 @@
+"""The numba_cuda (GPU) backend, checked on machines without a GPU.
+
+* tests/numba_cuda_checks.py — every kernel against the reference, and ``fit`` through the
+  device-resident trainer — runs in a child process under Numba's CUDA simulator, which must
+  be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is first imported.
+* tests/numba_cuda_ptx.py compiles every kernel for a real GPU (sm_90) where the CUDA
+  toolkit's NVVM is installed, catching what the simulator (plain Python) cannot.
+* Without a GPU and without the simulator, the backend reports why it is unusable.
+
+Where a GPU is present the shared tests/test_kernels.py covers numba_cuda directly.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (pip install numba-cuda)")
+
+TESTS = Path(__file__).parent
+
+
+def run(args, simulator: bool, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1" if simulator else "0")
+    env.pop("FASTNN_BACKEND", None)
+    return subprocess.run([sys.executable, *args], cwd=TESTS.parent, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def test_kernels_and_trainer_under_the_cuda_simulator():
+    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider",
+                  str(TESTS / "numba_cuda_checks.py")], simulator=True)
+    output = result.stdout + result.stderr
+    summary = output.strip().splitlines()[-1] if output.strip() else ""
+    assert result.returncode == 0, output[-8000:]
+    # every check must have run: a skipped module (backend unusable) would hide them all
+    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, output[-8000:]
+
+
+def test_kernels_compile_for_a_real_gpu():
+    from numba.cuda.cudadrv import nvvm
+    if not nvvm.is_available():
+        pytest.skip("the CUDA toolkit's NVVM is not installed (pip install 'numba-cuda[cu12]')")
+    result = run([str(TESTS / "numba_cuda_ptx.py")], simulator=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
+
+
+def test_reports_why_it_is_unusable_without_a_gpu():
+    result = run(["-c", "from numba import cuda; import fastnn; "
+                        "print(cuda.is_available()); "
+                        "print(fastnn.available_backends()['numba_cuda'].reason)"],
+                 simulator=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    has_gpu, reason = result.stdout.strip().splitlines()
+    if has_gpu == "True":
+        pytest.skip("a CUDA GPU is present")
+    assert reason.startswith("not usable: no CUDA GPU found"), reason
