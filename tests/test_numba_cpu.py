@@ -19,9 +19,17 @@ OPTIMIZERS = {"sgd": lambda: SGD(0.05), "momentum": lambda: SGD(0.05, momentum=0
 LAST = {"mse": "tanh", "cross_entropy": "identity", "binary_cross_entropy": "sigmoid"}
 
 
+#: kind -> minibatch size; "wide" has enough work per batch to split it into row chunks
+#: trained by separate threads (see kernels/numba_cpu/_split.py), the others run serially
+BATCH = {"mlp": 16, "batchnorm_residual": 16, "wide": 64}
+
+
 def network(kind: str, last: str):
     if kind == "mlp":
         return [Dense(12, 24, "relu"), Dense(24, 16, "sigmoid"), Dense(16, 3, last)]
+    if kind == "wide":
+        return [Dense(12, 256, "relu"), BatchNorm(256), Residual(Dense(256, 256, "tanh")),
+                Dense(256, 3, last)]
     return [Dense(12, 16, "leaky_relu"), BatchNorm(16),
             Residual([Dense(16, 16, "tanh"), BatchNorm(16), Dense(16, 16, "relu")]),
             Residual(Dense(16, 16, "softmax")), Dense(16, 3, last)]
@@ -35,8 +43,10 @@ def targets(loss: str, rng, n: int):
     return rng.standard_normal((n, 3))
 
 
-def train(backend, fuse, kind, loss, optimizer, dtype, n=300, batch=16):
-    """20 minibatch steps (the last batch short) from seed 3; the trained model and history."""
+def train(backend, fuse, kind, loss, optimizer, dtype, n=300):
+    """300 rows in minibatches (20 steps for batch 16; the last batch short) from seed 3;
+    the trained model and its history."""
+    batch = BATCH[kind]
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((n, 12)), targets(loss, rng, n)
     model = Sequential(network(kind, LAST[loss]), backend=backend, seed=3, dtype=dtype)
@@ -49,13 +59,17 @@ def train(backend, fuse, kind, loss, optimizer, dtype, n=300, batch=16):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("loss", sorted(LAST))
-@pytest.mark.parametrize("kind", ["mlp", "batchnorm_residual"])
+@pytest.mark.parametrize("kind", sorted(BATCH))
 def test_fused_epoch_equals_layer_path_and_reference(kind, loss, optimizer, dtype):
     ref, ref_hist = train("reference", False, kind, loss, optimizer, dtype)
-    tol = tolerance(dtype, 16)
+    tol = tolerance(dtype, BATCH[kind])
+    if optimizer == "adam" and dtype == "float32":
+        # Adam divides by √v̂: where a gradient is near 0, float32 rounding flips the sign of
+        # m̂/√v̂ and moves that weight by up to lr a step; allow 5% of lr (lr = 1e-2)
+        tol["atol"] = 5e-4
     for fuse in (True, False):
         model, hist = train("numba_cpu", fuse, kind, loss, optimizer, dtype)
-        assert (model._make_trainer(fastnn.losses.get(loss), SGD(), 16) is not None) == fuse
+        assert (model._make_trainer(fastnn.losses.get(loss), SGD(), BATCH[kind]) is not None) == fuse
         np.testing.assert_allclose(model.parameters(), ref.parameters(), **tol,
                                    err_msg=f"weights, fuse={fuse}")
         np.testing.assert_allclose(model._state, ref._state, **tol,

@@ -1,19 +1,26 @@
 """How a batch is split into per-thread row chunks, and the flat-buffer block size.
 
 Rows of a batch are independent through a dense layer (forward, dZ, dX), so each thread takes
-a contiguous chunk of rows and calls single-threaded BLAS on it. Below ``MIN_ROWS`` rows per
-chunk the per-call overhead outweighs the second thread (measured on 2 cores).
+a contiguous chunk of rows and calls single-threaded BLAS on it. A chunk must carry enough
+work to pay for waking a thread and the barrier after it (a few µs on an idle machine, and
+much more when other processes hold the cores), so small problems stay in one chunk.
 """
 from numba.extending import register_jitable
 
 #: fewest rows worth a chunk of their own
 MIN_ROWS = 8
-#: entries per parallel block of the flat parameter buffer (fits L1 with its optimizer state)
+#: fewest multiply-adds (forward pass) worth a chunk of their own (≈ 5 µs of one core)
+MIN_CHUNK_WORK = 1 << 18
+#: entries per block of the flat parameter buffer (fits L1 with its optimizer state)
 BLOCK = 2048
+#: blocks from which the optimizer pass runs in parallel (128 Ki parameters)
+PARALLEL_UPDATE_BLOCKS = 64
 
 
 @register_jitable
-def row_split(n, threads):
-    """(rows per chunk q, number of chunks) for n rows; chunk c is rows [c·q, min(n, c·q + q))."""
-    q = max(MIN_ROWS, (n + threads - 1) // threads)
+def row_split(n, threads, work_per_row):
+    """(rows per chunk q, number of chunks) for n rows, each row costing work_per_row
+    multiply-adds; chunk c is rows [c·q, min(n, c·q + q))."""
+    chunks = max(1, min(threads, n * work_per_row // MIN_CHUNK_WORK))
+    q = max(MIN_ROWS, (n + chunks - 1) // chunks)
     return q, (n + q - 1) // q

@@ -6,6 +6,8 @@ import math
 
 from numba import njit, prange
 
+from ._split import MIN_CHUNK_WORK
+
 
 @njit(inline="always", error_model="numpy")
 def bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps, training,
@@ -58,12 +60,21 @@ def bn_backward_col(j, dY, xhat, inv_std, gamma, dX, dX_mode, dgamma, dbeta):
 @njit(parallel=True, cache=True, error_model="numpy")
 def bn_forward_kernel(X, gamma, beta, running_mean, running_var, momentum, eps, training,
                       out, xhat, inv_std):
-    for j in prange(X.shape[1]):
-        bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps, training,
-                       out, xhat, inv_std)
+    if X.size < MIN_CHUNK_WORK:                           # too little work to share
+        for j in range(X.shape[1]):
+            bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps,
+                           training, out, xhat, inv_std)
+    else:
+        for j in prange(X.shape[1]):
+            bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps,
+                           training, out, xhat, inv_std)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def bn_backward_kernel(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
-    for j in prange(dY.shape[1]):
-        bn_backward_col(j, dY, xhat, inv_std, gamma, dX, 1, dgamma, dbeta)
+    if dY.size < MIN_CHUNK_WORK:
+        for j in range(dY.shape[1]):
+            bn_backward_col(j, dY, xhat, inv_std, gamma, dX, 1, dgamma, dbeta)
+    else:
+        for j in prange(dY.shape[1]):
+            bn_backward_col(j, dY, xhat, inv_std, gamma, dX, 1, dgamma, dbeta)

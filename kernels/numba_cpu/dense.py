@@ -105,19 +105,30 @@ def dense_forward_rows(X, W, b, act, out, r0, r1):
 @njit(parallel=True, cache=True, error_model="numpy")
 def dense_forward_kernel(X, W, b, act, out, threads):
     n = X.shape[0]
-    q, nchunk = row_split(n, threads)
-    for c in prange(nchunk):
-        dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q))
+    q, nchunk = row_split(n, threads, W.shape[0] * W.shape[1])
+    if nchunk == 1:                                       # too little work to share
+        dense_forward_rows(X, W, b, act, out, 0, n)
+    else:
+        for c in prange(nchunk):
+            dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q))
+
+
+@njit(inline="always", error_model="numpy")
+def dense_backward_rows(dA, W, A, act, dX, has_dX, r0, r1):
+    """dZ = dA ⊙ f′ in place for rows r0:r1, and their dX = dZ Wᵀ."""
+    activation_grad_rows(dA, A, act, r0, r1)              # dZ = ∂L/∂a ⊙ f′(z)
+    if has_dX:
+        np.dot(dA[r0:r1], W.T, dX[r0:r1])                 # ∂L/∂x = dZ Wᵀ
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, threads):
     n = X.shape[0]
-    q, nchunk = row_split(n, threads)
-    for c in prange(nchunk):
-        r0, r1 = c * q, min(n, c * q + q)
-        activation_grad_rows(dA, A, act, r0, r1)          # dZ = ∂L/∂a ⊙ f′(z)
-        if has_dX:
-            np.dot(dA[r0:r1], W.T, dX[r0:r1])             # ∂L/∂x = dZ Wᵀ
+    q, nchunk = row_split(n, threads, W.shape[0] * W.shape[1])
+    if nchunk == 1:
+        dense_backward_rows(dA, W, A, act, dX, has_dX, 0, n)
+    else:
+        for c in prange(nchunk):
+            dense_backward_rows(dA, W, A, act, dX, has_dX, c * q, min(n, c * q + q))
     np.dot(X.T, dA, dW)                                   # ∂L/∂W = Xᵀ dZ
     column_sums(dA, 0, n, db)                             # ∂L/∂b = Σ_batch dZ

@@ -64,10 +64,13 @@ def loss_rows(code, Z, labels, Y, dZ, n, r0, r1):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def loss_kernel(code, Z, labels, Y, dZ, threads):
-    """Mean loss over the rows of Z, writing dZ; the row chunks run in parallel."""
+    """Mean loss over the rows of Z, writing dZ; large batches in parallel row chunks."""
     n = Z.shape[0]
-    q, nchunk = row_split(n, threads)
+    q, nchunk = row_split(n, threads, 16 * Z.shape[1])   # ≈ 16 flops per output (exp, log)
     total = 0.0
-    for c in prange(nchunk):
-        total += loss_rows(code, Z, labels, Y, dZ, n, c * q, min(n, c * q + q))[0]
+    if nchunk == 1:
+        total = loss_rows(code, Z, labels, Y, dZ, n, 0, n)[0]
+    else:
+        for c in prange(nchunk):
+            total += loss_rows(code, Z, labels, Y, dZ, n, c * q, min(n, c * q + q))[0]
     return total / n

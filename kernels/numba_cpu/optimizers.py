@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._split import BLOCK
+from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS
 
 SGD, MOMENTUM, ADAM = range(3)
 
@@ -32,8 +32,12 @@ def update_range(code, p, g, s1, s2, lo, hi, lr, mu, b1, b2, eps, t):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def update_kernel(code, p, g, s1, s2, lr, mu, b1, b2, eps, t):
-    """One optimizer step over all of p, block by block in parallel."""
+    """One optimizer step over all of p, block by block (in parallel for large p)."""
     n = p.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        update_range(code, p, g, s1, s2, blk * BLOCK, min(n, blk * BLOCK + BLOCK),
-                     lr, mu, b1, b2, eps, t)
+    n_blocks = (n + BLOCK - 1) // BLOCK
+    if n_blocks < PARALLEL_UPDATE_BLOCKS:
+        update_range(code, p, g, s1, s2, 0, n, lr, mu, b1, b2, eps, t)
+    else:
+        for blk in prange(n_blocks):
+            update_range(code, p, g, s1, s2, blk * BLOCK, min(n, blk * BLOCK + BLOCK),
+                         lr, mu, b1, b2, eps, t)

@@ -28,7 +28,7 @@ from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .losses import CODES, loss_rows
 from .optimizers import ADAM, MOMENTUM, SGD, update_range
-from ._split import BLOCK, row_split
+from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
 
 # op kinds, and the columns of the op table
 DENSE, BATCHNORM, ADD = range(3)
@@ -57,8 +57,18 @@ def _add_rows(dst, src, mode, r0, r1):
 
 
 @njit(cache=True, error_model="numpy")
+def _row_actions(a, b, actions, c, r0, r1, nb, start, X, labels, Y, order, ops, params, grads,
+                 partials, acts, dacts, tmp, labels_b, Yb, loss_code, lossp, corrp):
+    """Run the row-local actions a:b for rows r0:r1 (chunk c) of the current minibatch."""
+    for k in range(a, b):
+        _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X, labels, Y, order,
+                    ops, params, grads, partials, acts, dacts, tmp, labels_b, Yb, loss_code,
+                    lossp, corrp)
+
+
+@njit(inline="always", error_model="numpy")
 def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, params, grads,
-                partials, acts, dacts, tmp, labels_b, Yb, loss_code, out_op, lossp, corrp):
+                partials, acts, dacts, tmp, labels_b, Yb, loss_code, lossp, corrp):
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
     if phase == GATHER:                                   # minibatch rows order[start + i]
         Xb = _view(acts, 0, nb, X.shape[1])
@@ -71,6 +81,7 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
                 Yb[i] = Y[src]
         return
     if phase == LOSS:
+        out_op = ops.shape[0] - 1
         k = ops[out_op, NOUT]
         Z = _view(acts, ops[out_op, OUT], nb, k)
         dZ = _view(dacts, ops[out_op, OUT], nb, k)
@@ -112,59 +123,86 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
         _add_rows(_view(dacts, ops[op, IN], nb, nin), T, 2, r0, r1)
 
 
+@njit(inline="always", error_model="numpy")
+def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, dacts, aux):
+    """Feature j of a BatchNorm op's forward (training mode) or backward pass."""
+    m, p, s, x = ops[op, NIN], ops[op, POFF], ops[op, SOFF], ops[op, AUX]
+    xhat = _view(aux, x, nb, m)
+    inv_std = aux[x + batch * m:x + batch * m + m]
+    gamma = params[p:p + m]
+    if phase == FORWARD:
+        bn_forward_col(j, _view(acts, ops[op, IN], nb, m), gamma, params[p + m:p + 2 * m],
+                       state[s:s + m], state[s + m:s + 2 * m], fops[op, 0], fops[op, 1], True,
+                       _view(acts, ops[op, OUT], nb, m), xhat, inv_std)
+    else:
+        bn_backward_col(j, _view(dacts, ops[op, OUT], nb, m), xhat, inv_std, gamma,
+                        _view(dacts, ops[op, IN], nb, m), ops[op, DX], grads[p:p + m],
+                        grads[p + m:p + 2 * m])
+
+
+@njit(inline="always", error_model="numpy")
+def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu, b1, b2, eps,
+                  t):
+    """Sum the chunks' gradients over one block of the flat buffer, then update it."""
+    lo, hi = blk * BLOCK, min(params.shape[0], blk * BLOCK + BLOCK)
+    for c in range(1, nchunk):
+        part = partials[c - 1]
+        for i in range(lo, hi):
+            grads[i] += part[i]
+    update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b1, b2, eps, t)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params, grads, state,
                  s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, lossp, corrp,
-                 loss_code, opt_code, hyper, step, threads):
-    """Train one epoch over minibatches order[s:s + batch]; return (Σ row losses, n right)."""
+                 loss_code, opt_code, hyper, step, threads, work_per_row):
+    """Train one epoch over minibatches order[s:s + batch]; return (Σ row losses, n right).
+
+    Where the batch is too small to split (one chunk), every stage runs serially: a parallel
+    region costs more than it saves there, and far more on a loaded machine.
+    """
     n = order.shape[0]
     lr, mu, b1, b2, eps = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
-    out_op = ops.shape[0] - 1
     total, right = 0.0, 0
-    n_params = params.shape[0]
+    n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
     for start in range(0, n, batch):
         nb = min(batch, n - start)
-        q, nchunk = row_split(nb, threads)
+        q, nchunk = row_split(nb, threads, work_per_row)
+        serial = nchunk == 1
         for st in range(stages.shape[0]):
             a, b = stages[st, 1], stages[st, 2]
-            if stages[st, 0] == ROWS:
+            if stages[st, 0] == ROWS and serial:
+                _row_actions(a, b, actions, 0, 0, nb, nb, start, X, labels, Y, order, ops,
+                             params, grads, partials, acts, dacts, tmp, labels_b, Yb,
+                             loss_code, lossp, corrp)
+            elif stages[st, 0] == ROWS:
                 for c in prange(nchunk):
-                    r0, r1 = c * q, min(nb, c * q + q)
-                    for k in range(a, b):
-                        _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X,
-                                    labels, Y, order, ops, params, grads, partials, acts,
-                                    dacts, tmp, labels_b, Yb, loss_code, out_op, lossp, corrp)
+                    _row_actions(a, b, actions, c, c * q, min(nb, c * q + q), nb, start, X,
+                                 labels, Y, order, ops, params, grads, partials, acts, dacts,
+                                 tmp, labels_b, Yb, loss_code, lossp, corrp)
             else:                                         # BatchNorm over the whole batch
-                op = actions[a, 1]
-                m = ops[op, NIN]
-                p, s, x = ops[op, POFF], ops[op, SOFF], ops[op, AUX]
-                xhat = _view(aux, x, nb, m)
-                inv_std = aux[x + batch * m:x + batch * m + m]
-                if actions[a, 0] == FORWARD:
-                    X_in = _view(acts, ops[op, IN], nb, m)
-                    out = _view(acts, ops[op, OUT], nb, m)
-                    for j in prange(m):
-                        bn_forward_col(j, X_in, params[p:p + m], params[p + m:p + 2 * m],
-                                       state[s:s + m], state[s + m:s + 2 * m], fops[op, 0],
-                                       fops[op, 1], True, out, xhat, inv_std)
+                phase, op = actions[a, 0], actions[a, 1]
+                if serial:
+                    for j in range(ops[op, NIN]):
+                        _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state,
+                                  acts, dacts, aux)
                 else:
-                    dY = _view(dacts, ops[op, OUT], nb, m)
-                    dX = _view(dacts, ops[op, IN], nb, m)
-                    for j in prange(m):
-                        bn_backward_col(j, dY, xhat, inv_std, params[p:p + m], dX,
-                                        ops[op, DX], grads[p:p + m], grads[p + m:p + 2 * m])
+                    for j in prange(ops[op, NIN]):
+                        _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state,
+                                  acts, dacts, aux)
         for c in range(nchunk):
             total += lossp[c]
             right += corrp[c]
         step[0] += 1
         t = step[0]
-        for blk in prange((n_params + BLOCK - 1) // BLOCK):   # Σ chunks' gradients, update
-            lo, hi = blk * BLOCK, min(n_params, blk * BLOCK + BLOCK)
-            for c in range(1, nchunk):
-                part = partials[c - 1]
-                for i in range(lo, hi):
-                    grads[i] += part[i]
-            update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b1, b2, eps, t)
+        if n_blocks < PARALLEL_UPDATE_BLOCKS:
+            for blk in range(n_blocks):
+                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
+                              b1, b2, eps, t)
+        else:
+            for blk in prange(n_blocks):
+                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
+                              b1, b2, eps, t)
     return total, right
 
 
@@ -271,11 +309,14 @@ class Trainer:
                            "partials": np.zeros((0, model.parameters().size), dt)}
         self.ws = spaces[key]
         self.loss_code = CODES[loss.kernel]
+        dense = self.ops[self.ops[:, KIND] == DENSE]
+        #: multiply-adds per row of a forward pass: what decides whether to split the batch
+        self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
         self.empty = np.zeros(0, dt)
 
     def _partials(self, threads: int) -> np.ndarray:
         """Per extra chunk a gradient buffer; entries no chunk writes (BatchNorm's) stay 0."""
-        chunks = row_split(self.batch, threads)[1]
+        chunks = row_split(self.batch, threads, self.work_per_row)[1]
         ws = self.ws
         if ws["partials"].shape[0] < chunks - 1:
             ws["partials"] = np.zeros((chunks - 1, self.model.parameters().size),
@@ -303,7 +344,7 @@ class Trainer:
             self.fops, self.actions, self.stages, params, model.gradients(), model._state,
             s1, s2, partials, ws["acts"], ws["dacts"], ws["aux"], ws["tmp"], ws["labels_b"],
             ws["Yb"], np.zeros(len(partials) + 1), np.zeros(len(partials) + 1, np.int64),
-            self.loss_code, code, hyper, step, threads)
+            self.loss_code, code, hyper, step, threads, self.work_per_row)
         if code == ADAM:
             opt.t = int(step[0])
         return total, (None if right < 0 else int(right))
