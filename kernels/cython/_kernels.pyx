@@ -17,7 +17,7 @@ are copied first; outputs that are not C-contiguous are computed in a copy and w
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, log1p, log1pf, sqrt, sqrtf, tanh, tanhf
+from libc.math cimport exp, log, logf, log1p, log1pf, sqrt, sqrtf, tanh, tanhf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -34,8 +34,27 @@ cdef extern from *:
     #else
     #define FASTNN_OPENMP 0
     #endif
+
+    /* e^x for x <= 0 in float32, branch-free so that loops calling it vectorise (libm's expf is
+       one call per element): x = t ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to
+       r^7, 2^t built from its exponent bits. Error about 2 ulp; below -87 (where 2^t would be
+       subnormal) it returns 0. */
+    static inline float fastnn_exp_neg_f(float x) {
+        const float lim = -87.0f, round = 12582912.0f;        /* 1.5 * 2^23 */
+        float y = x > lim ? x : lim;
+        float t = (y * 1.44269504088896341f + round) - round; /* round(y / ln 2) */
+        float r = (y - t * 0.693145751953125f) - t * 1.428606765330187e-06f;
+        float p = 1.0f + r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24
+                  + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+        int32_t bits = ((int32_t) t + 127) << 23;
+        float scale, e;
+        memcpy(&scale, &bits, sizeof scale);
+        e = p * scale;
+        return x >= lim ? e : 0.0f;                           /* a select, not a branch */
+    }
     """
     const int FASTNN_OPENMP
+    float fastnn_exp_neg_f(float x) noexcept nogil
 
 #: True when this extension was compiled with OpenMP (its loops may then use several threads)
 OPENMP = bool(FASTNN_OPENMP)
@@ -65,9 +84,11 @@ cdef enum:
     BLOCK = 64
 
 cdef double LEAKY = _LEAKY_SLOPE
-# a loop runs on several threads only from this many elements on: below it the fork/join of
-# the thread team costs more than it saves
-cdef Py_ssize_t PARALLEL_MIN = 1 << 18
+# a loop runs on several threads only from this many elements on (~1 ms of work). Below it the
+# fork/join costs more than it saves, and worse: OpenMP's idle workers spin for a while after
+# each parallel loop and take cores from the BLAS threads of the next matmul (measured: 2-10×
+# slower steps on 2 cores when the optimizer step of a 100k-parameter model ran threaded)
+cdef Py_ssize_t PARALLEL_MIN = 1 << 20
 
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
@@ -77,9 +98,10 @@ cdef object _I64 = np.dtype(np.int64)
 # ---------------------------------------------------------------------------------------------
 # scalar helpers: the float versions call the single-precision libm functions
 # ---------------------------------------------------------------------------------------------
-cdef inline floating _exp(floating x) noexcept nogil:
+cdef inline floating _exp_neg(floating x) noexcept nogil:
+    """e^x for x ≤ 0 (every exponential here has a non-positive argument)."""
     if floating is float:
-        return expf(x)
+        return fastnn_exp_neg_f(x)
     else:
         return exp(x)
 
@@ -114,39 +136,14 @@ cdef inline floating _tanh(floating x) noexcept nogil:
 
 cdef inline floating _exp_neg_abs(floating z) noexcept nogil:
     """e^−|z|, which never overflows."""
-    return _exp(-z if z >= 0 else z)
+    return _exp_neg(-z if z >= 0 else z)
 
 
 cdef inline floating _sigmoid(floating z) noexcept nogil:
-    """σ(z) = 1/(1+e^−z) = e^z/(1+e^z), in the form that cannot overflow."""
-    cdef floating e = _exp_neg_abs(z)
-    return 1 / (1 + e) if z >= 0 else e / (1 + e)
-
-
-cdef inline floating _activate(floating z, int act) noexcept nogil:
-    """a = f(z) for the element-wise activations."""
-    if act == SIGMOID:
-        return _sigmoid(z)
-    if act == TANH:
-        return _tanh(z)
-    if act == RELU:
-        return z if z > 0 else 0
-    if act == LEAKY_RELU:
-        return z if z > 0 else z * <floating> LEAKY
-    return z
-
-
-cdef inline floating _derivative(floating a, int act) noexcept nogil:
-    """f′ written in terms of the output a = f(z): σ′ = a(1−a), tanh′ = 1−a², ReLU′ = [a>0]."""
-    if act == SIGMOID:
-        return a * (1 - a)
-    if act == TANH:
-        return 1 - a * a
-    if act == RELU:
-        return 1 if a > 0 else 0
-    if act == LEAKY_RELU:
-        return 1 if a > 0 else <floating> LEAKY
-    return 1
+    """σ(z) = 1/(1+e^−z) = e^z/(1+e^z), in the form that cannot overflow (one division and a
+    select, no branch, so that loops over it vectorise)."""
+    cdef floating e = _exp_neg_abs(z), one = 1
+    return (one if z >= 0 else e) / (one + e)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,27 +176,40 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
               C, &ildc)
 
 
-cdef void _bias_activate_row(floating* z, const floating* b, int act,
-                             Py_ssize_t cols) noexcept nogil:
-    """One row of a = f(z + b); softmax is row-wise: a_j = e^(z_j − max z) / Σ_k e^(z_k − max z)."""
+cdef void _bias_activate(floating* z, const floating* b, int act,
+                         Py_ssize_t cols) noexcept nogil:
+    """One row of a = f(z + b), in place. One loop per activation, so that the compiler
+    vectorises each; softmax is row-wise: a_j = e^(z_j − max z) / Σ_k e^(z_k − max z)."""
     cdef Py_ssize_t j
-    cdef floating top, total
-    if act != SOFTMAX:
+    cdef floating v, top, total, one = 1, slope = <floating> LEAKY
+    if act == SIGMOID:
         for j in range(cols):
-            z[j] = _activate(z[j] + b[j], act)
-        return
-    for j in range(cols):
-        z[j] += b[j]
-    top = z[0]
-    for j in range(1, cols):
-        if z[j] > top:
-            top = z[j]
-    total = 0
-    for j in range(cols):
-        z[j] = _exp(z[j] - top)
-        total += z[j]
-    for j in range(cols):
-        z[j] /= total
+            z[j] = _sigmoid(z[j] + b[j])                     # a = 1/(1+e^−z)
+    elif act == TANH:
+        for j in range(cols):
+            z[j] = _tanh(z[j] + b[j])                        # a = tanh z
+    elif act == RELU:
+        for j in range(cols):
+            v = z[j] + b[j]
+            z[j] = 0 if v < 0 else v                         # a = max(0, z), NaN stays NaN
+    elif act == LEAKY_RELU:
+        for j in range(cols):
+            v = z[j] + b[j]
+            z[j] = v * (one if v > 0 else slope)             # a = z or 0.01 z
+    elif act == SOFTMAX:
+        top = z[0] + b[0]
+        for j in range(cols):
+            z[j] += b[j]
+            top = z[j] if z[j] > top else top
+        total = 0
+        for j in range(cols):
+            z[j] = _exp_neg(z[j] - top)                      # e^(z − max z)
+            total += z[j]
+        for j in range(cols):
+            z[j] /= total
+    else:
+        for j in range(cols):
+            z[j] += b[j]                                     # identity
 
 
 cdef void _dense_forward(const floating* X, const floating* W, const floating* b, int act,
@@ -209,7 +219,27 @@ cdef void _dense_forward(const floating* X, const floating* W, const floating* b
     cdef Py_ssize_t i
     _gemm(False, False, batch, n_out, n_in, X, n_in, W, n_out, out, n_out)   # z = x·W
     for i in prange(batch, schedule="static", use_threads_if=batch * n_out >= PARALLEL_MIN):
-        _bias_activate_row(out + i * n_out, b, act, n_out)                    # a = f(z + b)
+        _bias_activate(out + i * n_out, b, act, n_out)                        # a = f(z + b)
+
+
+cdef void _activation_grad(floating* dA, const floating* A, int act,
+                           Py_ssize_t n) noexcept nogil:
+    """dZ = dA ⊙ f′ over n consecutive elements, in place, with f′ from the output a: σ′ =
+    a(1−a), tanh′ = 1−a², ReLU′ = [a>0], leaky′ = 1 or 0.01. One loop per activation."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, zero = 0, slope = <floating> LEAKY
+    if act == SIGMOID:
+        for j in range(n):
+            dA[j] = dA[j] * (A[j] * (one - A[j]))
+    elif act == TANH:
+        for j in range(n):
+            dA[j] = dA[j] * (one - A[j] * A[j])
+    elif act == RELU:
+        for j in range(n):
+            dA[j] = dA[j] * (one if A[j] > 0 else zero)
+    elif act == LEAKY_RELU:
+        for j in range(n):
+            dA[j] = dA[j] * (one if A[j] > 0 else slope)
 
 
 cdef void _softmax_grad_row(floating* dA, const floating* A, Py_ssize_t cols) noexcept nogil:
@@ -228,16 +258,16 @@ cdef void _grad_bias_block(floating* dA, const floating* A, int act, floating* d
     """Columns j0..j1 of dZ = dA ⊙ f′(a) (in place) and db_j = Σ_i dZ_ij, rows in order."""
     cdef double acc[BLOCK]
     cdef Py_ssize_t i, j
-    cdef floating dz
+    cdef floating* dz
     for j in range(j1 - j0):
         acc[j] = 0
     for i in range(rows):
-        for j in range(j0, j1):
-            dz = dA[i * cols + j] * _derivative(A[i * cols + j], act)
-            dA[i * cols + j] = dz
-            acc[j - j0] += dz
-    for j in range(j0, j1):
-        db[j] = <floating> acc[j - j0]
+        dz = dA + i * cols + j0
+        _activation_grad(dz, A + i * cols + j0, act, j1 - j0)
+        for j in range(j1 - j0):
+            acc[j] += dz[j]
+    for j in range(j1 - j0):
+        db[j0 + j] = <floating> acc[j]
 
 
 cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
@@ -289,7 +319,7 @@ cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, flo
                 top = z[j]
         total = 0
         for j in range(k):
-            d[j] = _exp(z[j] - top)                 # e^(z − max z)
+            d[j] = _exp_neg(z[j] - top)             # e^(z − max z)
             total += d[j]
         inv = 1 / (total * n)
         for j in range(k):
@@ -303,12 +333,12 @@ cdef double _sigmoid_binary_cross_entropy(const floating* Z, const floating* Y, 
                                           Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """L = (1/n) Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = (σ(z) − y)/n."""
     cdef Py_ssize_t i
-    cdef floating z, e, inv_n = <floating> (1.0 / n)
+    cdef floating z, e, one = 1, inv_n = <floating> (1.0 / n)
     cdef double loss = 0
     for i in range(n * k):
         z = Z[i]
         e = _exp_neg_abs(z)
-        dZ[i] = ((1 / (1 + e) if z >= 0 else e / (1 + e)) - Y[i]) * inv_n
+        dZ[i] = ((one if z >= 0 else e) / (one + e) - Y[i]) * inv_n
         loss += (z if z > 0 else 0) - z * Y[i] + _log1p(e)
     return loss / n
 
