@@ -3,8 +3,9 @@
 The CUDA simulator runs kernels as Python, so it cannot catch code that Numba's CUDA compiler
 rejects (typing, unsupported constructs). This script compiles each kernel, float32 and
 float64, with the argument types the backend launches it with. It needs the CUDA toolkit's
-NVVM (``pip install 'numba-cuda[cu12]'``) but no GPU; tests/test_numba_cuda.py runs it.
-Exit status 0 when everything compiled; prints one line per kernel.
+NVVM and NVRTC (``pip install 'numba-cuda[cu12]'``) but no GPU; tests/test_numba_cuda.py runs
+it. Exit status 0 when everything compiled (one line per kernel is printed), 3 when the
+toolkit is missing here.
 """
 import importlib
 import sys
@@ -51,7 +52,24 @@ def examples(dtype):
     ]
 
 
+def toolkit_missing() -> str:
+    """Why kernels cannot be compiled here (CUDA toolkit libraries missing), or ""."""
+    try:
+        cuda.compile_ptx(lambda a: None, (numba.float32[::1],), cc=CC)
+    except Exception as exc:  # the toolkit's loaders raise various errors
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return ""
+
+
+#: exit status meaning "cannot compile here" (the test skips)
+NO_TOOLKIT = 3
+
+
 def main() -> int:
+    missing_toolkit = toolkit_missing()
+    if missing_toolkit:
+        print(f"the CUDA toolkit is incomplete here ({missing_toolkit})")
+        return NO_TOOLKIT
     kernels = {name for name, obj in vars(K).items()
                if hasattr(obj, "py_func") and obj.py_func.__module__ == K.__name__}
     covered = set()

@@ -4,7 +4,7 @@
   device-resident trainer — runs in a child process under Numba's CUDA simulator, which must
   be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is first imported.
 * tests/numba_cuda_ptx.py compiles every kernel for a real GPU (sm_90) where the CUDA
-  toolkit's NVVM is installed, catching what the simulator (plain Python) cannot.
+  toolkit is installed (no GPU needed), catching what the simulator (plain Python) cannot.
 * Without a GPU and without the simulator, the backend reports why it is unusable.
 
 Where a GPU is present the shared tests/test_kernels.py covers numba_cuda directly.
@@ -40,10 +40,9 @@ def test_kernels_and_trainer_under_the_cuda_simulator():
 
 
 def test_kernels_compile_for_a_real_gpu():
-    from numba.cuda.cudadrv import nvvm
-    if not nvvm.is_available():
-        pytest.skip("the CUDA toolkit's NVVM is not installed (pip install 'numba-cuda[cu12]')")
     result = run([str(TESTS / "numba_cuda_ptx.py")], simulator=False)
+    if result.returncode == 3:
+        pytest.skip(f"{result.stdout.strip()}: pip install 'numba-cuda[cu12]' to compile")
     assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
 
 
