@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from ...layers import BatchNorm, Dense, Residual
+from ...optimizers import SGD, Adam
 from .. import IDENTITY
 from . import ops
 
@@ -24,7 +26,6 @@ RESIDENT_FRACTION = 0.5
 
 def make_trainer(model, loss, optimizer, batch_size: int) -> DeviceTrainer | None:
     """A :class:`DeviceTrainer`, or None for an optimizer it has no kernel for."""
-    from ...optimizers import SGD, Adam
     if type(optimizer) not in (SGD, Adam):
         return None
     return DeviceTrainer(model, loss, optimizer, batch_size)
@@ -46,7 +47,7 @@ class DeviceTrainer:
 
     def _optimizer_state(self) -> list[np.ndarray]:
         opt = self.optimizer
-        if hasattr(opt, "m"):
+        if isinstance(opt, Adam):
             return [opt.m, opt.v]
         return [opt.velocity] if opt.momentum else []
 
@@ -94,7 +95,7 @@ class DeviceTrainer:
 
     def _update(self) -> None:
         opt, state = self.optimizer, self._device[3:]
-        if hasattr(opt, "m"):
+        if isinstance(opt, Adam):
             opt.t += 1                             # as Adam.step does
             ops.adam(self.params, self.grads, state[0], state[1], opt.lr, opt.beta1, opt.beta2,
                      opt.eps, opt.t)
@@ -138,7 +139,6 @@ class DeviceTrainer:
 
 # -- device twins of the layers (same passes as fastnn.layers, on device arrays) -----------
 def _device_layer(layer, trainer: DeviceTrainer):
-    from ...layers import BatchNorm, Dense, Residual
     kinds = {Dense: _Dense, BatchNorm: _BatchNorm, Residual: _Residual}
     if type(layer) not in kinds:
         raise TypeError(f"the numba_cuda trainer has no kernels for {layer!r}")
