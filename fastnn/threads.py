@@ -40,8 +40,9 @@ def pin_kernel_blas() -> None:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for compute: Numba's pool gets n, NumPy's BLAS gets n, and the BLAS
-    called inside Numba's parallel regions stays at 1, so the two never stack.
+    """Use ``n`` threads for compute: Numba's pool gets n, OpenMP's (the cython kernels) gets n,
+    NumPy's BLAS gets n, and the BLAS called inside the kernels' parallel regions stays at 1, so
+    the two never stack.
 
     ``n`` must be between 1 and the number of threads Numba was started with
     (``NUMBA_NUM_THREADS``, by default the number of CPUs).
@@ -59,6 +60,8 @@ def set_num_threads(n: int) -> None:
             raise ValueError(f"n={n} exceeds the {limit} threads Numba was started with "
                              f"(set NUMBA_NUM_THREADS before importing fastnn to raise it)")
         numba.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(n, user_api="openmp")
     kernel, others = _blas_controllers()
     for c in kernel:
         c.set_num_threads(1)

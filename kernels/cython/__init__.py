@@ -13,6 +13,14 @@ except ImportError as exc:
                       + ("is missing: reinstall fastnn with a C compiler" if _missing
                          else f"failed to load: {exc}")) from exc
 
+if OPENMP:
+    # the kernels split large matmuls across OpenMP threads, each calling BLAS on its own band
+    # of rows: BLAS itself must then run one thread per call (as for numba_cpu, see
+    # fastnn.threads), or the two thread pools would stack
+    from ...threads import pin_kernel_blas
+
+    pin_kernel_blas()
+
 __all__ = ["OPENMP", "adam", "batchnorm_backward", "batchnorm_forward", "dense_backward",
            "dense_forward", "make_trainer", "mse", "sgd", "sgd_momentum",
            "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]

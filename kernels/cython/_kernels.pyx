@@ -30,9 +30,12 @@ from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
 cdef extern from *:
     """
     #ifdef _OPENMP
+    #include <omp.h>
     #define FASTNN_OPENMP 1
+    #define fastnn_max_threads() omp_get_max_threads()
     #else
     #define FASTNN_OPENMP 0
+    #define fastnn_max_threads() 1
     #endif
 
     /* e^x for x <= 0 in float32, branch-free so that loops calling it vectorise (libm's expf is
@@ -54,6 +57,7 @@ cdef extern from *:
     }
     """
     const int FASTNN_OPENMP
+    int fastnn_max_threads() noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
 
 #: True when this extension was compiled with OpenMP (its loops may then use several threads)
@@ -89,6 +93,8 @@ cdef double LEAKY = _LEAKY_SLOPE
 # each parallel loop and take cores from the BLAS threads of the next matmul (measured: 2-10×
 # slower steps on 2 cores when the optimizer step of a 100k-parameter model ran threaded)
 cdef Py_ssize_t PARALLEL_MIN = 1 << 20
+# a matmul is split across threads from this many multiply-adds on (~50 µs of one core)
+cdef Py_ssize_t GEMM_PARALLEL_MIN = 1 << 21
 
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
@@ -149,10 +155,10 @@ cdef inline floating _sigmoid(floating z) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # C kernels on raw pointers (row-major, C-contiguous), shared by the interface and the trainer
 # ---------------------------------------------------------------------------------------------
-cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
-                floating* C, Py_ssize_t ldc) noexcept nogil:
-    """Row-major C (m×n) = op(A)·op(B) through column-major BLAS.
+cdef void _blas_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                     const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                     floating* C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m×n) = op(A)·op(B) in one BLAS call.
 
     A row-major matrix is the column-major storage of its transpose, so the column-major call
     computes Cᵀ = op(B)ᵀ·op(A)ᵀ: the same BLAS call with A and B (and m and n) swapped.
@@ -163,10 +169,12 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
     cdef int ilda = <int> (lda if lda > 1 else 1), ildb = <int> (ldb if ldb > 1 else 1)
     cdef int ildc = <int> (ldc if ldc > 1 else 1)
     cdef floating one = 1, zero = 0
+    cdef Py_ssize_t i
     if m == 0 or n == 0:
         return
     if k == 0:                                  # an empty sum: C = 0
-        memset(C, 0, m * n * sizeof(floating))
+        for i in range(m):
+            memset(C + i * ldc, 0, n * sizeof(floating))
         return
     if floating is float:
         sgemm(&tb, &ta, &in_, &im, &ik, &one, <float*> B, &ildb, <float*> A, &ilda, &zero,
@@ -174,6 +182,25 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
     else:
         dgemm(&tb, &ta, &in_, &im, &ik, &one, <double*> B, &ildb, <double*> A, &ilda, &zero,
               C, &ildc)
+
+
+cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                floating* C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m×n) = op(A)·op(B): with OpenMP and enough work, each thread computes a
+    band of C's rows by its own single-threaded BLAS call (BLAS is pinned to one thread where
+    this backend is built with OpenMP, so the two thread pools never stack)."""
+    cdef Py_ssize_t c, i0, i1
+    cdef int chunks = 1
+    if FASTNN_OPENMP and m * n * k >= GEMM_PARALLEL_MIN:
+        chunks = <int> min(<Py_ssize_t> fastnn_max_threads(), m // 8)
+    if chunks <= 1:
+        _blas_gemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
+        return
+    for c in prange(chunks, schedule="static", num_threads=chunks):
+        i0, i1 = m * c // chunks, m * (c + 1) // chunks
+        _blas_gemm(trans_a, trans_b, i1 - i0, n, k, A + (i0 if trans_a else i0 * lda), lda, B,
+                   ldb, C + i0 * ldc, ldc)
 
 
 cdef void _bias_activate(floating* z, const floating* b, int act,
