@@ -26,7 +26,7 @@ from numba import njit, prange
 from .. import IDENTITY
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
-from .losses import CODES, loss_rows
+from .losses import CODES, CROSS_ENTROPY, loss_rows
 from .optimizers import ADAM, MOMENTUM, SGD, update_range
 from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
 
@@ -145,10 +145,11 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu
                   t):
     """Sum the chunks' gradients over one block of the flat buffer, then update it."""
     lo, hi = blk * BLOCK, min(params.shape[0], blk * BLOCK + BLOCK)
+    g = grads[lo:hi]
     for c in range(1, nchunk):
-        part = partials[c - 1]
-        for i in range(lo, hi):
-            grads[i] += part[i]
+        part = partials[c - 1, lo:hi]
+        for i in range(g.shape[0]):
+            g[i] += part[i]
     update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b1, b2, eps, t)
 
 
@@ -279,8 +280,43 @@ class _Planner:
         return np.array(actions, np.int64), np.array(stages, np.int64)
 
 
-#: per model, per (batch size, dtype): the workspace buffers, allocated once
-_WORKSPACES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+class _Plan:
+    """A model's plan for one (batch size, loss form) and the workspace it trains in,
+    built once and reused by every later fit with that batch size."""
+
+    def __init__(self, model, batch: int, planner: _Planner):
+        dt = model.dtype
+        self.batch = batch
+        self.ops = np.array(planner.ops, np.int64)
+        self.fops = np.array(planner.fops, np.float64).reshape(-1, 2)
+        self.actions, self.stages = planner.schedule()
+        dense = self.ops[self.ops[:, KIND] == DENSE]
+        #: multiply-adds per row of a forward pass: what decides whether to split the batch
+        self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
+        width = int(max(self.ops[:, NIN].max(), self.ops[:, NOUT].max()))
+        self.acts = np.zeros(planner.act_size, dt)
+        self.dacts = np.zeros(planner.act_size, dt)
+        self.aux = np.zeros(max(planner.aux_size, 1), dt)
+        self.tmp = np.zeros(batch * width, dt)
+        self.labels_b = np.zeros(batch, np.int64)
+        self.Yb = np.zeros((batch, model.out_features), dt)
+        self.empty = np.zeros(0, dt)
+        self.n_params = model.parameters().size
+        self.partials = np.zeros((0, self.n_params), dt)
+        self.lossp, self.corrp = np.zeros(1), np.zeros(1, np.int64)
+
+    def chunk_buffers(self, threads: int):
+        """(partials, lossp, corrp) for as many row chunks as ``threads`` may use: per extra
+        chunk a gradient buffer (entries no chunk writes, BatchNorm's, stay 0)."""
+        extra = row_split(self.batch, threads, self.work_per_row)[1] - 1
+        if self.partials.shape[0] < extra:
+            self.partials = np.zeros((extra, self.n_params), self.partials.dtype)
+            self.lossp, self.corrp = np.zeros(extra + 1), np.zeros(extra + 1, np.int64)
+        return self.partials, self.lossp, self.corrp
+
+
+#: per model: {(batch size, loss takes logits): _Plan}
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class Trainer:
@@ -290,61 +326,31 @@ class Trainer:
     state arrays in place, so :meth:`sync` has nothing to copy back.
     """
 
-    def __init__(self, model, loss, optimizer, batch: int, planner: _Planner):
-        self.model, self.loss, self.optimizer, self.batch = model, loss, optimizer, batch
-        self.ops = np.array(planner.ops, np.int64)
-        self.fops = np.array(planner.fops, np.float64).reshape(-1, 2)
-        self.actions, self.stages = planner.schedule()
-        dt = model.dtype
-        key = (batch, dt.name, planner.act_size, planner.aux_size)
-        spaces = _WORKSPACES.setdefault(model, {})
-        if key not in spaces:
-            width = max(max(r[NIN], r[NOUT]) for r in planner.ops)
-            spaces[key] = {"acts": np.zeros(planner.act_size, dt),
-                           "dacts": np.zeros(planner.act_size, dt),
-                           "aux": np.zeros(max(planner.aux_size, 1), dt),
-                           "tmp": np.zeros(batch * width, dt),
-                           "labels_b": np.zeros(batch, np.int64),
-                           "Yb": np.zeros((batch, model.out_features), dt),
-                           "partials": np.zeros((0, model.parameters().size), dt)}
-        self.ws = spaces[key]
+    def __init__(self, model, loss, optimizer, plan: _Plan):
+        self.model, self.optimizer, self.plan = model, optimizer, plan
         self.loss_code = CODES[loss.kernel]
-        dense = self.ops[self.ops[:, KIND] == DENSE]
-        #: multiply-adds per row of a forward pass: what decides whether to split the batch
-        self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
-        self.empty = np.zeros(0, dt)
-
-    def _partials(self, threads: int) -> np.ndarray:
-        """Per extra chunk a gradient buffer; entries no chunk writes (BatchNorm's) stay 0."""
-        chunks = row_split(self.batch, threads, self.work_per_row)[1]
-        ws = self.ws
-        if ws["partials"].shape[0] < chunks - 1:
-            ws["partials"] = np.zeros((chunks - 1, self.model.parameters().size),
-                                      self.model.dtype)
-        return ws["partials"]
 
     def run_epoch(self, X, y, order):
         """Train one epoch on the minibatches order[i:i + batch]; see Sequential._make_trainer."""
-        model, opt, ws = self.model, self.optimizer, self.ws
+        model, opt, plan = self.model, self.optimizer, self.plan
         params = model.parameters()
         opt.ensure_state(params)
-        code, s1, s2 = _optimizer_state(opt, self.empty)
+        code, s1, s2 = _optimizer_state(opt, plan.empty)
         hyper = np.array([opt.lr, getattr(opt, "momentum", 0.0), getattr(opt, "beta1", 0.0),
                           getattr(opt, "beta2", 0.0), getattr(opt, "eps", 0.0)])
         step = np.array([getattr(opt, "t", 0)], np.int64)
-        if self.loss_code == CODES["softmax_cross_entropy"]:
-            labels, Y = np.ascontiguousarray(y, np.int64), ws["Yb"][:0]
+        if self.loss_code == CROSS_ENTROPY:
+            labels, Y = np.ascontiguousarray(y, np.int64), plan.Yb[:0]
         else:
-            labels, Y = ws["labels_b"][:0], np.ascontiguousarray(y, model.dtype)
-        order = np.ascontiguousarray(order, np.int64)
+            labels, Y = plan.labels_b[:0], np.ascontiguousarray(y, model.dtype)
         threads = numba.get_num_threads()
-        partials = self._partials(threads)
+        partials, lossp, corrp = plan.chunk_buffers(threads)
         total, right = epoch_kernel(
-            np.ascontiguousarray(X, model.dtype), labels, Y, order, self.batch, self.ops,
-            self.fops, self.actions, self.stages, params, model.gradients(), model._state,
-            s1, s2, partials, ws["acts"], ws["dacts"], ws["aux"], ws["tmp"], ws["labels_b"],
-            ws["Yb"], np.zeros(len(partials) + 1), np.zeros(len(partials) + 1, np.int64),
-            self.loss_code, code, hyper, step, threads, self.work_per_row)
+            np.ascontiguousarray(X, model.dtype), labels, Y,
+            np.ascontiguousarray(order, np.int64), plan.batch, plan.ops, plan.fops,
+            plan.actions, plan.stages, params, model.gradients(), model._state, s1, s2,
+            partials, plan.acts, plan.dacts, plan.aux, plan.tmp, plan.labels_b, plan.Yb, lossp,
+            corrp, self.loss_code, code, hyper, step, threads, plan.work_per_row)
         if code == ADAM:
             opt.t = int(step[0])
         return total, (None if right < 0 else int(right))
@@ -355,13 +361,11 @@ class Trainer:
 
 def _optimizer_state(opt, empty):
     """(optimizer code, first state buffer, second state buffer) for the update kernel."""
-    from fastnn.optimizers import SGD as SGDClass, Adam
+    from fastnn.optimizers import Adam
 
     if isinstance(opt, Adam):
         return ADAM, opt.m, opt.v
-    if isinstance(opt, SGDClass):
-        return (MOMENTUM, opt.velocity, empty) if opt.momentum else (SGD, empty, empty)
-    raise TypeError(f"no numba_cpu update for {type(opt).__name__}")
+    return (MOMENTUM, opt.velocity, empty) if opt.momentum else (SGD, empty, empty)
 
 
 def make_trainer(model, loss, optimizer, batch_size: int):
@@ -371,10 +375,17 @@ def make_trainer(model, loss, optimizer, batch_size: int):
 
     if type(optimizer) not in (SGDClass, Adam):
         return None
-    planner = _Planner(batch_size)
-    planner.buffer(model.in_features)                     # acts[0]: the gathered minibatch
-    if planner.add(model.layers, 0, loss.on_logits) is None:
+    plans = _PLANS.setdefault(model, {})
+    key = (batch_size, loss.on_logits)
+    if key not in plans:
+        planner = _Planner(batch_size)
+        planner.buffer(model.in_features)                 # acts[0]: the gathered minibatch
+        if planner.add(model.layers, 0, loss.on_logits) is None:
+            plans[key] = None
+        else:
+            planner.gradient_modes()
+            plans[key] = _Plan(model, batch_size, planner)
+    if plans[key] is None:
         return None
-    planner.gradient_modes()
     optimizer.ensure_state(model.parameters())
-    return Trainer(model, loss, optimizer, batch_size, planner)
+    return Trainer(model, loss, optimizer, plans[key])
