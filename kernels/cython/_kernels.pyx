@@ -42,7 +42,7 @@ cdef extern from *:
        one call per element): x = t ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to
        r^7, 2^t built from its exponent bits. Error about 2 ulp; below -87 (where 2^t would be
        subnormal) it returns 0. */
-    static inline float fastnn_exp_neg_f(float x) {
+    static CYTHON_INLINE float fastnn_exp_neg_f(float x) {
         const float lim = -87.0f, round = 12582912.0f;        /* 1.5 * 2^23 */
         float y = x > lim ? x : lim;
         float t = (y * 1.44269504088896341f + round) - round; /* round(y / ln 2) */
