@@ -75,14 +75,16 @@ class BenchRun:
 
 
 @pytest.fixture(scope="session")
-def bench_run(pytestconfig) -> BenchRun:
+def bench_run(pytestconfig):
     timed = pytestconfig.stash.get(TIMED, False)
     threads = pytestconfig.getoption("bench_threads", default=None) or bm.default_threads()
     contenders = bm.usable_contenders()
     bm.pin_threads(threads, torch=any(c in bm.TORCH_PEERS for c in contenders))
     peaks = bm.measure_peaks(threads, {bm.device_of(c) for c in contenders}, quick=not timed)
     results = pytestconfig.stash[RESULTS] = bm.Results(threads, peaks, bm.thread_state())
-    return BenchRun(timed, pytestconfig.getoption("bench_rounds", default=10), results)
+    yield BenchRun(timed, pytestconfig.getoption("bench_rounds", default=10), results)
+    if timed:
+        results.update_peaks(bm.measure_peaks(threads, {bm.device_of(c) for c in contenders}))
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

@@ -43,6 +43,10 @@ def test_ratios_peak_fraction_and_targets():
     assert "≥4 ok / ≥15 ok" in table and "≥2.5 ? / ≥6 ?" in table
     results.add(bm.CONFIGS["deep"], "train", "reference", 1e-3)
     assert "≥2.5 MISS / ≥6 ?" in results.table()
+    results.update_peaks({"cpu": 50.0})           # a peak taken under load does not count
+    assert results.peaks["cpu"] == 100.0
+    results.update_peaks({"cpu": 200.0})
+    assert fast.peak_fraction == pytest.approx(tiny.step_flops / 10e-6 / 1e9 / 200.0)
 
 
 def test_fastnn_bench_prints_the_table_and_writes_json(tmp_path):
