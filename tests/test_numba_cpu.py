@@ -166,3 +166,29 @@ def test_cache_status_reports_the_compiled_kernels():
     status = cache_status()
     assert status.compiled >= 1 and status.total >= status.compiled
     assert status.directory
+
+
+def test_fits_from_two_python_threads_at_once():
+    """Numba's workqueue layer aborts on concurrent parallel launches; the backend serialises
+    its launches, so two fits in two threads just take turns (and train as they would alone)."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((512, 12)), rng.standard_normal((512, 3))
+
+    def fit(out, index):
+        model = Sequential(network("wide", "identity"), backend="numba_cpu", seed=index,
+                           dtype="float64")
+        model.fit(X, y, loss="mse", optimizer=SGD(0.01), epochs=2, batch_size=64, verbose=0)
+        out[index] = model.parameters().copy()
+
+    together, alone = {}, {}
+    threads = [threading.Thread(target=fit, args=(together, i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        fit(alone, i)
+    for i in range(2):
+        np.testing.assert_array_equal(together[i], alone[i])

@@ -6,6 +6,9 @@ layout or dtype is copied into one here, and an output that is not C-contiguous 
 into a temporary and copied back. Arrays from a model are already contiguous, so the training
 path never copies.
 """
+import functools
+import threading
+
 import numba
 import numpy as np
 
@@ -14,6 +17,20 @@ from .batchnorm import bn_backward_kernel, bn_forward_kernel
 from .dense import dense_backward_kernel, dense_forward_kernel
 from .losses import CODES, loss_kernel
 from .optimizers import ADAM, MOMENTUM, SGD, update_kernel
+
+#: serialises this backend's kernel launches: Numba's workqueue threading layer (chosen in
+#: __init__) aborts the process when parallel code is launched from two Python threads at once
+LAUNCH_LOCK = threading.Lock()
+
+
+def serialised(function):
+    """Run ``function`` holding :data:`LAUNCH_LOCK`."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with LAUNCH_LOCK:
+            return function(*args, **kwargs)
+    return wrapper
+
 
 _EMPTY = {np.dtype(t): (np.empty((0, 0), t), np.empty(0, t)) for t in (np.float32, np.float64)}
 _NO_LABELS = np.empty(0, np.int64)
@@ -48,6 +65,7 @@ def _check_act(act):
     return int(act)
 
 
+@serialised
 def dense_forward(X, W, b, act, out):
     """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
     dt = _dtype(out)
@@ -57,6 +75,7 @@ def dense_forward(X, W, b, act, out):
     _write_back(out, o)
 
 
+@serialised
 def dense_backward(dA, X, W, A, act, dX, dW, db):
     """Gradients of a dense layer from ∂L/∂a; dA is overwritten with dZ = ∂L/∂z.
 
@@ -81,17 +100,20 @@ def _loss(kernel, Z, labels, Y, dZ):
     return float(value)
 
 
+@serialised
 def mse(Yhat, Y, dYhat):
     """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
     return _loss("mse", Yhat, _NO_LABELS, _input(Y, _dtype(dYhat)), dYhat)
 
 
+@serialised
 def softmax_cross_entropy(Z, labels, dZ):
     """L = mean_batch(log Σ_k e^z_k − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
     return _loss("softmax_cross_entropy", Z, _input(labels, np.int64), _EMPTY[_dtype(dZ)][0],
                  dZ)
 
 
+@serialised
 def sigmoid_binary_cross_entropy(Z, Y, dZ):
     """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
     return _loss("sigmoid_binary_cross_entropy", Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ)
@@ -109,21 +131,25 @@ def _update(code, params, grads, s1, s2, lr, mu=0.0, b1=0.0, b2=0.0, eps=0.0, t=
             _write_back(target, result)
 
 
+@serialised
 def sgd(params, grads, lr):
     """w ← w − η ∂L/∂w, in place."""
     _update(SGD, params, grads, None, None, lr)
 
 
+@serialised
 def sgd_momentum(params, grads, velocity, lr, momentum):
     """v ← μv + ∂L/∂w; w ← w − η v, in place."""
     _update(MOMENTUM, params, grads, velocity, None, lr, momentum)
 
 
+@serialised
 def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
     """Adam, in place; ``t`` is the 1-based step count for bias correction."""
     _update(ADAM, params, grads, m, v, lr, 0.0, beta1, beta2, eps, t)
 
 
+@serialised
 def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,
                       out, xhat, inv_std):
     """Batch normalisation of X (batch, n) per feature (see the reference)."""
@@ -135,6 +161,7 @@ def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, 
         _write_back(target, result)
 
 
+@serialised
 def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
     """Backward of training-mode batch normalisation; writes dX, dgamma, dbeta."""
     dt = _dtype(dX)

@@ -26,6 +26,7 @@ from numba import njit, prange
 from .. import IDENTITY
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
+from .interface import LAUNCH_LOCK
 from .losses import CODES, CROSS_ENTROPY, loss_rows
 from .optimizers import ADAM, MOMENTUM, SGD, update_range
 from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
@@ -345,12 +346,13 @@ class Trainer:
             labels, Y = plan.labels_b[:0], np.ascontiguousarray(y, model.dtype)
         threads = numba.get_num_threads()
         partials, lossp, corrp = plan.chunk_buffers(threads)
-        total, right = epoch_kernel(
-            np.ascontiguousarray(X, model.dtype), labels, Y,
-            np.ascontiguousarray(order, np.int64), plan.batch, plan.ops, plan.fops,
-            plan.actions, plan.stages, params, model.gradients(), model._state, s1, s2,
-            partials, plan.acts, plan.dacts, plan.aux, plan.tmp, plan.labels_b, plan.Yb, lossp,
-            corrp, self.loss_code, code, hyper, step, threads, plan.work_per_row)
+        with LAUNCH_LOCK:
+            total, right = epoch_kernel(
+                np.ascontiguousarray(X, model.dtype), labels, Y,
+                np.ascontiguousarray(order, np.int64), plan.batch, plan.ops, plan.fops,
+                plan.actions, plan.stages, params, model.gradients(), model._state, s1, s2,
+                partials, plan.acts, plan.dacts, plan.aux, plan.tmp, plan.labels_b, plan.Yb,
+                lossp, corrp, self.loss_code, code, hyper, step, threads, plan.work_per_row)
         if code == ADAM:
             opt.t = int(step[0])
         return total, (None if right < 0 else int(right))
