@@ -9,6 +9,7 @@ module per backend (see :func:`available_backends`).
 """
 __version__ = "0.1.0"
 
+from . import diagnostics
 from .backends import available_backends, set_backend
 from .io import load
 from .layers import BatchNorm, Dense, Residual
@@ -17,5 +18,5 @@ from .optimizers import SGD, Adam
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["Adam", "BatchNorm", "Dense", "History", "Residual", "SGD", "Sequential",
-           "available_backends", "get_num_threads", "load", "set_backend", "set_num_threads",
-           "__version__"]
+           "available_backends", "diagnostics", "get_num_threads", "load", "set_backend",
+           "set_num_threads", "__version__"]

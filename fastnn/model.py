@@ -8,7 +8,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backends, losses, validation
+from . import backends, diagnostics, losses, validation
 from .layers import Dense, Layer, bind_chain, check_chain
 from .optimizers import SGD, Optimizer
 
@@ -29,7 +29,8 @@ class History:
     """Per-epoch training figures, as returned by :meth:`Sequential.fit`.
 
     ``history.history`` maps names ("loss", "accuracy", "val_loss", "val_accuracy",
-    "epoch_time") to one value per epoch; ``history["loss"]`` is a shortcut.
+    "epoch_time", and "gradient_norms": an array of per-layer norms) to one value per epoch;
+    ``history["loss"]`` is a shortcut.
     """
 
     def __init__(self):
@@ -44,7 +45,8 @@ class History:
         return self.history[name]
 
     def __repr__(self):
-        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items())
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items()
+                         if np.ndim(v[-1]) == 0)
         return f"History({len(self.history.get('loss', []))} epochs; last: {last})"
 
 
@@ -172,13 +174,16 @@ class Sequential:
 
     def fit(self, X, y, loss: str, optimizer: Optimizer | None = None, epochs: int = 10,
             batch_size: int = 32, shuffle: bool = True, validation_data=None,
-            verbose: int = 1) -> History:
+            verbose: int = 1, track_gradients: bool = False) -> History:
         """Train with minibatch gradient descent; return the per-epoch :class:`History`.
 
         ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
         :mod:`fastnn.losses` for the targets each takes). ``optimizer`` defaults to
         ``SGD(0.01)``. ``validation_data=(X_val, y_val)`` adds val_loss (and val_accuracy)
-        per epoch. ``verbose=0`` silences the progress bar.
+        per epoch. ``verbose=0`` silences the progress bar. ``track_gradients=True`` records
+        after each epoch the weight-gradient norm of every Dense layer (forward order), measured
+        on a fixed batch of training rows, as history["gradient_norms"] (see
+        :func:`fastnn.diagnostics.gradient_norms`).
         """
         X, y, loss = self._prepare(X, y, loss)
         optimizer = SGD(0.01) if optimizer is None else optimizer
@@ -186,6 +191,8 @@ class Sequential:
             raise TypeError(f"optimizer must be a fastnn optimizer such as fastnn.SGD(0.1) or "
                             f"fastnn.Adam(1e-3), got {type(optimizer).__name__}")
         epochs = validation.positive_int(epochs, "epochs")
+        if not isinstance(track_gradients, bool):
+            raise TypeError(f"track_gradients must be True or False, got {track_gradients!r}")
         batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -213,15 +220,19 @@ class Sequential:
                         f"rate (the weights have diverged)")
                 record = {"loss": total / len(X),
                           "accuracy": None if correct is None else correct / len(X)}
+                if trainer is not None and (validation_data is not None or track_gradients):
+                    trainer.sync()          # evaluation and gradient probes read host weights
                 if validation_data is not None:
-                    if trainer is not None:
-                        trainer.sync()
                     record.update({f"val_{k}": v for k, v in
                                    self._evaluate(X_val, y_val, loss).items()})
                 record["epoch_time"] = time.perf_counter() - start
                 history.record(**record)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()
                                  if v is not None and k != "epoch_time"})
+                if track_gradients:
+                    rows = diagnostics.probe_rows(len(X), batch_size)
+                    history.record(gradient_norms=diagnostics.gradient_norms(
+                        self, X[rows], y[rows], loss.name).weight_norms)
         finally:
             if trainer is not None:
                 trainer.sync()
