@@ -14,13 +14,16 @@ import numpy as np
 from . import validation
 from .kernels import ACTIVATIONS, IDENTITY
 
-#: init name -> (distribution, fan): weights ~ U(±√(3·gain/fan)) or N(0, gain/fan)
+#: init name -> (distribution, fan): weights ~ U(±√(3·gain/fan)) or N(0, gain/fan);
+#: "normal" is N(0, NORMAL_STD²) whatever the fan: the small random weights of early networks
 INITS = {
     "xavier_uniform": "uniform",
     "xavier_normal": "normal",
     "he_uniform": "uniform",
     "he_normal": "normal",
+    "normal": "normal",
 }
+NORMAL_STD = 0.01
 _INIT_ALIASES = {"xavier": "xavier_uniform", "he": "he_normal"}
 
 
@@ -64,7 +67,8 @@ class Layer:
 class Dense(Layer):
     """Fully connected layer a = f(x·W + b) with W (in, out) and b (out,).
 
-    ``init`` is one of "xavier_uniform", "xavier_normal", "he_uniform", "he_normal"; by default
+    ``init`` is one of "xavier_uniform", "xavier_normal", "he_uniform", "he_normal" or "normal"
+    (N(0, 0.01²) regardless of the widths: in deep sigmoid networks gradients vanish); by default
     He for relu/leaky_relu and Xavier (uniform) otherwise. The bias starts at zero.
     """
 
@@ -90,7 +94,12 @@ class Dense(Layer):
 
     def _reset_parameters(self, rng):
         fan_in, fan_out = self.in_features, self.out_features
-        variance = 2 / fan_in if self.init.startswith("he") else 2 / (fan_in + fan_out)
+        if self.init == "normal":
+            variance = NORMAL_STD ** 2
+        elif self.init.startswith("he"):
+            variance = 2 / fan_in
+        else:
+            variance = 2 / (fan_in + fan_out)
         if INITS[self.init] == "uniform":
             bound = math.sqrt(3 * variance)
             self._W[...] = rng.uniform(-bound, bound, self._W.shape)
