@@ -1,4 +1,5 @@
-"""The ``fastnn`` command: ``fastnn info``, ``fastnn train`` and ``fastnn bench``."""
+"""The ``fastnn`` command: ``fastnn info``, ``fastnn train``, ``fastnn bench`` and
+``fastnn vanishing``."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import os
 import sys
 import time
 
-from . import __version__, backends, benchmark
+from . import __version__, backends, benchmark, vanishing
 from .layers import ACTIVATIONS, INITS
 from .optimizers import OPTIMIZERS
 
@@ -115,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "PyTorch; print the table")
     benchmark.add_arguments(bench)
     bench.set_defaults(run=benchmark.cmd_bench)
+
+    lab = sub.add_parser("vanishing", help="the vanishing-gradient lab: per-layer gradient "
+                                           "norms and accuracy of deep networks, six variants")
+    vanishing.add_arguments(lab)
+    lab.set_defaults(run=vanishing.cmd_vanishing)
     return parser
 
 
