@@ -7,7 +7,7 @@ strided layouts.
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import COMPILED_BACKENDS, layout, tolerance
@@ -16,7 +16,9 @@ from fastnn.kernels import ACTIVATIONS, INTERFACE
 
 pytestmark = pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend is usable")
 
-CASES = settings(max_examples=20, deadline=None, derandomize=True)
+# the backend fixture is a module, the same for every generated case: nothing to reset
+CASES = settings(max_examples=20, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 dtypes = st.sampled_from([np.float32, np.float64])
 layouts = st.sampled_from(["C", "F", "strided"])
 batches = st.one_of(st.just(1), st.integers(1, 257))
