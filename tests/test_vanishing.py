@@ -42,7 +42,7 @@ def test_each_cure_keeps_the_first_layer_gradient_within_100x_of_the_last(key, d
 @pytest.fixture(scope="module")
 def trained(digits):
     return {key: vanishing.run_variant(key, seed=SEED, backend="reference", data=digits)
-            for key in "acf"}
+            for key in "acdef"}
 
 
 def test_after_the_same_sgd_epochs_sigmoid_stays_near_chance_and_the_cures_learn(trained):
@@ -50,6 +50,11 @@ def test_after_the_same_sgd_epochs_sigmoid_stays_near_chance_and_the_cures_learn
     assert trained["c"].test_accuracy[-1] >= 0.90
     assert trained["f"].test_accuracy[-1] >= 0.90
     assert trained["a"].ratio_trained < 1e-4        # training did not rescue the early layers
+
+
+@pytest.mark.parametrize("key", "de")
+def test_batchnorm_and_skip_connections_let_sigmoid_networks_learn_too(trained, key):
+    assert trained[key].test_accuracy[-1] >= 0.90
 
 
 def test_normal_init_is_small_and_independent_of_the_widths():
