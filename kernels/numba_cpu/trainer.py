@@ -173,12 +173,15 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
         serial = nchunk == 1
         for st in range(stages.shape[0]):
             a, b = stages[st, 1], stages[st, 2]
+            # (chunk indices passed as int64 in both calls: one compiled _row_actions)
             if stages[st, 0] == ROWS and serial:
-                _row_actions(a, b, actions, 0, 0, nb, nb, start, X, labels, Y, order, ops,
+                c = np.int64(0)
+                _row_actions(a, b, actions, c, c, nb, nb, start, X, labels, Y, order, ops,
                              params, grads, partials, acts, dacts, tmp, labels_b, Yb,
                              loss_code, lossp, corrp)
             elif stages[st, 0] == ROWS:
-                for c in prange(nchunk):
+                for ci in prange(nchunk):
+                    c = np.int64(ci)
                     _row_actions(a, b, actions, c, c * q, min(nb, c * q + q), nb, start, X,
                                  labels, Y, order, ops, params, grads, partials, acts, dacts,
                                  tmp, labels_b, Yb, loss_code, lossp, corrp)
