@@ -14,6 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn.backends import available_backends
@@ -116,6 +117,26 @@ def test_fused_trainer_matches_the_layer_by_layer_path(dtype, loss, optimizer):
     np.testing.assert_allclose(h_fused["loss"], h_layered["loss"], rtol=rtol)
     assert h_fused.history.get("accuracy") == h_layered.history.get("accuracy")
     assert getattr(opt_fused, "t", None) == getattr(opt_layered, "t", None)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+def test_trainer_split_across_threads_matches_the_layer_by_layer_path(loss):
+    # big enough that each minibatch is split into per-thread bands whose gradients are added
+    X, y = data(loss, n=300, n_in=64, n_out=10)
+    runs = []
+    for fuse in (True, False):
+        with threadpool_limits(3, user_api="openmp"):
+            model = fastnn.Sequential([fastnn.Dense(64, 512, "tanh"),
+                                       fastnn.Dense(512, 512, "sigmoid"), fastnn.Dense(512, 10)],
+                                      backend="cython", dtype="float64")
+            model.fuse = fuse
+            history = model.fit(X, y, loss=loss, optimizer=fastnn.Adam(1e-3), epochs=2,
+                                batch_size=64, verbose=0)
+        runs.append((model.parameters(), history))
+    (p_fused, h_fused), (p_layered, h_layered) = runs
+    np.testing.assert_allclose(p_fused, p_layered, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h_fused["loss"], h_layered["loss"], rtol=1e-12)
+    assert h_fused.history.get("accuracy") == h_layered.history.get("accuracy")
 
 
 def test_models_the_trainer_does_not_fuse_train_layer_by_layer():

@@ -3,6 +3,15 @@
 The fallback where Numba is missing. The code lives in the extension module ``_kernels``, built
 from ``_kernels.pyx`` by setup.py; without it this backend is unusable and says why.
 """
+import os
+
+# Threads waiting at a barrier sleep instead of spinning (unless the user chose otherwise):
+# the kernels' parallel regions are coarse (a whole epoch, two barriers per minibatch), so
+# waking costs little, while spinning threads take the cores from the working ones whenever
+# the machine has other work (measured on 2 busy cores: 2-4× slower steps). Read by the OpenMP
+# runtime when it loads, which is when the extension below is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     from ._kernels import (OPENMP, adam, batchnorm_backward, batchnorm_forward, dense_backward,
                            dense_forward, make_trainer, mse, sgd, sgd_momentum,

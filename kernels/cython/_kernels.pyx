@@ -16,7 +16,7 @@ call those same C functions. Inputs that are not C-contiguous or not in the dtyp
 are copied first; outputs that are not C-contiguous are computed in a copy and written back.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport exp, log, logf, log1p, log1pf, sqrt, sqrtf, tanh, tanhf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
@@ -33,9 +33,17 @@ cdef extern from *:
     #include <omp.h>
     #define FASTNN_OPENMP 1
     #define fastnn_max_threads() omp_get_max_threads()
+    #define fastnn_in_parallel() omp_in_parallel()
+    #ifdef _MSC_VER
+    #define fastnn_barrier() __pragma(omp barrier)
+    #else
+    #define fastnn_barrier() _Pragma("omp barrier")
+    #endif
     #else
     #define FASTNN_OPENMP 0
     #define fastnn_max_threads() 1
+    #define fastnn_in_parallel() 0
+    #define fastnn_barrier()
     #endif
 
     /* e^x for x <= 0 in float32, branch-free so that loops calling it vectorise (libm's expf is
@@ -58,6 +66,10 @@ cdef extern from *:
     """
     const int FASTNN_OPENMP
     int fastnn_max_threads() noexcept nogil
+    int fastnn_in_parallel() noexcept nogil
+    # every thread of the team waits here for the others (a prange inside a parallel block
+    # ends without one)
+    void fastnn_barrier() noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
 
 #: True when this extension was compiled with OpenMP (its loops may then use several threads)
@@ -192,7 +204,7 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
     this backend is built with OpenMP, so the two thread pools never stack)."""
     cdef Py_ssize_t c, i0, i1
     cdef int chunks = 1
-    if FASTNN_OPENMP and m * n * k >= GEMM_PARALLEL_MIN:
+    if FASTNN_OPENMP and m * n * k >= GEMM_PARALLEL_MIN and not fastnn_in_parallel():
         chunks = <int> min(<Py_ssize_t> fastnn_max_threads(), m // 8)
     if chunks <= 1:
         _blas_gemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
@@ -317,28 +329,34 @@ cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
         _gemm(False, True, batch, n_in, n_out, dA, n_out, W, n_out, dX, n_in)  # ∂L/∂x = dZ Wᵀ
 
 
-cdef double _mse(const floating* Yhat, const floating* Y, floating* dYhat, Py_ssize_t n,
-                 Py_ssize_t k) noexcept nogil:
-    """L = (1/n) Σ ½(ŷ − y)²; dYhat = (ŷ − y)/n."""
+# The loss kernels take `rows` rows of a minibatch of `batch` rows (rows < batch when a thread
+# does its share of the minibatch): gradients are divided by `batch`, and so is the loss, so the
+# shares add up to the minibatch's mean.
+
+cdef double _mse(const floating* Yhat, const floating* Y, floating* dYhat, Py_ssize_t rows,
+                 Py_ssize_t k, Py_ssize_t batch) noexcept nogil:
+    """L = (1/batch) Σ ½(ŷ − y)²; dYhat = (ŷ − y)/batch."""
     cdef Py_ssize_t i
-    cdef floating r, inv_n = <floating> (1.0 / n)
+    cdef floating r, inv_n = <floating> (1.0 / batch)
     cdef double total = 0
-    for i in range(n * k):
+    for i in range(rows * k):
         r = Yhat[i] - Y[i]
         dYhat[i] = r * inv_n
         total += <double> r * r
-    return 0.5 * total / n
+    return 0.5 * total / batch
 
 
 cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, floating* dZ,
-                                   Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """L = mean(log Σ_k e^z_k − z_y); dZ = (softmax(z) − onehot(y))/n. Labels must be in range."""
+                                   Py_ssize_t rows, Py_ssize_t k,
+                                   Py_ssize_t batch) noexcept nogil:
+    """L = (1/batch) Σ (log Σ_k e^z_k − z_y); dZ = (softmax(z) − onehot(y))/batch. Labels must be
+    in range."""
     cdef Py_ssize_t i, j
     cdef const floating* z
     cdef floating* d
     cdef floating top, total, inv
     cdef double loss = 0
-    for i in range(n):
+    for i in range(rows):
         z, d = Z + i * k, dZ + i * k
         top = z[0]
         for j in range(1, k):
@@ -348,56 +366,67 @@ cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, flo
         for j in range(k):
             d[j] = _exp_neg(z[j] - top)             # e^(z − max z)
             total += d[j]
-        inv = 1 / (total * n)
+        inv = 1 / (total * batch)
         for j in range(k):
-            d[j] *= inv                             # softmax / n
-        d[labels[i]] -= <floating> (1.0 / n)        # (p − onehot(y)) / n
+            d[j] *= inv                             # softmax / batch
+        d[labels[i]] -= <floating> (1.0 / batch)    # (p − onehot(y)) / batch
         loss += top + _log(total) - z[labels[i]]    # lse − z_y
-    return loss / n
+    return loss / batch
 
 
 cdef double _sigmoid_binary_cross_entropy(const floating* Z, const floating* Y, floating* dZ,
-                                          Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """L = (1/n) Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = (σ(z) − y)/n."""
+                                          Py_ssize_t rows, Py_ssize_t k,
+                                          Py_ssize_t batch) noexcept nogil:
+    """L = (1/batch) Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = (σ(z) − y)/batch."""
     cdef Py_ssize_t i
-    cdef floating z, e, one = 1, inv_n = <floating> (1.0 / n)
+    cdef floating z, e, one = 1, inv_n = <floating> (1.0 / batch)
     cdef double loss = 0
-    for i in range(n * k):
+    for i in range(rows * k):
         z = Z[i]
         e = _exp_neg_abs(z)
         dZ[i] = ((one if z >= 0 else e) / (one + e) - Y[i]) * inv_n
         loss += (z if z > 0 else 0) - z * Y[i] + _log1p(e)
-    return loss / n
+    return loss / batch
 
 
-cdef void _sgd(floating* p, const floating* g, Py_ssize_t n, floating lr) noexcept nogil:
-    """w ← w − η g."""
+cdef struct Step:
+    # one optimizer step: the rule's code and its hyperparameters (mu_or_beta1 is the momentum
+    # for SGD, β₁ for Adam); t is Adam's 1-based step count
+    int rule
+    double lr, mu_or_beta1, beta2, eps
+    long t
+
+
+cdef void _update(const Step* step, floating* p, const floating* g, floating* s1, floating* s2,
+                  Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """One optimizer step on entries lo..hi of the flat vectors, in place. s1, s2: the state.
+
+    sgd: w ← w − η g.  sgd_momentum: v ← μv + g; w ← w − η v.  adam: m ← β₁m + (1−β₁)g;
+    v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
+    """
     cdef Py_ssize_t i
-    for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        p[i] -= lr * g[i]
+    cdef floating lr = <floating> step.lr, b1 = <floating> step.mu_or_beta1
+    cdef floating b2 = <floating> step.beta2, eps = <floating> step.eps
+    cdef floating a1 = 1 - b1, a2 = 1 - b2
+    cdef floating c1 = <floating> (1 - step.mu_or_beta1 ** step.t)
+    cdef floating c2 = <floating> (1 - step.beta2 ** step.t)
+    if step.rule == SGD:
+        for i in range(lo, hi):
+            p[i] -= lr * g[i]
+    elif step.rule == SGD_MOMENTUM:
+        for i in range(lo, hi):
+            s1[i] = s1[i] * b1 + g[i]
+            p[i] -= lr * s1[i]
+    else:
+        for i in range(lo, hi):
+            s1[i] = s1[i] * b1 + a1 * g[i]
+            s2[i] = s2[i] * b2 + a2 * g[i] * g[i]
+            p[i] -= lr * (s1[i] / c1) / (_sqrt(s2[i] / c2) + eps)
 
 
-cdef void _sgd_momentum(floating* p, const floating* g, floating* v, Py_ssize_t n, floating lr,
-                        floating mu) noexcept nogil:
-    """v ← μv + g; w ← w − η v."""
-    cdef Py_ssize_t i
-    for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        v[i] = v[i] * mu + g[i]
-        p[i] -= lr * v[i]
-
-
-cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
-                floating lr, floating beta1, floating beta2, floating eps,
-                long t) noexcept nogil:
-    """m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε), m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)."""
-    cdef Py_ssize_t i
-    cdef floating c1 = <floating> (1 - (<double> beta1) ** t)
-    cdef floating c2 = <floating> (1 - (<double> beta2) ** t)
-    cdef floating a1 = 1 - beta1, a2 = 1 - beta2
-    for i in prange(n, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        m[i] = m[i] * beta1 + a1 * g[i]
-        v[i] = v[i] * beta2 + a2 * g[i] * g[i]
-        p[i] -= lr * (m[i] / c1) / (_sqrt(v[i] / c2) + eps)
+cdef enum:
+    # entries per block of the flat parameter vector in a threaded optimizer step
+    UPDATE_BLOCK = 1 << 14
 
 
 cdef void _batchnorm_forward_block(const floating* X, const floating* gamma,
@@ -525,15 +554,15 @@ cdef double _loss_mv(int loss, const floating[:, ::1] Z, const floating[:, ::1] 
         if i >= 0:
             raise ValueError(f"labels[{i}] = {labels[i]} is not a class index in [0, {k})")
         with nogil:
-            value = _softmax_cross_entropy(&Z[0, 0], &labels[0], &dZ[0, 0], n, k)
+            value = _softmax_cross_entropy(&Z[0, 0], &labels[0], &dZ[0, 0], n, k, n)
         return value
     if Y.shape[0] != n or Y.shape[1] != k:
         raise ValueError(f"targets have shape {_shape2(Y)} but the predictions {_shape2(Z)}")
     with nogil:
         if loss == MSE:
-            value = _mse(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k)
+            value = _mse(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k, n)
         else:
-            value = _sigmoid_binary_cross_entropy(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k)
+            value = _sigmoid_binary_cross_entropy(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k, n)
     return value
 
 
@@ -545,14 +574,14 @@ cdef int _optimizer_mv(int rule, floating[::1] p, const floating[::1] g, floatin
     if g.shape[0] != n or (s1 is not None and s1.shape[0] != n) \
             or (s2 is not None and s2.shape[0] != n):
         raise ValueError("params, grads and the optimizer state must have the same size")
+    cdef Step step = Step(rule, lr, mu_or_beta1, beta2, eps, t)
+    cdef floating* s1_ptr = &s1[0] if s1 is not None else NULL
+    cdef floating* s2_ptr = &s2[0] if s2 is not None else NULL
+    cdef Py_ssize_t blk, n_blocks = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
     with nogil:
-        if rule == SGD:
-            _sgd(&p[0], &g[0], n, <floating> lr)
-        elif rule == SGD_MOMENTUM:
-            _sgd_momentum(&p[0], &g[0], &s1[0], n, <floating> lr, <floating> mu_or_beta1)
-        else:
-            _adam(&p[0], &g[0], &s1[0], &s2[0], n, <floating> lr, <floating> mu_or_beta1,
-                  <floating> beta2, <floating> eps, t)
+        for blk in prange(n_blocks, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+            _update(&step, &p[0], &g[0], s1_ptr, s2_ptr, blk * UPDATE_BLOCK,
+                    min(n, (blk + 1) * UPDATE_BLOCK))
     return 0
 
 
@@ -809,8 +838,20 @@ cdef struct LayerSpec:
     Py_ssize_t n_in, n_out
     Py_ssize_t w, b            # offsets of W (n_in × n_out) and b (n_out) in the parameters
     Py_ssize_t dw, db          # offsets of ∂L/∂W and ∂L/∂b in the gradients
-    Py_ssize_t a               # offset of the layer's output (batch × n_out) in the workspace
+    Py_ssize_t a               # offset of the layer's output (batch × n_out) in `acts`
     int act                    # activation code in training (identity when the loss takes z)
+
+
+cdef struct Net:
+    # what a thread needs to train its rows of a minibatch; the arrays belong to the Trainer
+    LayerSpec* layers
+    int n_layers, loss
+    Py_ssize_t batch, width    # rows and widest layer output the buffers below are sized for
+    void* params               # the model's parameters (floating)
+    void* acts                 # every layer's output, batch × n_out each
+    void* deltas               # two batch × width buffers: ∂L/∂output of a layer and its dX
+    void* xb                   # the gathered input rows, batch × n_in
+    void* yb                   # the gathered targets: int64 labels or batch × k floats
 
 
 def make_trainer(model, loss, optimizer, batch_size):
@@ -827,23 +868,28 @@ def make_trainer(model, loss, optimizer, batch_size):
 
 
 cdef class Trainer:
-    """Minibatch training of a stack of Dense layers, one epoch per call with the GIL released:
-    per minibatch gather the rows, forward, loss, backward and optimizer step, all by the C
-    kernels of this module. Parameters, gradients and optimizer state are the model's and the
-    optimizer's own arrays, updated in place."""
+    """Minibatch training of a stack of Dense layers, one epoch per call with the GIL released.
 
-    cdef LayerSpec* layers
-    cdef int n_layers, loss, rule
-    cdef Py_ssize_t batch, width, n_params
+    Per minibatch: each thread takes a band of its rows and gathers them, runs them forward,
+    through the loss (its share) and backward, writing its gradients into its own buffer;
+    then the optimizer step adds the threads' gradients and updates the parameters. A small
+    minibatch stays in one band, on one thread. Parameters, gradients and optimizer state are
+    the model's and the optimizer's own arrays, updated in place.
+    """
+
+    cdef Net net
+    cdef int rule
+    cdef Py_ssize_t work_per_row, n_params
     cdef object dtype, optimizer
     cdef object params, grads, state1, state2       # the arrays the optimizer step updates
     cdef object acts, deltas, xb, yb                # one minibatch's workspace
+    cdef object partials                            # gradients of the bands after the first
 
     def __cinit__(self):
-        self.layers = NULL
+        self.net.layers = NULL
 
     def __dealloc__(self):
-        free(self.layers)
+        free(self.net.layers)
 
     def __init__(self, model, loss, optimizer, Py_ssize_t batch_size):
         from fastnn.kernels import ACTIVATIONS
@@ -851,34 +897,38 @@ cdef class Trainer:
 
         cdef LayerSpec* spec
         cdef Py_ssize_t i, acts_size = 0
+        cdef Net* net = &self.net
         self.params, self.grads = model.parameters(), model.gradients()
         self.dtype = _float_dtype(self.params, "the model's parameters")
         self.n_params = self.params.size
-        self.batch = batch_size
-        self.loss = {"mse": MSE, "cross_entropy": SOFTMAX_CE,
-                     "binary_cross_entropy": SIGMOID_BCE}[loss.name]
-        self.n_layers = len(model.layers)
-        self.layers = <LayerSpec*> malloc(self.n_layers * sizeof(LayerSpec))
-        if self.layers == NULL:
+        net.loss = {"mse": MSE, "cross_entropy": SOFTMAX_CE,
+                    "binary_cross_entropy": SIGMOID_BCE}[loss.name]
+        net.n_layers = len(model.layers)
+        net.layers = <LayerSpec*> malloc(net.n_layers * sizeof(LayerSpec))
+        if net.layers == NULL:
             raise MemoryError()
-        self.width = 0
+        net.batch, net.width, self.work_per_row = batch_size, 0, 0
         for i, layer in enumerate(model.layers):
-            spec = &self.layers[i]
+            spec = &net.layers[i]
             spec.n_in, spec.n_out = layer.in_features, layer.out_features
             spec.w = _offset(layer.weight, self.params)
             spec.b = _offset(layer.bias, self.params)
             spec.dw = _offset(layer.weight_grad, self.grads)
             spec.db = _offset(layer.bias_grad, self.grads)
             spec.a = acts_size
-            last = i == self.n_layers - 1
+            last = i == net.n_layers - 1
             spec.act = IDENTITY if last and loss.on_logits else ACTIVATIONS[layer.activation]
             acts_size += batch_size * spec.n_out
-            self.width = max(self.width, spec.n_out)
+            net.width = max(net.width, spec.n_out)
+            self.work_per_row += spec.n_in * spec.n_out
         self.acts = np.empty(acts_size, self.dtype)
-        self.deltas = np.empty(2 * batch_size * self.width, self.dtype)
-        self.xb = np.empty(batch_size * self.layers[0].n_in, self.dtype)
-        self.yb = (np.empty(batch_size, _I64) if self.loss == SOFTMAX_CE
-                   else np.empty(batch_size * self.layers[self.n_layers - 1].n_out, self.dtype))
+        self.deltas = np.empty(2 * batch_size * net.width, self.dtype)
+        self.xb = np.empty(batch_size * net.layers[0].n_in, self.dtype)
+        self.yb = (np.empty(batch_size, _I64) if net.loss == SOFTMAX_CE
+                   else np.empty(batch_size * net.layers[net.n_layers - 1].n_out, self.dtype))
+        self.partials = np.empty(0, self.dtype)
+        net.params, net.acts = _address(self.params), _address(self.acts)
+        net.deltas, net.xb, net.yb = _address(self.deltas), _address(self.xb), _address(self.yb)
 
         optimizer.ensure_state(self.params)
         self.optimizer = optimizer
@@ -892,7 +942,8 @@ cdef class Trainer:
     def run_epoch(self, X, y, order):
         """Train on the minibatches ``order[i:i + batch_size]`` of (X, y); return (Σ batch loss ×
         batch rows, number of correct predictions or None for mse)."""
-        cdef Py_ssize_t n_in = self.layers[0].n_in, k = self.layers[self.n_layers - 1].n_out
+        cdef Py_ssize_t n_in = self.net.layers[0].n_in
+        cdef Py_ssize_t k = self.net.layers[self.net.n_layers - 1].n_out
         cdef Py_ssize_t bad
         X = _input(X, self.dtype)
         order = _input(order, _I64)
@@ -903,7 +954,7 @@ cdef class Trainer:
         if bad >= 0:
             raise ValueError(f"order[{bad}] = {order[bad]} is not a row of X ({len(X)} rows)")
         labels, Y = None, None
-        if self.loss == SOFTMAX_CE:
+        if self.net.loss == SOFTMAX_CE:
             labels = _input(y, _I64)
             bad = _first_outside(labels, k)
             if bad >= 0:
@@ -912,6 +963,9 @@ cdef class Trainer:
             Y = _input(y, self.dtype).reshape(len(X), -1)
             if Y.shape[1] != k:
                 raise ValueError(f"y has {Y.shape[1]} columns but the model outputs {k}")
+        threads = fastnn_max_threads()
+        if self.partials.size < (threads - 1) * self.n_params:    # threads were raised
+            self.partials = np.empty((threads - 1) * self.n_params, self.dtype)
 
         opt = self.optimizer
         lr = opt.lr
@@ -919,12 +973,14 @@ cdef class Trainer:
                        else (opt.momentum, 0.0, 0.0))
         t = opt.t if self.rule == ADAM else 0
         if self.dtype is _F32:
-            total, correct, t = _epoch[float](self, X, Y, labels, order, lr, h1, h2, eps, t)
+            total, correct, t = _epoch[float](self, X, Y, labels, order, threads, lr, h1, h2,
+                                              eps, t)
         else:
-            total, correct, t = _epoch[double](self, X, Y, labels, order, lr, h1, h2, eps, t)
+            total, correct, t = _epoch[double](self, X, Y, labels, order, threads, lr, h1, h2,
+                                               eps, t)
         if self.rule == ADAM:
             opt.t = t
-        return total, None if self.loss == MSE else correct
+        return total, None if self.net.loss == MSE else correct
 
     def sync(self):
         """Nothing to copy: the trainer works in the model's and optimizer's own arrays."""
@@ -935,6 +991,19 @@ cdef Py_ssize_t _offset(object view, object base) except -1:
     if not view.flags.c_contiguous:
         raise ValueError("the fused trainer needs C-contiguous parameter views")
     return (view.ctypes.data - base.ctypes.data) // base.itemsize
+
+
+cdef void* _address(object array):
+    return <void*> <size_t> array.ctypes.data
+
+
+cdef enum:
+    # a band of a minibatch carries at least this many rows and multiply-adds (forward pass,
+    # ≈ 50 µs of one core): waking a sleeping thread and the two barriers per minibatch must
+    # pay for themselves
+    MIN_BAND_ROWS = 8
+    MIN_BAND_WORK = 1 << 21
+    MAX_BANDS = 64
 
 
 cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,
@@ -958,79 +1027,130 @@ cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,
     return right
 
 
-cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
-                  const int64_t[::1] labels, const int64_t[::1] order, double lr, double h1,
-                  double h2, double eps, long t):
-    """One epoch of :class:`Trainer`: returns (Σ loss × rows, correct predictions, step t)."""
-    cdef floating[::1] P = self.params, G = self.grads, Acts = self.acts, D = self.deltas
-    cdef floating[::1] Xb = self.xb, S1 = self.state1, S2 = self.state2
-    cdef floating[::1] Yb
-    cdef int64_t[::1] Lb
-    cdef floating* p = &P[0]
-    cdef floating* g = &G[0]
-    cdef floating* acts = &Acts[0]
-    cdef floating* x = &Xb[0]
-    cdef floating* s1 = &S1[0] if S1 is not None else NULL
-    cdef floating* s2 = &S2[0] if S2 is not None else NULL
-    cdef floating* yb = NULL
-    cdef int64_t* lb = NULL
+cdef double _band_step(const Net* net, floating* g, const floating* X, const floating* Y,
+                       const int64_t* labels, const int64_t* rows_of, Py_ssize_t r0,
+                       Py_ssize_t r1, Py_ssize_t batch, Py_ssize_t* right) noexcept nogil:
+    """Rows r0..r1 of a minibatch of `batch` rows (rows_of[i] is the row of X of its i-th
+    sample): gather, forward, loss, backward. Writes this band's gradients into g (laid out as
+    the model's), adds its correct predictions to right; returns its share of the loss."""
+    cdef floating* p = <floating*> net.params
+    cdef floating* acts = <floating*> net.acts
+    cdef floating* x = <floating*> net.xb + r0 * net.layers[0].n_in
     cdef floating* delta[2]
     cdef floating* d
     cdef floating* dX
+    cdef floating* yb = NULL
+    cdef int64_t* lb = NULL
     cdef const floating* h
-    cdef LayerSpec* spec
-    cdef Py_ssize_t n = order.shape[0], n_in = self.layers[0].n_in
-    cdef Py_ssize_t k = self.layers[self.n_layers - 1].n_out
-    cdef Py_ssize_t mb, i, rows, row, correct = 0, step = self.batch
-    cdef Py_ssize_t n_batches = (n + step - 1) // step
-    cdef int l, which
-    cdef double total = 0, value
-    if self.loss == SOFTMAX_CE:
-        Lb = self.yb
-        lb = &Lb[0]
+    cdef const LayerSpec* spec
+    cdef Py_ssize_t i, m = r1 - r0, n_in = net.layers[0].n_in
+    cdef Py_ssize_t k = net.layers[net.n_layers - 1].n_out
+    cdef int l, which = 0
+    cdef double value
+    if net.loss == SOFTMAX_CE:
+        lb = <int64_t*> net.yb + r0
     else:
-        Yb = self.yb
-        yb = &Yb[0]
-    delta[0], delta[1] = &D[0], &D[self.batch * self.width]
-    with nogil:
-        for mb in range(n_batches):
-            rows = min(step, n - mb * step)
-            for i in range(rows):                           # gather the minibatch
-                row = order[mb * step + i]
-                memcpy(x + i * n_in, &X[row, 0], n_in * sizeof(floating))
-                if lb != NULL:
-                    lb[i] = labels[row]
-                else:
-                    memcpy(yb + i * k, &Y[row, 0], k * sizeof(floating))
-            h = x
-            for l in range(self.n_layers):                  # forward
-                spec = &self.layers[l]
-                _dense_forward(h, p + spec.w, p + spec.b, spec.act, acts + spec.a, rows,
-                               spec.n_in, spec.n_out)
-                h = acts + spec.a
-            d, which = delta[0], 0                          # loss and ∂L/∂output
-            if self.loss == MSE:
-                value = _mse(h, yb, d, rows, k)
-            elif self.loss == SOFTMAX_CE:
-                value = _softmax_cross_entropy(h, lb, d, rows, k)
-            else:
-                value = _sigmoid_binary_cross_entropy(h, yb, d, rows, k)
-            total += value * rows
-            correct += _n_correct(self.loss, h, lb, yb, rows, k)
-            for l in range(self.n_layers - 1, -1, -1):      # backward
-                spec = &self.layers[l]
-                which = 1 - which
-                dX = delta[which] if l > 0 else NULL
-                _dense_backward(d, acts + self.layers[l - 1].a if l > 0 else x, p + spec.w,
-                                acts + spec.a, spec.act, dX, g + spec.dw, g + spec.db, rows,
-                                spec.n_in, spec.n_out)
-                d = dX
-            t += 1                                          # optimizer step
-            if self.rule == SGD:
-                _sgd(p, g, self.n_params, <floating> lr)
-            elif self.rule == SGD_MOMENTUM:
-                _sgd_momentum(p, g, s1, self.n_params, <floating> lr, <floating> h1)
-            else:
-                _adam(p, g, s1, s2, self.n_params, <floating> lr, <floating> h1, <floating> h2,
-                      <floating> eps, t)
-    return total, correct, t
+        yb = <floating*> net.yb + r0 * k
+    for i in range(m):                                      # gather the band's samples
+        memcpy(x + i * n_in, X + rows_of[r0 + i] * n_in, n_in * sizeof(floating))
+        if lb != NULL:
+            lb[i] = labels[rows_of[r0 + i]]
+        else:
+            memcpy(yb + i * k, Y + rows_of[r0 + i] * k, k * sizeof(floating))
+    h = x
+    for l in range(net.n_layers):                           # forward
+        spec = &net.layers[l]
+        _dense_forward(h, p + spec.w, p + spec.b, spec.act, acts + spec.a + r0 * spec.n_out, m,
+                       spec.n_in, spec.n_out)
+        h = acts + spec.a + r0 * spec.n_out
+    delta[0] = <floating*> net.deltas + r0 * net.width
+    delta[1] = <floating*> net.deltas + (net.batch + r0) * net.width
+    d = delta[0]                                            # loss and ∂L/∂output
+    if net.loss == MSE:
+        value = _mse(h, yb, d, m, k, batch)
+    elif net.loss == SOFTMAX_CE:
+        value = _softmax_cross_entropy(h, lb, d, m, k, batch)
+    else:
+        value = _sigmoid_binary_cross_entropy(h, yb, d, m, k, batch)
+    right[0] += _n_correct(net.loss, h, lb, yb, m, k)
+    for l in range(net.n_layers - 1, -1, -1):               # backward
+        spec = &net.layers[l]
+        which = 1 - which
+        dX = delta[which] if l > 0 else NULL
+        _dense_backward(d, acts + net.layers[l - 1].a + r0 * spec.n_in if l > 0 else x,
+                        p + spec.w, acts + spec.a + r0 * spec.n_out, spec.act, dX, g + spec.dw,
+                        g + spec.db, m, spec.n_in, spec.n_out)
+        d = dX
+    return value
+
+
+cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
+                  const int64_t[::1] labels, const int64_t[::1] order, int threads, double lr,
+                  double h1, double h2, double eps, long t):
+    """One epoch of :class:`Trainer`: returns (Σ loss × rows, correct predictions, step t).
+
+    One parallel region for the whole epoch: every thread walks the minibatches; per minibatch
+    the threads share out the bands (then wait for each other), then the blocks of the
+    optimizer step, which first add the bands' gradients. No thread idles between regions.
+    """
+    cdef floating[::1] P = self.params, G = self.grads, S1 = self.state1, S2 = self.state2
+    cdef floating[::1] Partials = self.partials
+    cdef floating* p = &P[0]
+    cdef floating* g = &G[0]
+    cdef floating* partials = &Partials[0] if Partials.shape[0] else NULL
+    cdef floating* s1 = &S1[0] if S1 is not None else NULL
+    cdef floating* s2 = &S2[0] if S2 is not None else NULL
+    cdef const floating* x = &X[0, 0]
+    cdef const floating* y = &Y[0, 0] if Y is not None else NULL
+    cdef const int64_t* lab = &labels[0] if labels is not None else NULL
+    cdef const Net* net = &self.net
+    cdef Py_ssize_t n = order.shape[0], n_params = self.n_params, batch = net.batch
+    cdef Py_ssize_t n_batches = (n + batch - 1) // batch
+    cdef Py_ssize_t n_blocks = (n_params + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef Py_ssize_t mb, c, i, blk, lo, hi, rows, band, bands, correct = 0
+    cdef int team = _bands(batch, self.work_per_row, min(threads, MAX_BANDS))[0]
+    cdef double value, total = 0
+    cdef double band_loss[MAX_BANDS]
+    cdef Py_ssize_t band_right[MAX_BANDS]
+    cdef Step step = Step(self.rule, lr, h1, h2, eps, t)
+    for c in range(MAX_BANDS):
+        band_loss[c], band_right[c] = 0, 0
+    with nogil, parallel(num_threads=team, use_threads_if=team > 1):
+        for mb in range(n_batches):                     # every thread, in step with the others
+            rows = min(batch, n - mb * batch)
+            bands, band = _bands(rows, self.work_per_row, team)
+            for c in prange(bands, schedule="static"):  # forward, loss, backward per band
+                value = _band_step(net, g if c == 0 else partials + (c - 1) * n_params, x, y,
+                                   lab, &order[mb * batch], c * band,
+                                   min(rows, (c + 1) * band), rows, &band_right[c])
+                band_loss[c] += value * rows
+            fastnn_barrier()                            # every band's gradient is written
+            for blk in prange(n_blocks, schedule="static"):   # Σ band gradients, then update
+                lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
+                for c in range(1, bands):
+                    for i in range(lo, hi):
+                        g[i] += partials[(c - 1) * n_params + i]
+                _update_at(&step, t + mb + 1, p, g, s1, s2, lo, hi)
+            fastnn_barrier()                            # the parameters are updated
+    for c in range(MAX_BANDS):
+        total += band_loss[c]
+        correct += band_right[c]
+    return total, correct, t + n_batches
+
+
+cdef inline void _update_at(const Step* step, long t, floating* p, const floating* g,
+                            floating* s1, floating* s2, Py_ssize_t lo,
+                            Py_ssize_t hi) noexcept nogil:
+    """:func:`_update` at step count t (the trainer's threads each know the step they are at)."""
+    cdef Step at = step[0]
+    at.t = t
+    _update(&at, p, g, s1, s2, lo, hi)
+
+
+cdef (int, Py_ssize_t) _bands(Py_ssize_t rows, Py_ssize_t work_per_row,
+                              int threads) noexcept nogil:
+    """(number of bands, rows per band) for a minibatch: as many as threads, as long as each
+    carries MIN_BAND_ROWS rows and MIN_BAND_WORK multiply-adds."""
+    cdef Py_ssize_t bands = max(1, min(<Py_ssize_t> threads, rows * work_per_row // MIN_BAND_WORK))
+    cdef Py_ssize_t band = max(<Py_ssize_t> MIN_BAND_ROWS, (rows + bands - 1) // bands)
+    return <int> ((rows + band - 1) // band), band
