@@ -60,7 +60,7 @@ def bn_backward_col(j, dY, xhat, inv_std, gamma, dX, dX_mode, dgamma, dbeta):
 @njit(parallel=True, cache=True, error_model="numpy")
 def bn_forward_kernel(X, gamma, beta, running_mean, running_var, momentum, eps, training,
                       out, xhat, inv_std):
-    if X.size < MIN_CHUNK_WORK:                           # too little work to share
+    if 4 * X.size < MIN_CHUNK_WORK:                       # ≈ 4 passes per element
         for j in range(X.shape[1]):
             bn_forward_col(j, X, gamma, beta, running_mean, running_var, momentum, eps,
                            training, out, xhat, inv_std)
@@ -72,7 +72,7 @@ def bn_forward_kernel(X, gamma, beta, running_mean, running_var, momentum, eps, 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def bn_backward_kernel(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
-    if dY.size < MIN_CHUNK_WORK:
+    if 4 * dY.size < MIN_CHUNK_WORK:
         for j in range(dY.shape[1]):
             bn_backward_col(j, dY, xhat, inv_std, gamma, dX, 1, dgamma, dbeta)
     else:
