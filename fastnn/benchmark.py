@@ -475,34 +475,27 @@ def machine() -> dict:
 
 
 # -- a whole run (the CLI's) ---------------------------------------------------------------
-def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Fastest of ``rounds`` calls of each, after one warm-up call each, taken in turns so that
-    load from other processes falls on every contender alike."""
-    for call in calls.values():
-        call()
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(rounds):
-        for name, call in calls.items():
-            best[name] = min(best[name], time_call(call, 1))
-    return best
-
-
 def run(configs: list[str], names: list[str], threads: int, rounds: int,
         progress: Callable[[str], None] = lambda line: None) -> Results:
-    """Time every (config, contender) in one process with the same threads."""
+    """Time every (config, contender) in one process with the same threads.
+
+    Each contender's rounds run back to back after its own warm-up call: taking contenders in
+    turns would let the previous one's thread pools (OpenBLAS, OpenMP workers busy-wait after
+    a call) steal cores from the next.
+    """
     pin_threads(threads, torch=any(c in TORCH_PEERS for c in names))
     results = Results(threads, measure_peaks(threads, {device_of(c) for c in names}),
                       thread_state())
     for config in map(CONFIGS.__getitem__, configs):
-        contests = {c: Contest(config, c, config.steps,
-                               PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0)
-                    for c in names}
-        tasks = [("train", config.steps)] + [("predict", PREDICT_BATCHES)] * config.predict
-        for task, per_call in tasks:
-            best = time_interleaved({c: getattr(contest, task)
-                                     for c, contest in contests.items()}, rounds)
-            for contender, seconds in best.items():
-                row = results.add(config, task, contender, seconds / per_call)
+        for contender in names:
+            contest = Contest(config, contender, config.steps,
+                              PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0)
+            tasks = [("train", contest.train, config.steps)]
+            if config.predict:
+                tasks.append(("predict", contest.predict, PREDICT_BATCHES))
+            for task, call, per_call in tasks:
+                call()
+                row = results.add(config, task, contender, time_call(call, rounds) / per_call)
                 progress(f"{row.label:<14} {contender:<11} {row.us:>12,.1f} µs")
     results.update_peaks(measure_peaks(threads, {device_of(c) for c in names}))
     return results
