@@ -22,9 +22,9 @@ PARALLEL_UPDATE_BLOCKS = 64
 
 
 @register_jitable
-def row_split(n, threads, work_per_row):
-    """(rows per chunk q, number of chunks) for n rows, each row costing work_per_row
-    multiply-adds; chunk c is rows [c·q, min(n, c·q + q))."""
-    chunks = max(1, min(threads, n * work_per_row // MIN_CHUNK_WORK))
+def row_split(n, threads, work_per_row, min_chunk_work=MIN_CHUNK_WORK):
+    """(rows per chunk q, number of chunks ≤ threads) for n rows, each row costing
+    work_per_row multiply-adds; chunk c is rows [c·q, min(n, c·q + q))."""
+    chunks = max(1, min(threads, n * work_per_row // min_chunk_work))
     q = max(MIN_ROWS, (n + chunks - 1) // chunks)
     return q, (n + q - 1) // q

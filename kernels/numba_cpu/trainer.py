@@ -29,7 +29,7 @@ from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .interface import LAUNCH_LOCK
 from .losses import CODES, CROSS_ENTROPY, loss_rows
 from .optimizers import ADAM, MOMENTUM, SGD, update_range
-from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
+from ._split import BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS, row_split
 
 # op kinds, and the columns of the op table
 DENSE, BATCHNORM, ADD = range(3)
@@ -157,7 +157,7 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu
 @njit(parallel=True, cache=True, error_model="numpy")
 def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params, grads, state,
                  s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, lossp, corrp,
-                 loss_code, opt_code, hyper, step, threads, work_per_row):
+                 loss_code, opt_code, hyper, step, threads, work_per_row, min_chunk_work):
     """Train one epoch over minibatches order[s:s + batch]; return (Σ row losses, n right).
 
     Where the batch is too small to split (one chunk), every stage runs serially: a parallel
@@ -169,7 +169,9 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
     n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
     for start in range(0, n, batch):
         nb = min(batch, n - start)
-        q, nchunk = row_split(nb, threads, work_per_row)
+        # at most one chunk per gradient buffer, whatever row_split was compiled with
+        q, nchunk = row_split(nb, min(threads, partials.shape[0] + 1), work_per_row,
+                              min_chunk_work)
         serial = nchunk == 1
         for st in range(stages.shape[0]):
             a, b = stages[st, 1], stages[st, 2]
@@ -355,7 +357,8 @@ class Trainer:
                 np.ascontiguousarray(order, np.int64), plan.batch, plan.ops, plan.fops,
                 plan.actions, plan.stages, params, model.gradients(), model._state, s1, s2,
                 partials, plan.acts, plan.dacts, plan.aux, plan.tmp, plan.labels_b, plan.Yb,
-                lossp, corrp, self.loss_code, code, hyper, step, threads, plan.work_per_row)
+                lossp, corrp, self.loss_code, code, hyper, step, threads, plan.work_per_row,
+                MIN_CHUNK_WORK)
         if code == ADAM:
             opt.t = int(step[0])
         return total, (None if right < 0 else int(right))
