@@ -1107,7 +1107,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef Py_ssize_t n = order.shape[0], n_params = self.n_params, batch = net.batch
     cdef Py_ssize_t n_batches = (n + batch - 1) // batch
     cdef Py_ssize_t n_blocks = (n_params + UPDATE_BLOCK - 1) // UPDATE_BLOCK
-    cdef Py_ssize_t mb, c, i, blk, lo, hi, rows, band, bands, correct = 0
+    cdef Py_ssize_t c, i, blk, lo, hi, correct = 0
+    cdef Py_ssize_t mb = 0, rows = 0, band = 0, bands = 0      # (each thread's own copies)
     cdef int team = _bands(batch, self.work_per_row, min(threads, MAX_BANDS))[0]
     cdef double value, total = 0
     cdef double band_loss[MAX_BANDS]
