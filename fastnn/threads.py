@@ -33,6 +33,21 @@ def _blas_controllers():
     return kernel, [c for c in blas if c not in kernel]
 
 
+def choose_numba_layer() -> None:
+    """Use Numba's own workqueue threading layer unless NUMBA_THREADING_LAYER says otherwise.
+
+    On a 2-core machine shared with other processes, OpenMP's spinning barrier made 2-thread
+    steps 5-50x slower than 1 thread (a descheduled worker stalls every parallel region), while
+    the workqueue degrades gracefully. It must be chosen before Numba first starts its threads
+    (``numba.set_num_threads`` or a parallel kernel), so every entry point calls this first;
+    it has no effect once Numba's threads run.
+    """
+    import numba
+
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
 def pin_kernel_blas() -> None:
     """Make the BLAS called inside Numba's parallel regions single-threaded."""
     for c in _blas_controllers()[0]:
@@ -55,6 +70,7 @@ def set_num_threads(n: int) -> None:
     except ImportError:
         numba = None
     if numba is not None:
+        choose_numba_layer()
         limit = numba.config.NUMBA_NUM_THREADS
         if n > limit:
             raise ValueError(f"n={n} exceeds the {limit} threads Numba was started with "
