@@ -4,16 +4,19 @@
 
 Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm); everything around them — bias and
 activation after the forward matmul, dZ = dA ⊙ f′ and db = Σ dZ before the backward ones,
-losses, optimizers, batch normalisation — is one C loop per pass, over typed memoryviews with
-the GIL released. Loops run on OpenMP threads (``prange``) when the extension was built with
-OpenMP and the array is large enough to pay for the threads; results do not depend on the
-thread count (every sum runs in a fixed order).
+losses, optimizers, batch normalisation — is one C loop per pass, with the GIL released.
 
-Layering: ``_dense_forward`` & co. are C functions on raw pointers (fused float/double), so the
-fused trainer (:class:`Trainer`) chains them for a whole epoch without Python in between; the
+Layering: ``_dense_forward`` & co. are C functions on raw pointers (fused float/double). The
 ``def`` functions of the interface check shapes, take typed memoryviews of their arguments and
-call those same C functions. Inputs that are not C-contiguous or not in the dtype of the output
-are copied first; outputs that are not C-contiguous are computed in a copy and written back.
+call them; inputs that are not C-contiguous or not in the dtype of the output are copied
+first, outputs that are not C-contiguous are computed in a copy and written back. The fused
+trainer (:class:`Trainer`) chains the same C functions for a whole epoch.
+
+Threads (when the extension was built with OpenMP): large loops and large matmuls are split
+across OpenMP threads, each matmul band one single-threaded BLAS call; the trainer splits each
+large minibatch into per-thread bands of rows. The kernels of the interface give the same
+result for any thread count; the trainer adds its bands' gradients, so its last bits depend on
+how many bands there were (same seed and thread count, same weights).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
@@ -75,7 +78,8 @@ cdef extern from *:
 #: True when this extension was compiled with OpenMP (its loops may then use several threads)
 OPENMP = bool(FASTNN_OPENMP)
 
-# Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (checked by the tests).
+# Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (a mismatch fails every
+# kernel-vs-reference test).
 cdef enum:
     IDENTITY = 0
     SIGMOID = 1
@@ -100,10 +104,8 @@ cdef enum:
     BLOCK = 64
 
 cdef double LEAKY = _LEAKY_SLOPE
-# a loop runs on several threads only from this many elements on (~1 ms of work). Below it the
-# fork/join costs more than it saves, and worse: OpenMP's idle workers spin for a while after
-# each parallel loop and take cores from the BLAS threads of the next matmul (measured: 2-10×
-# slower steps on 2 cores when the optimizer step of a 100k-parameter model ran threaded)
+# an element-wise loop runs on several threads only from this many elements on (~1 ms of
+# work): waking the threads and the barrier after the loop cost more than they save below it
 cdef Py_ssize_t PARALLEL_MIN = 1 << 20
 # a matmul is split across threads from this many multiply-adds on (~50 µs of one core)
 cdef Py_ssize_t GEMM_PARALLEL_MIN = 1 << 21
