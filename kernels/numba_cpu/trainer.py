@@ -50,11 +50,8 @@ def _add_rows(dst, src, mode, r0, r1):
     """dst[r0:r1] = src (mode 1) or += src (mode 2)."""
     for i in range(r0, r1):
         d, s = dst[i], src[i]
-        if mode == 1:
-            d[:] = s
-        else:
-            for j in range(d.shape[0]):
-                d[j] += s[j]
+        for j in range(d.shape[0]):
+            d[j] = s[j] if mode == 1 else d[j] + s[j]
 
 
 @njit(cache=True, error_model="numpy")
