@@ -26,38 +26,37 @@ def loss_rows(code, Z, labels, Y, dZ, n, r0, r1):
     one, zero, half, nn = dt(1), dt(0), dt(0.5), dt(n)
     k = Z.shape[1]
     total, right = 0.0, 0
-    for i in range(r0, r1):
-        z, d = Z[i], dZ[i]
-        if code == MSE:
+    for i in range(r0, r1):                               # (Z[i, j], not row views: see
+        if code == MSE:                                   # dense.bias_activate_rows)
             for j in range(k):
-                r = z[j] - Y[i, j]                        # residual ŷ − y
-                d[j] = r / nn                             # ∂L/∂ŷ = (ŷ − y)/n
+                r = Z[i, j] - Y[i, j]                     # residual ŷ − y
+                dZ[i, j] = r / nn                         # ∂L/∂ŷ = (ŷ − y)/n
                 total += half * r * r                     # ½(ŷ − y)²
         elif code == CROSS_ENTROPY:
-            m, best = z[0], 0
+            m, best = Z[i, 0], 0
             for j in range(1, k):
-                if z[j] > m:
-                    m, best = z[j], j
+                if Z[i, j] > m:
+                    m, best = Z[i, j], j
             s = zero
             for j in range(k):
-                s += exp_neg(z[j] - m)
+                s += exp_neg(Z[i, j] - m)
             lse = m + math.log(s)                         # log Σ e^z, shifted by max z
             for j in range(k):
-                d[j] = exp_neg(z[j] - lse)                # p = softmax(z)
+                dZ[i, j] = exp_neg(Z[i, j] - lse)         # p = softmax(z)
             y = labels[i]
-            d[y] -= one                                   # p − onehot(y)
+            dZ[i, y] -= one                               # p − onehot(y)
             for j in range(k):
-                d[j] = d[j] / nn
-            total += lse - z[y]                           # −log p_y
+                dZ[i, j] = dZ[i, j] / nn
+            total += lse - Z[i, y]                        # −log p_y
             right += best == y
         else:
             ok = True
             for j in range(k):
-                e = exp_neg(-abs(z[j]))
-                p = one / (one + e) if z[j] >= zero else e / (one + e)   # σ(z)
-                d[j] = (p - Y[i, j]) / nn                 # ∂L/∂z = (σ(z) − y)/n
-                total += max(z[j], zero) - z[j] * Y[i, j] + math.log1p(e)
-                ok = ok and (z[j] > zero) == (Y[i, j] > half)
+                e = exp_neg(-abs(Z[i, j]))
+                p = one / (one + e) if Z[i, j] >= zero else e / (one + e)   # σ(z)
+                dZ[i, j] = (p - Y[i, j]) / nn             # ∂L/∂z = (σ(z) − y)/n
+                total += max(Z[i, j], zero) - Z[i, j] * Y[i, j] + math.log1p(e)
+                ok = ok and (Z[i, j] > zero) == (Y[i, j] > half)
             right += ok
     return total, (-1 if code == MSE else right)
 
@@ -66,7 +65,7 @@ def loss_rows(code, Z, labels, Y, dZ, n, r0, r1):
 def loss_kernel(code, Z, labels, Y, dZ, threads):
     """Mean loss over the rows of Z, writing dZ; large batches in parallel row chunks."""
     n = Z.shape[0]
-    q, nchunk = row_split(n, threads, 16 * Z.shape[1])   # ≈ 16 flops per output (exp, log)
+    q, nchunk = row_split(n, threads, 16 * Z.shape[1])    # ≈ 16 flops per output (exp, log)
     total = 0.0
     if nchunk == 1:
         total = loss_rows(code, Z, labels, Y, dZ, n, 0, n)[0]

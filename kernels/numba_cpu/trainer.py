@@ -49,9 +49,8 @@ def _view(buf, off, rows, cols):
 def _add_rows(dst, src, mode, r0, r1):
     """dst[r0:r1] = src (mode 1) or += src (mode 2)."""
     for i in range(r0, r1):
-        d, s = dst[i], src[i]
-        for j in range(d.shape[0]):
-            d[j] = s[j] if mode == 1 else d[j] + s[j]
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, j] if mode == 1 else dst[i, j] + src[i, j]
 
 
 @njit(cache=True, error_model="numpy")
@@ -70,13 +69,15 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
     if phase == GATHER:                                   # minibatch rows order[start + i]
         Xb = _view(acts, 0, nb, X.shape[1])
-        for i in range(r0, r1):
-            src = order[start + i]
-            Xb[i] = X[src]
+        for i in range(r0, r1):                           # (element loops: a row
+            src = order[start + i]                        # assignment costs 10x more)
+            for j in range(X.shape[1]):
+                Xb[i, j] = X[src, j]
             if labels.shape[0]:
                 labels_b[i] = labels[src]
             if Y.shape[0]:
-                Yb[i] = Y[src]
+                for j in range(Y.shape[1]):
+                    Yb[i, j] = Y[src, j]
         return
     if phase == LOSS:
         out_op = ops.shape[0] - 1
@@ -92,9 +93,8 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
         x_skip = _view(acts, ops[op, SKIP], nb, nout)
         if phase == FORWARD:
             for i in range(r0, r1):
-                o, s, h = a_out[i], x_skip[i], x_in[i]
                 for j in range(nout):
-                    o[j] = s[j] + h[j]
+                    a_out[i, j] = x_skip[i, j] + x_in[i, j]
         else:                                             # ∂L/∂x and ∂L/∂block(x) = ∂L/∂y
             d_out = _view(dacts, ops[op, OUT], nb, nout)
             _add_rows(_view(dacts, ops[op, IN], nb, nin), d_out, ops[op, DX], r0, r1)
