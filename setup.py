@@ -1,8 +1,10 @@
 """Build script: the package metadata is in pyproject.toml; this file adds the compiled parts.
 
-The Cython backend is one extension module, ``fastnn.kernels.cython._kernels``. It is built with
-OpenMP when the compiler can compile and link a small OpenMP program, and without it otherwise
-(Apple's clang, for one): its loops then run on one thread and the install still succeeds. A
+The Cython backend is the extension module ``fastnn.kernels.cython._kernels``, plus on x86-64
+(gcc or clang) the same source compiled for CPUs with AVX2 and FMA, ``_kernels_avx2``, which
+``fastnn.kernels.cython`` imports instead where the CPU has them. Both are built with OpenMP
+when the compiler can compile and link a small OpenMP program, and without it otherwise
+(Apple's clang, for one): the loops then run on one thread and the install still succeeds. A
 machine without a working C compiler stops the build with a message that says so.
 """
 import os
@@ -15,6 +17,11 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import BaseError, CCompilerError, PlatformError
 
 EXTENSION = "fastnn.kernels.cython._kernels"
+AVX2_EXTENSION = "fastnn.kernels.cython._kernels_avx2"
+
+#: Cython directives of both modules: no index checks (the def functions check shapes)
+DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
+              "cdivision": True, "initializedcheck": False, "nonecheck": False}
 
 NO_COMPILER = (
     f"fastnn needs a C compiler to build its Cython kernels ({EXTENSION}), and none works "
@@ -29,6 +36,16 @@ int main(void) {
     #pragma omp parallel reduction(+: n)
     n += omp_get_num_threads() > 0;
     return n > 0 ? 0 : 1;
+}
+"""
+
+AVX2_FLAGS = ["-mavx2", "-mfma"]
+AVX2_TEST = """\
+#include <immintrin.h>
+int main(void) {
+    __m256 a = _mm256_set1_ps(1.0f);
+    a = _mm256_fmadd_ps(a, a, a);
+    return (int) _mm256_cvtss_f32(a) + __builtin_cpu_supports("avx2");
 }
 """
 
@@ -49,7 +66,8 @@ def compiles(compiler, source: str, flags: list[str], link_flags: list[str]) -> 
 
 
 class BuildExt(build_ext):
-    """build_ext that checks for a C compiler first and adds OpenMP where it works."""
+    """build_ext that checks for a C compiler first, adds OpenMP where it works and builds the
+    AVX2 variant only where the compiler targets x86-64 with gcc/clang flags."""
 
     def build_extensions(self):
         if not compiles(self.compiler, "int main(void) { return 0; }\n", [], []):
@@ -62,19 +80,23 @@ class BuildExt(build_ext):
             print(f"fastnn: the C compiler does not support OpenMP here; building {EXTENSION} "
                   f"without it (its loops run on one thread, BLAS keeps its own threads)",
                   file=sys.stderr)
+        if msvc or not compiles(self.compiler, AVX2_TEST, AVX2_FLAGS, []):
+            self.extensions = [e for e in self.extensions if e.name != AVX2_EXTENSION]
         # libm calls need not set errno and float compares need not trap: both let gcc/clang
         # vectorise the activation loops (sqrt, exp's selects); neither changes any result
         fast_math = [] if msvc else ["-fno-math-errno", "-fno-trapping-math"]
         for ext in self.extensions:
             ext.extra_compile_args += fast_math + (flags if openmp else [])
+            ext.extra_compile_args += AVX2_FLAGS if ext.name == AVX2_EXTENSION else []
             ext.extra_link_args += link_flags if openmp else []
         super().build_extensions()
 
 
 setup(
     ext_modules=cythonize(
-        [Extension(EXTENSION, ["kernels/cython/_kernels.pyx"])],
-        compiler_directives={"language_level": 3},
+        [Extension(EXTENSION, ["kernels/cython/_kernels.pyx"]),
+         Extension(AVX2_EXTENSION, ["kernels/cython/_kernels_avx2.pyx"])],
+        compiler_directives=DIRECTIVES,
     ),
     cmdclass={"build_ext": BuildExt},
 )

@@ -149,6 +149,26 @@ def test_models_the_trainer_does_not_fuse_train_layer_by_layer():
     assert history["loss"][-1] < history["loss"][0]
 
 
+def test_the_avx2_build_computes_what_the_baseline_build_does():
+    from fastnn.kernels.cython import _kernels as baseline
+    avx2 = pytest.importorskip("fastnn.kernels.cython._kernels_avx2")
+    if not baseline.cpu_has_avx2_fma():
+        pytest.skip("this CPU has no AVX2/FMA")
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((37, 29), np.float32), rng.standard_normal((29, 71), np.float32)
+    b, dA = rng.standard_normal(71, np.float32), rng.standard_normal((37, 71), np.float32)
+    for act in range(6):
+        outs = []
+        for k in (baseline, avx2):
+            out, dZ = np.empty((37, 71), np.float32), dA.copy()
+            dX, dW, db = np.empty_like(X), np.empty_like(W), np.empty_like(b)
+            k.dense_forward(X, W, b, act, out)
+            k.dense_backward(dZ, X, W, out, act, dX, dW, db)
+            outs.append((out, dZ, dX, dW, db))
+        for got, want in zip(*outs):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"act {act}")
+
+
 def test_bad_shapes_raise_instead_of_reading_out_of_bounds():
     k = fastnn.backends.resolve("cython")[1]
     X, W, b = np.ones((4, 3), np.float32), np.ones((5, 2), np.float32), np.ones(2, np.float32)

@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, nonecheck=False
 """Cython backend: the kernel interface of ``fastnn.kernels`` compiled to C.
 
 Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm); everything around them — bias and
@@ -49,6 +47,15 @@ cdef extern from *:
     #define fastnn_barrier()
     #endif
 
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    static int fastnn_cpu_has_avx2_fma(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static int fastnn_cpu_has_avx2_fma(void) { return 0; }  /* no AVX2 build here */
+    #endif
+
     /* e^x for x <= 0 in float32, branch-free so that loops calling it vectorise (libm's expf is
        one call per element): x = t ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to
        r^7, 2^t built from its exponent bits. Error about 2 ulp; below -87 (where 2^t would be
@@ -74,9 +81,15 @@ cdef extern from *:
     # ends without one)
     void fastnn_barrier() noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
+    int fastnn_cpu_has_avx2_fma() noexcept nogil
 
 #: True when this extension was compiled with OpenMP (its loops may then use several threads)
 OPENMP = bool(FASTNN_OPENMP)
+
+
+def cpu_has_avx2_fma() -> bool:
+    """Whether this CPU (and OS) runs AVX2 and FMA code: which build of the kernels to use."""
+    return bool(fastnn_cpu_has_avx2_fma())
 
 # Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (a mismatch fails every
 # kernel-vs-reference test).
@@ -1000,11 +1013,11 @@ cdef void* _address(object array):
 
 
 cdef enum:
-    # a band of a minibatch carries at least this many rows and multiply-adds (forward pass,
-    # ≈ 50 µs of one core): waking a sleeping thread and the two barriers per minibatch must
-    # pay for themselves
+    # a band of a minibatch carries at least this many rows and multiply-adds (forward pass;
+    # the whole step is ~3×: ≈ 150 µs of one core): waking a sleeping thread and the two
+    # barriers per minibatch must pay for themselves even when other processes share the cores
     MIN_BAND_ROWS = 8
-    MIN_BAND_WORK = 1 << 21
+    MIN_BAND_WORK = 1 << 22
     MAX_BANDS = 64
 
 
