@@ -197,3 +197,16 @@ def test_fits_from_two_python_threads_at_once():
         fit(alone, i)
     for i in range(2):
         np.testing.assert_array_equal(together[i], alone[i])
+
+
+def test_unknown_optimizer_runs_layer_by_layer():
+    """An optimizer class the epoch kernel does not know falls back to the layer path."""
+
+    class HalfSGD(SGD):
+        def _step(self, kernels, params, grads):
+            kernels.sgd(params, grads, self.lr / 2)
+
+    model = Sequential(network("mlp", "identity"), backend="numba_cpu")
+    loss = fastnn.losses.get("mse")
+    assert model._make_trainer(loss, HalfSGD(0.1), 8) is None
+    assert model._make_trainer(loss, SGD(0.1), 8) is not None

@@ -13,7 +13,13 @@ rows through all of them (BLAS single-threaded per chunk). Each thread writes it
 its own copy of the gradient buffer (thread 0 into the model's); the optimizer region sums
 those copies block by block and updates the parameters in the same pass. BatchNorm needs the
 whole batch, so each BatchNorm forward or backward is a stage of its own, parallel over
-features. A dense-only network thus costs two parallel regions per step.
+features. A dense-only network thus costs one parallel region per step (two from 128 Ki
+parameters, when the update is worth sharing too), and none when its batch carries too little
+work to split (see ``_split.py``): then the whole step runs on the calling thread.
+
+Fusion is used for every model the plan can express: it beat the layer-by-layer path on every
+benchmark network (µs per step, fused vs layer path, 2 threads, loaded 2-core machine: tiny 20
+vs 45, small 112 vs 138, mnist 1146 vs 2497, deep 317 vs 2412, wide 95 000 vs 174 000).
 """
 from __future__ import annotations
 
@@ -383,6 +389,8 @@ def make_trainer(model, loss, optimizer, batch_size: int):
     plans = _PLANS.setdefault(model, {})
     key = (batch_size, loss.on_logits)
     if key not in plans:
+        if len(plans) >= 4:                               # bound memory, like the model's
+            plans.clear()                                 # own per-batch-size workspaces
         planner = _Planner(batch_size)
         planner.buffer(model.in_features)                 # acts[0]: the gathered minibatch
         if planner.add(model.layers, 0, loss.on_logits) is None:
