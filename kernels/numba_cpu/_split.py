@@ -10,10 +10,11 @@ from numba.extending import register_jitable
 #: fewest rows worth a chunk of their own
 MIN_ROWS = 8
 #: fewest multiply-adds (forward pass) worth a chunk of their own: ≈ 35 µs of one core
-#: forward, ≈ 100 µs for the whole step. Waking Numba's workqueue costs ≈ 25 µs per parallel
-#: region on an idle 2-core machine, and a loaded one can stall a region for milliseconds;
-#: there, splitting the 21-layer 64-wide network (5.5 M per batch of 64) gained at most 15%
-#: and lost up to 20%, while mnist (34 M) and wide (4 G) gain.
+#: forward, ≈ 100 µs for the whole step. Handing a chunk to the second thread costs 25-100 µs
+#: per parallel region on the 2-core VM this was tuned on (workqueue wake-up, context
+#: switches), and far more when other processes hold the cores. Measured there, µs per step,
+#: serial vs split in two: deep (21 × 64², batch 64: 5.5 M) 320 vs 375, small (1.7 M) 89 vs
+#: 108, mnist (34 M) 1750 vs 1100; wide (4 G) splits.
 MIN_CHUNK_WORK = 1 << 22
 #: entries per block of the flat parameter buffer (fits L1 with its optimizer state)
 BLOCK = 2048
