@@ -180,6 +180,8 @@ def test_bad_shapes_raise_instead_of_reading_out_of_bounds():
         k.dense_forward(X, W[:3], b, 0, np.empty((4, 2), np.int32))
     with pytest.raises(ValueError, match="unknown activation code 9"):
         k.dense_forward(X, W[:3], b, 9, np.empty((4, 2), np.float32))
+    with pytest.raises(TypeError, match="optimizer state"):
+        k.sgd_momentum(np.ones(3), np.ones(3), None, 0.1, 0.9)
     model = fastnn.Sequential([fastnn.Dense(3, 2)], backend="cython")
     trainer = model._make_trainer(fastnn.losses.get("mse"), fastnn.SGD(0.1), 2)
     with pytest.raises(ValueError, match="is not a row of X"):

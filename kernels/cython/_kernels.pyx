@@ -586,6 +586,8 @@ cdef int _optimizer_mv(int rule, floating[::1] p, const floating[::1] g, floatin
                        double eps, long t) except -1:
     """Dispatch to an optimizer kernel over flat vectors; s1/s2 are its state (or None)."""
     cdef Py_ssize_t n = p.shape[0]
+    if (rule != SGD and s1 is None) or (rule == ADAM and s2 is None):
+        raise TypeError("the optimizer state arrays must be NumPy arrays, got None")
     if g.shape[0] != n or (s1 is not None and s1.shape[0] != n) \
             or (s2 is not None and s2.shape[0] != n):
         raise ValueError("params, grads and the optimizer state must have the same size")
@@ -737,6 +739,7 @@ def dense_backward(dA, X, W, A, int act, dX, dW, db):
 
 
 cdef double _loss(int loss, Z, y, dZ) except? -1:
+    """The three loss functions of the interface: convert the arguments, run the loss code."""
     dtype = _float_dtype(dZ, "dZ")
     d = _output(dZ, dtype)
     labels = _input(y, _I64) if loss == SOFTMAX_CE else None
@@ -757,7 +760,8 @@ def mse(Yhat, Y, dYhat):
 
 
 def softmax_cross_entropy(Z, labels, dZ):
-    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes dZ = (softmax(z) − onehot(y))/batch.
+    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes
+    dZ = (softmax(z) − onehot(y))/batch.
 
     ``labels`` are integers in [0, Z.shape[1]).
     """
@@ -772,6 +776,7 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ):
 
 cdef int _optimize(int rule, params, grads, s1, s2, double lr, double mu_or_beta1,
                    double beta2, double eps, long t) except -1:
+    """The three optimizers of the interface: convert the arguments, run the rule's code."""
     dtype = _float_dtype(params, "params")
     bufs = [_output(a, dtype) if a is not None else None for a in (params, s1, s2)]
     flat = [_flat(b) for b in bufs]
