@@ -6,10 +6,13 @@ Compiled code is cached on disk (``cache=True``), so only the first process pays
 """
 try:
     import numba  # noqa: F401
-    import scipy.linalg.cython_blas  # noqa: F401  (np.dot inside Numba calls BLAS through it)
 except ImportError as exc:
-    raise ImportError(f"numba is not installed or incomplete ({exc}); "
-                      f"pip install numba scipy") from exc
+    raise ImportError(f"numba is not installed ({exc}); pip install numba") from exc
+try:
+    import scipy.linalg.cython_blas  # noqa: F401
+except ImportError as exc:
+    raise ImportError(f"scipy is not installed ({exc}): np.dot inside Numba reaches BLAS "
+                      f"through it; pip install scipy") from exc
 
 from ...threads import choose_numba_layer, pin_kernel_blas  # noqa: E402
 
@@ -21,3 +24,7 @@ from .interface import (adam, batchnorm_backward, batchnorm_forward, dense_backw
                         softmax_cross_entropy)
 from .cache import cache_status  # noqa: E402
 from .trainer import make_trainer  # noqa: E402
+
+__all__ = ["adam", "batchnorm_backward", "batchnorm_forward", "cache_status", "dense_backward",
+           "dense_forward", "make_trainer", "mse", "sgd", "sgd_momentum",
+           "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]

@@ -2,7 +2,8 @@
 
 Without Intel's SVML, LLVM turns ``math.exp`` on float32 into one libm call per element, which
 made sigmoid-heavy networks exp-bound; :func:`exp_neg` is a branch-free Cody–Waite exponential
-(error about 2 ulp, 2^t built from its exponent bits) that vectorises. float64 keeps ``math.exp`` (gradient checks need it).
+(error about 2 ulp, 2^t built from its exponent bits) that vectorises. float64 keeps
+``math.exp`` (gradient checks need it).
 """
 import math
 

@@ -1,7 +1,6 @@
 """Loss kernels fused with their gradients: one pass over the output rows writes ∂L/∂z."""
 import math
 
-import numpy as np
 from numba import njit, prange
 
 from ._exp import exp_neg
