@@ -3,8 +3,9 @@
 The kernel-by-kernel comparison with the reference is tests/test_kernels.py (it covers every
 usable backend); here: fastnn without Numba picks cython and trains digits as well as the
 reference, an install without the compiled extension still works and says why, the fused
-whole-epoch trainer computes exactly what the layer-by-layer path does, and bad shapes raise
-instead of reading out of bounds.
+whole-epoch trainer (on one thread and split across threads) computes what the layer-by-layer
+path does, the AVX2 build agrees with the baseline build, and bad arguments raise instead of
+reading or writing out of bounds.
 """
 import json
 import os
