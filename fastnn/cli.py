@@ -31,11 +31,13 @@ def numba_cache_report() -> str:
     from .kernels.numba_cpu import cache_status
 
     status = cache_status()
-    state = ("warm" if status.compiled == status.total else
-             "cold: the first training call compiles (tens of seconds)" if not status.compiled
-             else "partly warm: kernels not yet used compile on first call")
-    return (f"{state} ({status.compiled}/{status.total} kernels, {status.signatures} "
-            f"signatures cached in {status.directory or 'an unknown directory'})")
+    if not status.compiled:
+        state = "cold: the first fit compiles its kernels (15-50 s) and caches them"
+    else:
+        state = (f"fit {'warm' if status.trainer_warm else 'cold'}; "
+                 f"{status.compiled}/{status.total} kernels cached")
+    return (f"{state} ({status.signatures} signatures in "
+            f"{status.directory or 'an unknown directory'})")
 
 
 def cmd_info(args) -> int:

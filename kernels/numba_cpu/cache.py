@@ -10,10 +10,11 @@ from typing import NamedTuple
 
 
 class CacheStatus(NamedTuple):
-    directory: str     # where Numba keeps this backend's cache ("" if unknown)
-    compiled: int      # kernels with at least one cached signature
-    total: int         # kernels that are cached on disk when compiled
-    signatures: int    # cached signatures over all kernels
+    directory: str      # where Numba keeps this backend's cache ("" if unknown)
+    compiled: int       # kernels with at least one cached signature
+    total: int          # kernels that are cached on disk when compiled
+    signatures: int     # cached signatures over all kernels
+    trainer_warm: bool  # the fused epoch (what fit runs) is cached, for some dtype
 
 
 def _kernels():
@@ -21,23 +22,22 @@ def _kernels():
     from .dense import dense_backward_kernel, dense_forward_kernel
     from .losses import loss_kernel
     from .optimizers import update_kernel
-    from .trainer import _row_action, epoch_kernel
+    from .trainer import _row_actions, epoch_kernel
 
     return (dense_forward_kernel, dense_backward_kernel, loss_kernel, update_kernel,
-            bn_forward_kernel, bn_backward_kernel, _row_action, epoch_kernel)
+            bn_forward_kernel, bn_backward_kernel, _row_actions, epoch_kernel)
 
 
 def cache_status() -> CacheStatus:
     """How many of the backend's kernels have compiled code in the on-disk cache."""
-    directory, compiled, signatures = "", 0, 0
+    directory, counts = "", []
     kernels = _kernels()
     for kernel in kernels:
         try:
             cache = kernel._cache
             directory = cache._cache_path
-            entries = len(cache._cache_file._load_index())
+            counts.append(len(cache._cache_file._load_index()))
         except (AttributeError, OSError):
-            entries = 0
-        compiled += entries > 0
-        signatures += entries
-    return CacheStatus(directory, compiled, len(kernels), signatures)
+            counts.append(0)
+    return CacheStatus(directory, sum(c > 0 for c in counts), len(kernels), sum(counts),
+                       all(counts[-2:]))
