@@ -213,3 +213,25 @@ def test_unknown_optimizer_runs_layer_by_layer():
     loss = fastnn.losses.get("mse")
     assert model._make_trainer(loss, HalfSGD(0.1), 8) is None
     assert model._make_trainer(loss, SGD(0.1), 8) is not None
+
+
+def test_changed_sources_drop_the_cached_kernels(tmp_path, monkeypatch):
+    """Numba checks a cached kernel only against its own file; the package-wide digest drops
+    every cached kernel when any source changes (a stale inlined constant had corrupted
+    memory)."""
+    from fastnn.kernels.numba_cpu import cache
+
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    kernel = cache._kernels()[0]
+    monkeypatch.setattr(kernel._cache, "_cache_path", str(directory))
+    (directory / "dense.x-1.py311.nbi").write_text("index")
+    (directory / "dense.x-1.py311.1.nbc").write_text("code")
+    cache.drop_stale_cache()                              # no stamp yet: dropped, stamped
+    assert sorted(p.name for p in directory.iterdir()) == ["fastnn-sources.sha256"]
+    (directory / "dense.x-1.py311.nbi").write_text("index")
+    cache.drop_stale_cache()                              # same sources: kept
+    assert (directory / "dense.x-1.py311.nbi").exists()
+    (directory / "fastnn-sources.sha256").write_text("an older digest")
+    cache.drop_stale_cache()                              # changed sources: dropped
+    assert not (directory / "dense.x-1.py311.nbi").exists()

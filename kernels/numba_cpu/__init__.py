@@ -22,8 +22,10 @@ pin_kernel_blas()
 from .interface import (adam, batchnorm_backward, batchnorm_forward, dense_backward,  # noqa
                         dense_forward, mse, sgd, sgd_momentum, sigmoid_binary_cross_entropy,
                         softmax_cross_entropy)
-from .cache import cache_status  # noqa: E402
+from .cache import cache_status, drop_stale_cache  # noqa: E402
 from .trainer import make_trainer  # noqa: E402
+
+drop_stale_cache()
 
 __all__ = ["adam", "batchnorm_backward", "batchnorm_forward", "cache_status", "dense_backward",
            "dense_forward", "make_trainer", "mse", "sgd", "sgd_momentum",

@@ -1,4 +1,5 @@
-"""Whether Numba's on-disk cache holds this backend's compiled kernels (``fastnn info``).
+"""Numba's on-disk cache of this backend's kernels: whether it is warm (``fastnn info``), and
+dropping it when the package's sources change.
 
 Compiling every kernel takes tens of seconds; with ``cache=True`` a later process loads the
 machine code instead. This reads Numba's cache index of each kernel (a private Numba API,
@@ -6,6 +7,9 @@ hence the guard): an index whose source stamp no longer matches the file counts 
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import os
 from typing import NamedTuple
 
 
@@ -41,3 +45,36 @@ def cache_status() -> CacheStatus:
             counts.append(0)
     return CacheStatus(directory, sum(c > 0 for c in counts), len(kernels), sum(counts),
                        all(counts[-2:]))
+
+
+def drop_stale_cache() -> None:
+    """Delete this package's cached kernels when any of its source files changed.
+
+    Numba checks a cached kernel only against the file that defines it, but the kernels inline
+    helpers and constants from the package's other modules: after editing ``_split.py`` alone,
+    the trainer kept running code compiled with the old constant (and wrote past its buffers).
+    A digest of every source file of the package, stored beside the cache, catches that.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    try:
+        directory = _kernels()[0]._cache._cache_path
+    except AttributeError:
+        return
+    stamp = os.path.join(directory, "fastnn-sources.sha256")
+    try:
+        with open(stamp) as f:
+            if f.read() == digest.hexdigest():
+                return
+    except OSError:
+        pass
+    try:
+        for path in glob.glob(os.path.join(directory, "*.nb[ic]")):
+            os.remove(path)
+        with open(stamp, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:                                      # read-only install: nothing to do
+        pass
