@@ -48,10 +48,32 @@ def choose_numba_layer() -> None:
         numba.config.THREADING_LAYER = "workqueue"
 
 
+_kernel_blas: list | None = None
+
+
 def pin_kernel_blas() -> None:
     """Make the BLAS called inside Numba's parallel regions single-threaded."""
-    for c in _blas_controllers()[0]:
+    global _kernel_blas
+    _kernel_blas = _blas_controllers()[0]
+    for c in _kernel_blas:
         c.set_num_threads(1)
+
+
+class kernel_blas_threads:
+    """``with kernel_blas_threads(n):`` lets the kernels' BLAS use n threads, for compiled
+    code that calls BLAS only outside Numba's parallel regions (so the pools never stack);
+    back to 1 on exit. Cheap: one C call per library each way."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        for c in _kernel_blas or ():
+            c.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        for c in _kernel_blas or ():
+            c.set_num_threads(1)
 
 
 def set_num_threads(n: int) -> None:

@@ -20,13 +20,16 @@ LAST = {"mse": "tanh", "cross_entropy": "identity", "binary_cross_entropy": "sig
 
 
 #: kind -> minibatch size; "wide" has enough work per batch to split it into row chunks
-#: trained by separate threads (see kernels/numba_cpu/_split.py), the others run serially
-BATCH = {"mlp": 16, "batchnorm_residual": 16, "wide": 64}
+#: trained by separate threads, "big" layers big enough for threaded BLAS instead (see
+#: kernels/numba_cpu/_split.py), the others run on one thread
+BATCH = {"mlp": 16, "batchnorm_residual": 16, "wide": 64, "big": 64}
 
 
 def network(kind: str, last: str):
     if kind == "mlp":
         return [Dense(12, 24, "relu"), Dense(24, 16, "sigmoid"), Dense(16, 3, last)]
+    if kind == "big":
+        return [Dense(12, 640, "relu"), Dense(640, 640, "tanh"), Dense(640, 3, last)]
     if kind == "wide":
         return [Dense(12, 384, "relu"), BatchNorm(384), Residual(Dense(384, 384, "tanh")),
                 Dense(384, 3, last)]
@@ -235,3 +238,16 @@ def test_changed_sources_drop_the_cached_kernels(tmp_path, monkeypatch):
     (directory / "fastnn-sources.sha256").write_text("an older digest")
     cache.drop_stale_cache()                              # changed sources: dropped
     assert not (directory / "dense.x-1.py311.nbi").exists()
+
+
+@pytest.mark.parametrize("kind, split", [("mlp", (1, 1)), ("wide", (2, 1)), ("big", (1, 2))])
+def test_how_each_network_uses_two_threads(kind, split):
+    """(row chunks, BLAS threads) per network on 2 threads: none, row chunks with
+    single-threaded BLAS, or one chunk with BLAS on both threads."""
+    model = Sequential(network(kind, "identity"), backend="numba_cpu")
+    trainer = model._make_trainer(fastnn.losses.get("mse"), SGD(0.1), BATCH[kind])
+    assert trainer.plan.split(2) == split
+    model.fit(np.ones((70, 12)), np.ones((70, 3)), loss="mse", epochs=1, batch_size=BATCH[kind],
+              verbose=0)
+    from fastnn.threads import _blas_controllers
+    assert all(c.num_threads == 1 for c in _blas_controllers()[0])   # back to 1 after fit

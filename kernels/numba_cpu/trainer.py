@@ -13,9 +13,11 @@ rows through all of them (BLAS single-threaded per chunk). Each thread writes it
 its own copy of the gradient buffer (thread 0 into the model's); the optimizer region sums
 those copies block by block and updates the parameters in the same pass. BatchNorm needs the
 whole batch, so each BatchNorm forward or backward is a stage of its own, parallel over
-features. A dense-only network thus costs one parallel region per step (two from 128 Ki
+features. A dense-only network thus costs one parallel region per step (two from 2 Mi
 parameters, when the update is worth sharing too), and none when its batch carries too little
-work to split (see ``_split.py``): then the whole step runs on the calling thread.
+work to split (see ``_split.py``): then the whole step runs on the calling thread. Networks
+with big layers (mnist-sized and up) also run serially, but with BLAS itself on all threads,
+which hands work over faster than a Numba region does here.
 
 Fusion is used for every model the plan can express: it beat the layer-by-layer path on every
 benchmark network (µs per step, fused vs layer path, 2 threads, loaded 2-core machine: tiny 20
@@ -29,13 +31,15 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ...threads import kernel_blas_threads
 from .. import IDENTITY
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .interface import LAUNCH_LOCK
 from .losses import CODES, CROSS_ENTROPY, loss_rows
 from .optimizers import ADAM, MOMENTUM, SGD, update_range
-from ._split import BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS, row_split
+from ._split import (BLAS_THREADS_WORK, BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS,
+                     row_split)
 
 # op kinds, and the columns of the op table
 DENSE, BATCHNORM, ADD = range(3)
@@ -205,7 +209,7 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
             right += corrp[c]
         step[0] += 1
         t = step[0]
-        if n_blocks < PARALLEL_UPDATE_BLOCKS:
+        if threads == 1 or n_blocks < PARALLEL_UPDATE_BLOCKS:
             for blk in range(n_blocks):
                 _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
                               b1, b2, eps, t)
@@ -302,6 +306,9 @@ class _Plan:
         dense = self.ops[self.ops[:, KIND] == DENSE]
         #: multiply-adds per row of a forward pass: what decides whether to split the batch
         self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
+        #: whether a batch worth splitting runs serially on threaded BLAS instead (big layers)
+        self.threaded_blas = batch * int((dense[:, NIN] * dense[:, NOUT]).max()) \
+            >= BLAS_THREADS_WORK
         width = int(max(self.ops[:, NIN].max(), self.ops[:, NOUT].max()))
         self.acts = np.zeros(planner.act_size, dt)
         self.dacts = np.zeros(planner.act_size, dt)
@@ -313,6 +320,13 @@ class _Plan:
         self.n_params = model.parameters().size
         self.partials = np.zeros((0, self.n_params), dt)
         self.lossp, self.corrp = np.zeros(1), np.zeros(1, np.int64)
+
+    def split(self, threads: int) -> tuple[int, int]:
+        """(threads the epoch kernel splits rows over, threads BLAS may use): a batch worth
+        splitting goes to row chunks, or, with big layers, to threaded BLAS called serially."""
+        if row_split(self.batch, threads, self.work_per_row)[1] == 1:
+            return 1, 1
+        return (1, threads) if self.threaded_blas else (threads, 1)
 
     def chunk_buffers(self, threads: int):
         """(partials, lossp, corrp) for as many row chunks as ``threads`` may use: per extra
@@ -352,9 +366,9 @@ class Trainer:
             labels, Y = np.ascontiguousarray(y, np.int64), plan.Yb[:0]
         else:
             labels, Y = plan.labels_b[:0], np.ascontiguousarray(y, model.dtype)
-        threads = numba.get_num_threads()
+        threads, blas_threads = plan.split(numba.get_num_threads())
         partials, lossp, corrp = plan.chunk_buffers(threads)
-        with LAUNCH_LOCK:
+        with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
             total, right = epoch_kernel(
                 np.ascontiguousarray(X, model.dtype), labels, Y,
                 np.ascontiguousarray(order, np.int64), plan.batch, plan.ops, plan.fops,
