@@ -3,7 +3,9 @@
 The numba_cpu kernels call BLAS (through SciPy, which is how ``np.dot`` inside Numba reaches
 it) from inside their parallel regions, one row chunk per thread. That BLAS therefore runs
 single-threaded, and Numba's pool alone sets the parallelism: n Numba threads × 1 BLAS thread
-never exceed n. The BLAS that NumPy itself uses (reference backend, code outside the kernels)
+never exceed n. Only compiled code that runs no parallel region (the fused trainer for
+networks with big layers) lets that BLAS use the n threads, for its duration
+(:class:`kernel_blas_threads`). The BLAS that NumPy itself uses (reference backend, code outside the kernels)
 gets the n threads. Where SciPy and NumPy share one BLAS library (some conda installs), that
 library is pinned to 1 thread, since oversubscribing would cost more.
 """
