@@ -12,7 +12,9 @@ import threading
 import numba
 import numpy as np
 
+from ...threads import kernel_blas_threads
 from .. import ACTIVATIONS
+from ._split import BLAS_THREADS_WORK
 from .batchnorm import bn_backward_kernel, bn_forward_kernel
 from .dense import dense_backward_kernel, dense_forward_kernel
 from .losses import CODES, loss_kernel
@@ -59,6 +61,15 @@ def _write_back(target, result):
         target[...] = result
 
 
+def _threads(X, W):
+    """(threads for the kernel's row chunks, threads for its BLAS) for a dense layer: a big
+    matmul runs on threaded BLAS outside any parallel region (see _split.BLAS_THREADS_WORK)."""
+    threads = numba.get_num_threads()
+    if X.shape[0] * W.shape[0] * W.shape[1] >= BLAS_THREADS_WORK:
+        return 1, threads
+    return threads, 1
+
+
 def _check_act(act):
     if act not in ACTIVATIONS.values():
         raise ValueError(f"unknown activation code {act}")
@@ -70,8 +81,10 @@ def dense_forward(X, W, b, act, out):
     """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
     dt = _dtype(out)
     o = _output(out, dt)
-    dense_forward_kernel(_input(X, dt), _input(W, dt), _input(b, dt), _check_act(act), o,
-                         numba.get_num_threads())
+    threads, blas_threads = _threads(X, W)
+    with kernel_blas_threads(blas_threads):
+        dense_forward_kernel(_input(X, dt), _input(W, dt), _input(b, dt), _check_act(act), o,
+                             threads)
     _write_back(out, o)
 
 
@@ -84,8 +97,10 @@ def dense_backward(dA, X, W, A, act, dX, dW, db):
     dt = _dtype(dW)
     dZ, gW, gb = _output(dA, dt), _output(dW, dt), _output(db, dt)
     gX = _EMPTY[dt][0] if dX is None else _output(dX, dt)
-    dense_backward_kernel(dZ, _input(X, dt), _input(W, dt), _input(A, dt), _check_act(act),
-                          gX, dX is not None, gW, gb, numba.get_num_threads())
+    threads, blas_threads = _threads(X, W)
+    with kernel_blas_threads(blas_threads):
+        dense_backward_kernel(dZ, _input(X, dt), _input(W, dt), _input(A, dt),
+                              _check_act(act), gX, dX is not None, gW, gb, threads)
     for target, result in ((dA, dZ), (dW, gW), (db, gb), (dX, gX)):
         if target is not None:
             _write_back(target, result)
