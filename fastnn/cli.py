@@ -73,6 +73,11 @@ def cmd_train(args) -> int:
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
     print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
           f"backend {model.backend}, {optimizer!r}")
+    if model.backend == "numba_cpu":
+        from .kernels.numba_cpu import cache_status
+        if not cache_status().trainer_warm:
+            print("numba_cpu: compiling the kernels for this first run (tens of seconds; "
+                  "cached on disk for later runs)", flush=True)
     start = time.perf_counter()
     history = model.fit(X_train, y_train, loss="cross_entropy", optimizer=optimizer,
                         epochs=args.epochs, batch_size=args.batch_size,
