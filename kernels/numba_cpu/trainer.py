@@ -30,7 +30,8 @@ import weakref
 import numba
 import numpy as np
 from numba import njit, prange
-from numba.core import cgutils
+from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
 from ...threads import kernel_blas_threads
@@ -64,10 +65,27 @@ def _borrowed(typingctx, ary):
     return ary(ary), codegen
 
 
-@njit(inline="always", error_model="numpy")
-def _view(buf, off, rows, cols):
-    """rows × cols C-contiguous view of a flat buffer at off."""
-    return buf[off:off + rows * cols].reshape((rows, cols))
+@intrinsic
+def _view(typingctx, buf, off, rows, cols):
+    """rows × cols C-contiguous view of a flat buffer at off, built in place: a slice and a
+    reshape cost a call into Numba's runtime per view, tens per step. (No bounds check: the
+    plan lays every view out inside its buffer.)"""
+    view = types.Array(buf.dtype, 2, "C")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, value=args[0])
+        off, rows, cols = (context.cast(builder, v, t, types.intp)
+                           for v, t in zip(args[1:], sig.args[1:]))
+        item = context.get_constant(types.intp, context.get_abi_sizeof(
+            context.get_data_type(buf.dtype)))
+        out = context.make_array(view)(context, builder)
+        context.populate_array(out, data=builder.gep(src.data, [off], inbounds=True),
+                               shape=cgutils.pack_array(builder, [rows, cols]),
+                               strides=cgutils.pack_array(builder, [builder.mul(cols, item),
+                                                                    item]),
+                               itemsize=item, meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, view, out._getvalue())
+    return view(buf, off, rows, cols), codegen
 
 
 @njit(inline="always", error_model="numpy")
