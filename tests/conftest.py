@@ -1,4 +1,7 @@
-"""Shared fixtures: the backends under test and the tolerances of DESIGN.md."""
+"""Shared fixtures: the backends under test, the size of generated cases, and the tolerances
+of DESIGN.md."""
+import os
+
 import numpy as np
 import pytest
 
@@ -7,6 +10,13 @@ from fastnn.backends import available_backends, resolve
 #: every usable compiled backend; each is checked against the NumPy reference
 COMPILED_BACKENDS = [name for name, info in available_backends().items()
                      if info.usable and name != "reference"]
+
+
+#: bounds of the generated kernel cases; tests/test_numba_cuda.py lowers them to run the same
+#: suite under the CUDA simulator, which executes every GPU thread in Python
+MAX_BATCH = int(os.environ.get("FASTNN_TEST_MAX_BATCH", 257))
+MAX_WIDTH = int(os.environ.get("FASTNN_TEST_MAX_WIDTH", 300))
+EXAMPLES = int(os.environ.get("FASTNN_TEST_EXAMPLES", 20))
 
 
 @pytest.fixture(scope="session")

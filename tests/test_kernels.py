@@ -3,26 +3,28 @@
 Parametrised over every usable backend of the registry, so a backend added there is tested
 here automatically. Cases are drawn by hypothesis: batch 1..257, widths 1..300 (odd and prime
 sizes included), every activation and loss, float32 and float64, and inputs in C, Fortran and
-strided layouts.
+strided layouts. tests/test_numba_cuda.py runs this same suite on numba_cuda under the CUDA
+simulator with smaller bounds (conftest's FASTNN_TEST_* variables).
 """
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import COMPILED_BACKENDS, layout, tolerance
+from conftest import COMPILED_BACKENDS, EXAMPLES, MAX_BATCH, MAX_WIDTH, layout, tolerance
 from fastnn.backends import resolve
 from fastnn.kernels import ACTIVATIONS, INTERFACE
 
 pytestmark = pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend is usable")
 
 # the backend fixture is a module, the same for every generated case: nothing to reset
-CASES = settings(max_examples=20, deadline=None, derandomize=True,
+CASES = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 dtypes = st.sampled_from([np.float32, np.float64])
 layouts = st.sampled_from(["C", "F", "strided"])
-batches = st.one_of(st.just(1), st.integers(1, 257))
-widths = st.one_of(st.sampled_from([1, 2, 7, 31, 97, 257]), st.integers(1, 300))
+batches = st.one_of(st.just(1), st.integers(1, MAX_BATCH))
+widths = st.one_of(st.sampled_from([w for w in (1, 2, 7, 31, 97, 257) if w <= MAX_WIDTH]),
+                   st.integers(1, MAX_WIDTH))
 
 
 @pytest.fixture(params=COMPILED_BACKENDS)
@@ -82,7 +84,7 @@ def test_dense_backward(backend, reference, batch, n_in, n_out, act, dtype, kind
 
 
 @CASES
-@given(batch=batches, n_out=st.integers(1, 300), dtype=dtypes, seed=st.integers(0, 2**16),
+@given(batch=batches, n_out=st.integers(1, MAX_WIDTH), dtype=dtypes, seed=st.integers(0, 2**16),
        scale=st.sampled_from([1.0, 30.0]))
 def test_losses(backend, reference, batch, n_out, dtype, seed, scale):
     rng = np.random.default_rng(seed)
@@ -118,7 +120,7 @@ def test_losses_stay_finite_for_huge_logits(backend, reference, dtype):
 
 
 @CASES
-@given(n=st.integers(1, 5000), dtype=dtypes, seed=st.integers(0, 2**16))
+@given(n=st.integers(1, 5000 * MAX_WIDTH // 300), dtype=dtypes, seed=st.integers(0, 2**16))
 def test_optimizers(backend, reference, n, dtype, seed):
     rng = np.random.default_rng(seed)
     p0 = rand(rng, n, dtype)
@@ -141,7 +143,7 @@ def test_optimizers(backend, reference, n, dtype, seed):
 
 
 @CASES
-@given(batch=st.integers(1, 257), n=widths, dtype=dtypes, training=st.booleans(), kind=layouts,
+@given(batch=st.integers(1, MAX_BATCH), n=widths, dtype=dtypes, training=st.booleans(), kind=layouts,
        seed=st.integers(0, 2**16))
 def test_batchnorm(backend, reference, batch, n, dtype, training, kind, seed):
     rng = np.random.default_rng(seed)

@@ -1,8 +1,10 @@
 """The numba_cuda (GPU) backend, checked on machines without a GPU.
 
-* tests/numba_cuda_checks.py — every kernel against the reference, and ``fit`` through the
-  device-resident trainer — runs in a child process under Numba's CUDA simulator, which must
-  be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is first imported.
+* The shared kernel-vs-reference suite (tests/test_kernels.py, smaller bounds) and
+  tests/numba_cuda_checks.py (multi-tile matmuls, device-side loss totals, the trainer's own
+  kernels, ``fit`` through the device-resident trainer) run in child processes under Numba's
+  CUDA simulator, which must be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is
+  first imported.
 * tests/numba_cuda_ptx.py compiles every kernel for a real GPU (sm_90) where the CUDA
   toolkit is installed (no GPU needed), catching what the simulator (plain Python) cannot.
 * Without a GPU and without the simulator, the backend reports why it is unusable.
@@ -22,16 +24,23 @@ pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (pip insta
 TESTS = Path(__file__).parent
 
 
+#: bounds of the shared suite's generated cases under the simulator (about 30 s on 2 cores)
+SIMULATOR_BOUNDS = {"FASTNN_TEST_MAX_BATCH": "33", "FASTNN_TEST_MAX_WIDTH": "40",
+                    "FASTNN_TEST_EXAMPLES": "6"}
+
+
 def run(args, simulator: bool, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1" if simulator else "0")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1" if simulator else "0", **SIMULATOR_BOUNDS)
     env.pop("FASTNN_BACKEND", None)
     return subprocess.run([sys.executable, *args], cwd=TESTS.parent, env=env, text=True,
                           capture_output=True, timeout=timeout)
 
 
-def test_kernels_and_trainer_under_the_cuda_simulator():
-    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider",
-                  str(TESTS / "numba_cuda_checks.py")], simulator=True)
+@pytest.mark.parametrize("suite", [["test_kernels.py", "-k", "numba_cuda"],
+                                   ["numba_cuda_checks.py"]], ids=["shared", "cuda"])
+def test_kernels_and_trainer_under_the_cuda_simulator(suite):
+    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / suite[0]),
+                  *suite[1:]], simulator=True)
     output = result.stdout + result.stderr
     summary = output.strip().splitlines()[-1] if output.strip() else ""
     assert result.returncode == 0, output[-8000:]
