@@ -45,9 +45,10 @@ def cmd_info(args) -> int:
     print(f"fastnn {__version__} (Python {sys.version.split()[0]})")
     print(f"threads: {thread_report()}")
     print("backends (auto picks the first usable):")
-    for name, info in backends.available_backends().items():
+    report = backends.available_backends()
+    for name, info in report.items():
         print(f"  {name:<11} {info.reason}")
-    if backends.available_backends()["numba_cpu"].usable:
+    if report["numba_cpu"].usable:
         print(f"numba_cpu JIT cache: {numba_cache_report()}")
     try:
         chosen, _ = backends.resolve("auto")

@@ -20,13 +20,14 @@ def _blas_controllers():
     """(BLAS libraries the Numba kernels call, the others) as threadpoolctl controllers."""
     from threadpoolctl import ThreadpoolController
 
-    blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
     try:
         import scipy
         import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
     except ImportError:
-        return [], blas
+        scipy = None
     blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    if scipy is None:
+        return [], blas
     site = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
     scipy_dirs = tuple(os.path.join(site, d) + os.sep for d in ("scipy", "scipy.libs"))
     kernel = [c for c in blas if os.path.abspath(c.filepath).startswith(scipy_dirs)]
