@@ -28,7 +28,7 @@ class BackendInfo(NamedTuple):
     reason: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(name: str) -> tuple[ModuleType | None, str]:
     """Import a backend once; return (module, "usable") or (None, why not)."""
     module_name = f"{__package__}.kernels.{name}"

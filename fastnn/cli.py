@@ -61,6 +61,7 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     import fastnn
+
     from .datasets import load_digits_split
 
     X_train, X_test, y_train, y_test = load_digits_split(seed=args.seed)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import validation
+from .kernels import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Loss:
     kernel: str                 # name of the backend function computing loss and gradient
     on_logits: bool             # True: the kernel takes z, not f(z)
     last_activations: tuple     # activations the last layer may have with this loss
+    code: int                   # the loss's code in a training plan (fastnn.kernels)
 
     def check_model(self, last_activation: str, n_outputs: int) -> None:
         """Raise ValueError if the model's output layer does not fit this loss."""
@@ -80,11 +82,12 @@ class Loss:
 
 
 LOSSES = {
-    "mse": Loss("mse", "mse", on_logits=False, last_activations=()),
+    "mse": Loss("mse", "mse", on_logits=False, last_activations=(), code=MSE),
     "cross_entropy": Loss("cross_entropy", "softmax_cross_entropy", on_logits=True,
-                          last_activations=("identity", "softmax")),
+                          last_activations=("identity", "softmax"), code=CROSS_ENTROPY),
     "binary_cross_entropy": Loss("binary_cross_entropy", "sigmoid_binary_cross_entropy",
-                                 on_logits=True, last_activations=("identity", "sigmoid")),
+                                 on_logits=True, last_activations=("identity", "sigmoid"),
+                                 code=BINARY_CROSS_ENTROPY),
 }
 
 

@@ -1,18 +1,39 @@
 """Sequential: a stack of layers with one flat parameter buffer, trained by backend kernels."""
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import sys
+import threading
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import backends, diagnostics, losses, validation
+from . import plan as plan_module
 from .layers import Dense, Layer, bind_chain, check_chain
 from .optimizers import SGD, Optimizer
 
 DTYPES = ("float32", "float64")
+
+#: a compile that takes longer than this is announced (once) while it runs
+COMPILE_NOTICE_S = 1.0
+
+
+@contextlib.contextmanager
+def _told_if_slow(message: str, verbose):
+    """Print ``message`` to stderr once if the block is still running after
+    :data:`COMPILE_NOTICE_S` (a JIT compile; a warm cache loads in far less), when verbose."""
+    timer = threading.Timer(COMPILE_NOTICE_S, lambda: print(message, file=sys.stderr,
+                                                            flush=True))
+    if verbose:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -86,6 +107,7 @@ class Sequential:
         for layer in layers:
             layer._reset_parameters(rng)
         self._workspaces: dict[int, dict] = {}
+        self._plans: dict = {}
         self._fits = 0
         #: let the backend fuse whole epochs into one compiled call where it can
         self.fuse = True
@@ -203,7 +225,12 @@ class Sequential:
         self._fits += 1
         history = History()
         order = np.arange(len(X))
-        trainer = self._make_trainer(loss, optimizer, batch_size)
+        plan = self._fused_plan(loss, optimizer, batch_size)
+        trainer = None if plan is None else self._k.make_trainer(plan)
+        if trainer is not None:
+            with _told_if_slow(f"{self.backend}: compiling the fused trainer for this model "
+                               f"(once; cached on disk for later runs)", verbose):
+                trainer.prepare(X, y)       # compile before the progress bar starts its clock
         bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc="fit")
         try:
             for epoch in bar:
@@ -211,7 +238,9 @@ class Sequential:
                 if shuffle:
                     rng.shuffle(order)
                 if trainer is not None:
+                    plan.load_optimizer(optimizer)      # this epoch's learning rate & co.
                     total, correct = trainer.run_epoch(X, y, order)
+                    optimizer.fused_steps_done(plan.step[0])
                 else:
                     total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size)
                 if not math.isfinite(total):
@@ -238,21 +267,35 @@ class Sequential:
                 trainer.sync()
         return history
 
-    def _make_trainer(self, loss, optimizer, batch_size):
-        """The backend's fused whole-epoch trainer for this model, if it has one that fits.
+    def _fused_plan(self, loss, optimizer, batch_size):
+        """The training plan that the backend's fused trainer runs (:mod:`fastnn.plan`), or
+        None where the layer-by-layer path must run: the backend has no fused trainer
+        (reference), ``model.fuse`` is False (used to verify the fused path), a layer has no op
+        form or the optimizer no fused rule.
 
-        A backend may define ``make_trainer(model, loss, optimizer, batch_size)`` returning an
-        object with ``run_epoch(X, y, order) -> (sum of batch loss × batch rows, n_correct or
-        None)`` that trains one epoch over the minibatches ``order[i:i + batch_size]`` with no
-        Python between layers, and ``sync()`` which writes parameters, BatchNorm statistics and
-        optimizer state back to the model's host buffers. It returns None when the layer-by-layer
-        path is the faster or the only one for this model. ``model.fuse = False`` forces the
-        layer-by-layer path (used to verify the fused one).
+        A backend's ``make_trainer(plan)`` returns an object with ``prepare(X, y)`` (compile
+        whatever these arrays need, train nothing), ``run_epoch(X, y, order) -> (sum of batch
+        loss × batch rows, n_correct or None)`` training the minibatches
+        ``order[i:i + batch_size]`` with no Python between layers, and ``sync()`` writing
+        parameters, BatchNorm statistics and optimizer state back to the host buffers. Plans
+        are kept per (batch size, loss), at most four.
         """
-        make = getattr(self._k, "make_trainer", None)
-        if make is None or not self.fuse:
+        if getattr(self._k, "make_trainer", None) is None or not self.fuse:
             return None
-        return make(self, loss, optimizer, batch_size)
+        key = (batch_size, loss.name)
+        if key not in self._plans:
+            if len(self._plans) >= 4:               # bound memory, like the workspaces
+                self._plans.clear()
+            self._plans[key] = plan_module.build(self, loss, batch_size)
+        plan = self._plans[key]
+        if plan is None or not plan.load_optimizer(optimizer):
+            return None
+        return plan
+
+    def _make_trainer(self, loss, optimizer, batch_size):
+        """The backend's fused trainer for this fit (see :meth:`_fused_plan`), or None."""
+        plan = self._fused_plan(loss, optimizer, batch_size)
+        return None if plan is None else self._k.make_trainer(plan)
 
     def _run_epoch(self, X, y, order, loss, optimizer, batch_size):
         """One epoch layer by layer: per minibatch, forward, loss, backward, optimizer step."""

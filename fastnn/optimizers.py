@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation
+from .kernels import ADAM, MOMENTUM
+from .kernels import SGD as SGD_RULE
 
 
 class Optimizer:
@@ -34,8 +36,18 @@ class Optimizer:
     def _init_state(self, params: np.ndarray) -> None:
         pass
 
+    def fused_rule(self, params: np.ndarray):
+        """(rule code, hyper-parameters (lr, momentum or β₁, β₂, ε), step count, state 1,
+        state 2) with which a fused trainer applies this optimizer to ``params`` (its state
+        created if needed), or None when it has no rule there: the model then trains layer by
+        layer through :meth:`step`. A subclass that overrides ``_step`` gets None."""
+        return
+
     def _step(self, kernels, params, grads) -> None:
         raise NotImplementedError
+
+    def fused_steps_done(self, step: int) -> None:
+        """Take the step count a fused trainer reached (only Adam keeps one)."""
 
     def get_config(self) -> dict:
         return {"lr": self.lr}
@@ -63,6 +75,14 @@ class SGD(Optimizer):
         else:
             kernels.sgd(params, grads, self.lr)
 
+    def fused_rule(self, params):
+        if type(self)._step is not SGD._step:
+            return None
+        self.ensure_state(params)
+        if self.momentum:
+            return MOMENTUM, (self.lr, self.momentum, 0.0, 0.0), 0, self.velocity, None
+        return SGD_RULE, (self.lr, 0.0, 0.0, 0.0), 0, None, None
+
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum}
 
@@ -88,6 +108,16 @@ class Adam(Optimizer):
         self.t += 1
         kernels.adam(params, grads, self.m, self.v, self.lr, self.beta1, self.beta2,
                      self.eps, self.t)
+
+    def fused_rule(self, params):
+        if type(self)._step is not Adam._step:
+            return None
+        self.ensure_state(params)
+        return ADAM, (self.lr, self.beta1, self.beta2, self.eps), self.t, self.m, self.v
+
+    def fused_steps_done(self, step: int) -> None:
+        """Take the step count a fused trainer reached (bias correction continues from it)."""
+        self.t = int(step)
 
     def get_config(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

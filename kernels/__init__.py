@@ -43,3 +43,26 @@ INTERFACE = (
     "batchnorm_forward",
     "batchnorm_backward",
 )
+
+# -- the training plan (built by fastnn.plan, executed by each backend's fused trainer) -------
+# Kept here, in the package every backend may import, so the plan's numbers have one home.
+
+#: op kinds of the plan's op table
+DENSE, BATCHNORM, ADD = range(3)
+#: columns of the op table (``plan.ops``, int64, one row per op); see fastnn.plan
+KIND, IN, OUT, NIN, NOUT, ACT, POFF, SOFF, AUX, SKIP, DX, DSKIP = range(12)
+#: columns of ``plan.fops`` (float64, one row per op): BatchNorm's momentum and eps
+BN_MOMENTUM, BN_EPS = range(2)
+#: values of the DX / DSKIP columns: how an op's input gradient is produced
+GRAD_SKIP, GRAD_WRITE, GRAD_ADD = range(3)
+#: phases of a step's actions (``plan.actions`` rows are (phase, op))
+GATHER, FORWARD, LOSS, BACKWARD = range(4)
+#: stage kinds (``plan.stages`` rows are (kind, first action, end action)): row-local actions
+#: that a thread can run on its own chunk of rows, or one BatchNorm pass over the whole batch
+ROWS, WHOLE_BATCH = range(2)
+#: loss codes (``plan.loss``)
+MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
+#: optimizer rule codes (``plan.rule``)
+SGD, MOMENTUM, ADAM = range(3)
+#: entries of ``plan.hyper`` (float64): learning rate, momentum or β₁, β₂, ε
+LR, MU_OR_BETA1, BETA2, OPT_EPS = range(4)

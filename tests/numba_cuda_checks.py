@@ -112,7 +112,7 @@ def test_losses(dtype, batch, k, scale):
         close(dZ_got, dZ_want, dtype, 1, name)
 
         totals = cuda.to_device(np.zeros(2))
-        ops.loss(kernel, cuda.to_device(Z), cuda.to_device(y.reshape(batch, -1)),
+        ops.loss(LOSSES[name].code, cuda.to_device(Z), cuda.to_device(y.reshape(batch, -1)),
                  cuda.device_array(Z.shape, dtype), totals)
         loss_sum, n_right = totals.copy_to_host()
         np.testing.assert_allclose(loss_sum, want * batch, rtol=1e-4 if dtype == f32 else 1e-10)
@@ -168,14 +168,16 @@ def assert_same_training(runs, dtype):
     ("float32", lambda: SGD(0.1, momentum=0.9), False, 1)])
 def test_fit_on_the_device_matches_the_reference(dtype, optimizer, resident, epochs,
                                                  monkeypatch):
-    """Dense, BatchNorm and Residual layers, cross-entropy, a partial last minibatch; the
-    training set resident on the device (and reused by the second epoch), or minibatches
-    copied from the host."""
+    """Dense, BatchNorm and Residual layers (one nested in another, so gradients are added
+    into shared blocks), cross-entropy, a partial last minibatch; the training set resident
+    on the device (and reused by the second epoch), or minibatches copied from the host."""
     if not resident:
         monkeypatch.setattr(trainer, "RESIDENT_FRACTION", 0.0)
 
     def build(backend):
-        return Sequential([Dense(4, 6, "relu"), BatchNorm(6), Residual([Dense(6, 6, "tanh")]),
+        return Sequential([Dense(4, 6, "relu"), BatchNorm(6),
+                           Residual([Dense(6, 6, "tanh"), BatchNorm(6),
+                                     Residual(Dense(6, 6, "relu"))]),
                            Dense(6, 3)], backend=backend, seed=2, dtype=dtype)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((9, 4)), rng.integers(0, 3, 9)
@@ -186,9 +188,9 @@ def test_fit_on_the_device_matches_the_reference(dtype, optimizer, resident, epo
 
 @pytest.mark.parametrize("loss, last", [("binary_cross_entropy", "sigmoid"), ("mse", "softmax")])
 def test_fit_other_losses(loss, last, monkeypatch):
-    def build(backend):
-        return Sequential([Dense(3, 4, "leaky_relu"), Dense(4, 2, last)], backend=backend,
-                          seed=1, dtype="float64")
+    def build(backend):                    # BatchNorm first: no gradient for the data
+        return Sequential([BatchNorm(3), Dense(3, 4, "leaky_relu"), Dense(4, 2, last)],
+                          backend=backend, seed=1, dtype="float64")
     rng = np.random.default_rng(1)
     X = rng.standard_normal((6, 3))
     y = rng.integers(0, 2, (6, 2)) if loss != "mse" else rng.random((6, 2))
@@ -202,9 +204,8 @@ def test_optimizers_without_a_kernel_fall_back_to_the_layer_path():
         def _step(self, kernels, params, grads):
             kernels.sgd(params, grads, self.lr / 2)
     model = Sequential([Dense(2, 1)], backend="numba_cuda")
-    assert trainer.make_trainer(model, LOSSES["mse"], Halving(0.1), 4) is None
-    assert isinstance(trainer.make_trainer(model, LOSSES["mse"], Adam(), 4),
-                      trainer.DeviceTrainer)
+    assert model._make_trainer(LOSSES["mse"], Halving(0.1), 4) is None
+    assert isinstance(model._make_trainer(LOSSES["mse"], Adam(), 4), trainer.DeviceTrainer)
 
 
 def test_matmul_tflops_runs():

@@ -140,16 +140,6 @@ def test_trainer_split_across_threads_matches_the_layer_by_layer_path(loss):
     assert h_fused.history.get("accuracy") == h_layered.history.get("accuracy")
 
 
-def test_models_the_trainer_does_not_fuse_train_layer_by_layer():
-    model = fastnn.Sequential([fastnn.Dense(5, 4, "relu"), fastnn.BatchNorm(4),
-                               fastnn.Dense(4, 3)], backend="cython")
-    loss, opt = fastnn.losses.get("cross_entropy"), fastnn.Adam(1e-2)
-    assert model._make_trainer(loss, opt, 16) is None
-    X, y = data("cross_entropy")
-    history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=5, verbose=0)
-    assert history["loss"][-1] < history["loss"][0]
-
-
 def test_the_avx2_build_computes_what_the_baseline_build_does():
     from fastnn.kernels.cython import _kernels as baseline
     avx2 = pytest.importorskip("fastnn.kernels.cython._kernels_avx2")

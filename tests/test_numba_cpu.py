@@ -1,90 +1,19 @@
-"""numba_cpu specifics: the fused whole-epoch trainer equals the layer-by-layer path and the
-reference, the float32 exponential, thread control, and the on-disk JIT cache report.
+"""numba_cpu specifics: Adam's state in the fused trainer, the float32 exponential, thread
+control, and the on-disk JIT cache report.
 
-(The kernel-by-kernel comparison with the reference is tests/test_kernels.py.)
+(The kernel-by-kernel comparison with the reference is tests/test_kernels.py, the fused
+trainer against the layer path and the reference tests/test_fused_trainers.py.)
 """
 import numpy as np
 import pytest
 
 import fastnn
-from conftest import tolerance
-from fastnn import SGD, Adam, BatchNorm, Dense, Residual, Sequential
+from fastnn import SGD, Adam, Dense, Sequential
 from fastnn.backends import available_backends
+from test_fused_trainers import BATCH, network
 
 pytestmark = pytest.mark.skipif(not available_backends()["numba_cpu"].usable,
                                 reason="numba_cpu is not usable here")
-
-OPTIMIZERS = {"sgd": lambda: SGD(0.05), "momentum": lambda: SGD(0.05, momentum=0.9),
-              "adam": lambda: Adam(1e-2)}
-LAST = {"mse": "tanh", "cross_entropy": "identity", "binary_cross_entropy": "sigmoid"}
-
-
-#: kind -> minibatch size; "wide" has enough work per batch to split it into row chunks
-#: trained by separate threads, "big" layers big enough for threaded BLAS instead (see
-#: kernels/numba_cpu/_split.py), the others run on one thread
-BATCH = {"mlp": 16, "batchnorm_residual": 16, "wide": 64, "big": 64}
-
-
-def network(kind: str, last: str):
-    if kind == "mlp":
-        return [Dense(12, 24, "relu"), Dense(24, 16, "sigmoid"), Dense(16, 3, last)]
-    if kind == "big":
-        return [Dense(12, 640, "relu"), Dense(640, 640, "tanh"), Dense(640, 3, last)]
-    if kind == "wide":
-        return [Dense(12, 384, "relu"), BatchNorm(384), Residual(Dense(384, 384, "tanh")),
-                Dense(384, 3, last)]
-    return [Dense(12, 16, "leaky_relu"), BatchNorm(16),
-            Residual([Dense(16, 16, "tanh"), BatchNorm(16), Dense(16, 16, "relu")]),
-            Residual(Dense(16, 16, "softmax")), Dense(16, 3, last)]
-
-
-def targets(loss: str, rng, n: int):
-    if loss == "cross_entropy":
-        return rng.integers(0, 3, n)
-    if loss == "binary_cross_entropy":
-        return rng.integers(0, 2, (n, 3)).astype(float)
-    return rng.standard_normal((n, 3))
-
-
-def train(backend, fuse, kind, loss, optimizer, dtype, n=300):
-    """300 rows in minibatches (20 steps for batch 16; the last batch short) from seed 3;
-    the trained model and its history."""
-    batch = BATCH[kind]
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((n, 12)), targets(loss, rng, n)
-    model = Sequential(network(kind, LAST[loss]), backend=backend, seed=3, dtype=dtype)
-    model.fuse = fuse
-    history = model.fit(X, y, loss=loss, optimizer=OPTIMIZERS[optimizer](), epochs=1,
-                        batch_size=batch, verbose=0)
-    return model, history
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("loss", sorted(LAST))
-@pytest.mark.parametrize("kind", sorted(BATCH))
-def test_fused_epoch_equals_layer_path_and_reference(kind, loss, optimizer, dtype):
-    ref, ref_hist = train("reference", False, kind, loss, optimizer, dtype)
-    tol = tolerance(dtype, BATCH[kind])
-    for fuse in (True, False):
-        model, hist = train("numba_cpu", fuse, kind, loss, optimizer, dtype)
-        assert (model._make_trainer(fastnn.losses.get(loss), SGD(), BATCH[kind])
-                is not None) == fuse
-        weights, want = model.parameters(), ref.parameters()
-        if optimizer == "adam" and dtype == "float32":
-            # Adam divides by √v̂: where a gradient is ~0, float32 rounding can flip the sign
-            # of m̂/√v̂ and move that weight by up to lr (1e-2) a step. Allow that for a few
-            # weights in a thousand; a wrong kernel would move most of them.
-            off = ~np.isclose(weights, want, **tol)
-            assert off.mean() < 1e-3, f"{off.sum()} weights differ, fuse={fuse}"
-            assert np.abs(weights - want).max() <= 1e-2 * 20, "more than lr per step"
-            weights, want = weights[~off], want[~off]
-        np.testing.assert_allclose(weights, want, **tol, err_msg=f"weights, fuse={fuse}")
-        np.testing.assert_allclose(model._state, ref._state, **tol,
-                                   err_msg=f"BatchNorm statistics, fuse={fuse}")
-        np.testing.assert_allclose(hist["loss"], ref_hist["loss"], **tol)
-        if "accuracy" in ref_hist.history:
-            assert hist["accuracy"] == ref_hist["accuracy"]
 
 
 def test_adam_step_count_and_state_are_the_optimizers():
@@ -145,21 +74,20 @@ def test_float32_exponential_is_accurate():
     assert (out[:3] == 0).all()
 
 
-def test_set_num_threads_sets_numba_and_keeps_kernel_blas_single():
+def test_set_num_threads_sets_numba_and_every_blas():
     import numba
 
-    from fastnn.threads import _blas_controllers
+    from fastnn.kernels._threads import blas_controllers
 
     before = fastnn.get_num_threads()
     try:
         fastnn.set_num_threads(1)
         assert numba.get_num_threads() == 1 and fastnn.get_num_threads() == 1
-        kernel, others = _blas_controllers()
-        assert kernel and all(c.num_threads == 1 for c in kernel)
-        assert all(c.num_threads == 1 for c in others)
+        kernel, others = blas_controllers()
+        assert kernel and all(c.num_threads == 1 for c in kernel + others)
     finally:
         fastnn.set_num_threads(before)
-    assert all(c.num_threads == 1 for c in _blas_controllers()[0])
+    assert all(c.num_threads == before for c in sum(blas_controllers(), []))
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="n must be a positive integer"):
             fastnn.set_num_threads(bad)
@@ -244,10 +172,12 @@ def test_changed_sources_drop_the_cached_kernels(tmp_path, monkeypatch):
 def test_how_each_network_uses_two_threads(kind, split):
     """(row chunks, BLAS threads) per network on 2 threads: none, row chunks with
     single-threaded BLAS, or one chunk with BLAS on both threads."""
+    from fastnn.kernels._threads import blas_controllers
+
     model = Sequential(network(kind, "identity"), backend="numba_cpu")
     trainer = model._make_trainer(fastnn.losses.get("mse"), SGD(0.1), BATCH[kind])
-    assert trainer.plan.split(2) == split
+    assert trainer.split(2) == split
+    limits = [c.num_threads for c in blas_controllers()[0]]
     model.fit(np.ones((70, 12)), np.ones((70, 3)), loss="mse", epochs=1, batch_size=BATCH[kind],
               verbose=0)
-    from fastnn.threads import _blas_controllers
-    assert all(c.num_threads == 1 for c in _blas_controllers()[0])   # back to 1 after fit
+    assert [c.num_threads for c in blas_controllers()[0]] == limits   # restored after fit

@@ -1,22 +1,44 @@
 """Cython backend: the kernels compiled to C (BLAS matmuls, OpenMP loops where the build had it).
 
-The fallback where Numba is missing. The code lives in the extension module ``_kernels``, built
-from ``_kernels.pyx`` by setup.py, and on x86-64 also in ``_kernels_avx2``, the same code built
-for CPUs with AVX2 and FMA, which is used where the CPU has them. Without the extension this
-backend is unusable and says why.
+The fallback where Numba is missing, and the CPU default of ``"auto"`` where it is compiled:
+it needs no JIT, so a first run trains at once. The code lives in the extension module
+``_kernels``, built from ``_kernels.pyx`` by setup.py, and on x86-64 also in ``_kernels_avx2``,
+the same code built for CPUs with AVX2 and FMA, which is used where the CPU has them. Without
+the extension this backend is unusable and says why.
+
+Importing changes no process setting. The kernels split large matmuls across OpenMP threads,
+each calling BLAS on its own band of rows, so BLAS must run one thread per call there: every
+kernel call limits it for its own duration (``fastnn.kernels._threads``) and restores it.
 """
+import functools
 import importlib
 import os
 
-# Threads waiting at a barrier sleep instead of spinning (unless the user chose otherwise):
-# the kernels' parallel regions are coarse (a whole epoch, two barriers per minibatch), so
-# waking costs little, while spinning threads take the cores from the working ones whenever
-# the machine has other work (measured on 2 busy cores: 2-4× slower steps). Read by the OpenMP
-# runtime when it loads, which is when the extension below is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from .._threads import kernel_blas_threads
+
+#: OpenMP's threads waiting at a barrier sleep instead of spinning (unless the user chose):
+#: the trainer's parallel regions are coarse (a whole epoch, a barrier per stage), so waking
+#: costs little, while spinning threads take the cores from the working ones whenever the
+#: machine has other work (measured on 2 busy cores: 2-4× slower steps). The OpenMP runtime
+#: reads it once, when the extension below loads it; the variable is set only for that import.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
+def _import(name: str):
+    """Import one build of the extension with OMP_WAIT_POLICY set for the OpenMP runtime it
+    loads, leaving the environment as it was."""
+    chosen = "OMP_WAIT_POLICY" in os.environ
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
+    try:
+        return importlib.import_module(name)
+    finally:
+        if not chosen:
+            del os.environ["OMP_WAIT_POLICY"]
+
 
 try:
-    _kernels = importlib.import_module(f"{__name__}._kernels")
+    _kernels = _import(f"{__name__}._kernels")
 except ImportError as exc:
     _missing = isinstance(exc, ModuleNotFoundError) and exc.name == f"{__name__}._kernels"
     raise ImportError(f"the compiled extension {__name__}._kernels "
@@ -25,7 +47,7 @@ except ImportError as exc:
 
 if _kernels.cpu_has_avx2_fma():
     try:
-        _kernels = importlib.import_module(f"{__name__}._kernels_avx2")
+        _kernels = _import(f"{__name__}._kernels_avx2")
     except ModuleNotFoundError as exc:         # a build without the variant (not gcc/clang)
         if exc.name != f"{__name__}._kernels_avx2":
             raise
@@ -34,20 +56,28 @@ if _kernels.cpu_has_avx2_fma():
 BUILD = "avx2" if _kernels.__name__.endswith("_avx2") else "baseline"
 
 OPENMP = _kernels.OPENMP
-(adam, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward, make_trainer, mse,
- sgd, sgd_momentum, sigmoid_binary_cross_entropy, softmax_cross_entropy) = (
+
+
+def _one_blas_thread(function):
+    """``function`` with the kernels' BLAS on one thread for the call (with OpenMP, where the
+    kernels split matmuls across their own threads)."""
+    if not OPENMP:
+        return function
+
+    @functools.wraps(function)
+    def call(*args):
+        with kernel_blas_threads(1):
+            return function(*args)
+    return call
+
+
+(adam, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward, mse, sgd,
+ sgd_momentum, sigmoid_binary_cross_entropy, softmax_cross_entropy) = map(_one_blas_thread, (
     _kernels.adam, _kernels.batchnorm_backward, _kernels.batchnorm_forward,
-    _kernels.dense_backward, _kernels.dense_forward, _kernels.make_trainer, _kernels.mse,
-    _kernels.sgd, _kernels.sgd_momentum, _kernels.sigmoid_binary_cross_entropy,
-    _kernels.softmax_cross_entropy)
-
-if OPENMP:
-    # the kernels split large matmuls across OpenMP threads, each calling BLAS on its own band
-    # of rows: BLAS itself must then run one thread per call (as for numba_cpu, see
-    # fastnn.threads), or the two thread pools would stack
-    from ...threads import pin_kernel_blas
-
-    pin_kernel_blas()
+    _kernels.dense_backward, _kernels.dense_forward, _kernels.mse, _kernels.sgd,
+    _kernels.sgd_momentum, _kernels.sigmoid_binary_cross_entropy,
+    _kernels.softmax_cross_entropy))
+make_trainer = _kernels.make_trainer
 
 __all__ = ["BUILD", "OPENMP", "adam", "batchnorm_backward", "batchnorm_forward",
            "dense_backward", "dense_forward", "make_trainer", "mse", "sgd", "sgd_momentum",

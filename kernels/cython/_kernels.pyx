@@ -27,6 +27,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
+from fastnn.kernels._threads import kernel_blas_threads
 
 cdef extern from *:
     """
@@ -91,8 +92,7 @@ def cpu_has_avx2_fma() -> bool:
     """Whether this CPU (and OS) runs AVX2 and FMA code: which build of the kernels to use."""
     return bool(fastnn_cpu_has_avx2_fma())
 
-# Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (a mismatch fails every
-# kernel-vs-reference test).
+# Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (checked at import).
 cdef enum:
     IDENTITY = 0
     SIGMOID = 1
@@ -101,7 +101,8 @@ cdef enum:
     LEAKY_RELU = 4
     SOFTMAX = 5
 
-# Loss and optimizer codes of the fused trainer.
+# The training plan's codes (fastnn.kernels; fastnn.plan documents them): loss and optimizer
+# codes, op kinds, op-table columns, gradient modes, action phases, stage kinds.
 cdef enum:
     MSE = 0
     SOFTMAX_CE = 1
@@ -110,6 +111,57 @@ cdef enum:
     SGD = 0
     SGD_MOMENTUM = 1
     ADAM = 2
+cdef enum:
+    DENSE = 0
+    BATCHNORM = 1
+    ADD = 2
+cdef enum:
+    KIND = 0
+    IN = 1
+    OUT = 2
+    NIN = 3
+    NOUT = 4
+    ACT = 5
+    POFF = 6
+    SOFF = 7
+    AUX = 8
+    SKIP = 9
+    DX = 10
+    DSKIP = 11
+    OP_COLUMNS = 12
+cdef enum:
+    GRAD_SKIP = 0
+    GRAD_WRITE = 1
+    GRAD_ADD = 2
+cdef enum:
+    GATHER = 0
+    FORWARD = 1
+    LOSS = 2
+    BACKWARD = 3
+cdef enum:
+    ROWS = 0
+    WHOLE_BATCH = 1
+
+
+def _check_codes():
+    """Fail at import if a code above differs from fastnn.kernels' (the plan's numbers)."""
+    import fastnn.kernels as k
+    ours = {"IDENTITY": IDENTITY, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU,
+            "LEAKY_RELU": LEAKY_RELU, "SOFTMAX": SOFTMAX, "MSE": MSE,
+            "CROSS_ENTROPY": SOFTMAX_CE, "BINARY_CROSS_ENTROPY": SIGMOID_BCE, "SGD": SGD,
+            "MOMENTUM": SGD_MOMENTUM, "ADAM": ADAM, "DENSE": DENSE, "BATCHNORM": BATCHNORM,
+            "ADD": ADD, "KIND": KIND, "IN": IN, "OUT": OUT, "NIN": NIN, "NOUT": NOUT,
+            "ACT": ACT, "POFF": POFF, "SOFF": SOFF, "AUX": AUX, "SKIP": SKIP, "DX": DX,
+            "DSKIP": DSKIP, "GRAD_SKIP": GRAD_SKIP, "GRAD_WRITE": GRAD_WRITE,
+            "GRAD_ADD": GRAD_ADD, "GATHER": GATHER, "FORWARD": FORWARD, "LOSS": LOSS,
+            "BACKWARD": BACKWARD, "ROWS": ROWS, "WHOLE_BATCH": WHOLE_BATCH}
+    wrong = [name for name, value in ours.items() if getattr(k, name) != value]
+    if wrong:
+        raise ImportError(f"the cython extension was built with other codes for "
+                          f"{', '.join(wrong)} than fastnn.kernels has: rebuild it")
+
+
+_check_codes()
 
 cdef enum:
     # columns per block in the column-wise reductions (db, batch-norm statistics): each block
@@ -488,15 +540,16 @@ cdef void _batchnorm_forward_block(const floating* X, const floating* gamma,
 
 cdef void _batchnorm_backward_block(const floating* dY, const floating* xhat,
                                     const floating* inv_std, const floating* gamma,
-                                    floating* dX, floating* dgamma, floating* dbeta,
-                                    Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t j0,
-                                    Py_ssize_t j1) noexcept nogil:
+                                    floating* dX, int dx_mode, floating* dgamma,
+                                    floating* dbeta, Py_ssize_t rows, Py_ssize_t cols,
+                                    Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """Columns j0..j1 of ∂L/∂β = Σ dy, ∂L/∂γ = Σ dy x̂ and
-    ∂L/∂x = γ/σ · (dy − ∂L/∂β / n − x̂ ∂L/∂γ / n)."""
+    ∂L/∂x = γ/σ · (dy − ∂L/∂β / n − x̂ ∂L/∂γ / n), which is written into dX (dx_mode
+    GRAD_WRITE), added to it (GRAD_ADD) or not computed (GRAD_SKIP)."""
     cdef double sum_dy[BLOCK]
     cdef double sum_dy_xhat[BLOCK]
     cdef Py_ssize_t i, j
-    cdef floating dy
+    cdef floating dy, dx
     for j in range(j1 - j0):
         sum_dy[j] = 0
         sum_dy_xhat[j] = 0
@@ -508,11 +561,17 @@ cdef void _batchnorm_backward_block(const floating* dY, const floating* xhat,
     for j in range(j0, j1):
         dbeta[j] = <floating> sum_dy[j - j0]
         dgamma[j] = <floating> sum_dy_xhat[j - j0]
+    if dx_mode == GRAD_SKIP:
+        return
     for i in range(rows):
         for j in range(j0, j1):
-            dX[i * cols + j] = gamma[j] * inv_std[j] * (
+            dx = gamma[j] * inv_std[j] * (
                 dY[i * cols + j] - <floating> (sum_dy[j - j0] / rows)
                 - xhat[i * cols + j] * <floating> (sum_dy_xhat[j - j0] / rows))
+            if dx_mode == GRAD_ADD:
+                dX[i * cols + j] += dx
+            else:
+                dX[i * cols + j] = dx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,7 +705,7 @@ cdef int _batchnorm_backward_mv(const floating[:, ::1] dY, const floating[:, ::1
         for jb in prange(n_blocks, schedule="static",
                          use_threads_if=rows * cols >= PARALLEL_MIN):
             _batchnorm_backward_block(&dY[0, 0], &xhat[0, 0], &inv_std[0], &gamma[0],
-                                      &dX[0, 0], &dgamma[0], &dbeta[0], rows, cols,
+                                      &dX[0, 0], GRAD_WRITE, &dgamma[0], &dbeta[0], rows, cols,
                                       jb * BLOCK, min((jb + 1) * BLOCK, cols))
     return 0
 
@@ -852,119 +911,86 @@ def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
 
 
 # ---------------------------------------------------------------------------------------------
-# fused trainer: a whole epoch in one nogil C loop
+# fused trainer: a whole epoch of a training plan in one nogil C loop
 # ---------------------------------------------------------------------------------------------
-cdef struct LayerSpec:
-    Py_ssize_t n_in, n_out
-    Py_ssize_t w, b            # offsets of W (n_in × n_out) and b (n_out) in the parameters
-    Py_ssize_t dw, db          # offsets of ∂L/∂W and ∂L/∂b in the gradients
-    Py_ssize_t a               # offset of the layer's output (batch × n_out) in `acts`
-    int act                    # activation code in training (identity when the loss takes z)
-
-
 cdef struct Net:
-    # what a thread needs to train its rows of a minibatch; the arrays belong to the Trainer
-    LayerSpec* layers
-    int n_layers, loss
-    Py_ssize_t batch, width    # rows and widest layer output the buffers below are sized for
+    # what a thread needs to run its rows of a minibatch; the arrays belong to the plan and
+    # to the Trainer (fastnn.plan documents the op table and the buffers' layout)
+    const int64_t* ops         # n_ops × OP_COLUMNS
+    const double* fops         # n_ops × 2: BatchNorm's momentum, eps
+    const int64_t* actions     # n_actions × 2: (phase, op)
+    Py_ssize_t n_ops, batch, n_in, k
+    int loss
     void* params               # the model's parameters (floating)
-    void* acts                 # every layer's output, batch × n_out each
-    void* deltas               # two batch × width buffers: ∂L/∂output of a layer and its dX
-    void* xb                   # the gathered input rows, batch × n_in
-    void* yb                   # the gathered targets: int64 labels or batch × k floats
+    void* grads                # the model's gradients: band 0's, and BatchNorm's
+    void* state                # BatchNorm running statistics
+    void* acts                 # every op's output (the gathered minibatch at 0)
+    void* dacts                # ∂L/∂ every op's output, same layout
+    void* aux                  # BatchNorm's x̂ and 1/σ
+    void* tmp                  # batch × width: dZ Wᵀ before it is added to a shared gradient
+    void* labels_b             # gathered int64 labels (cross-entropy)
+    void* yb                   # gathered targets, batch × k floats (the other losses)
 
 
-def make_trainer(model, loss, optimizer, batch_size):
-    """The fused trainer of ``model`` (see ``Sequential._make_trainer``) when every layer is a
-    Dense layer and the optimizer is fastnn's SGD or Adam; None otherwise, and the model then
-    trains layer by layer through the kernels above."""
-    from fastnn.layers import Dense
-    from fastnn.optimizers import SGD as SGDOptimizer, Adam
-
-    if any(type(layer) is not Dense for layer in model.layers) \
-            or type(optimizer) not in (SGDOptimizer, Adam):
-        return None
-    return Trainer(model, loss, optimizer, batch_size)
+def make_trainer(plan):
+    """The fused trainer executing ``plan`` (a :class:`fastnn.plan.Plan`), made once per plan."""
+    trainer = plan.scratch.get("cython")
+    if trainer is None:
+        trainer = plan.scratch["cython"] = Trainer(plan)
+    return trainer
 
 
 cdef class Trainer:
-    """Minibatch training of a stack of Dense layers, one epoch per call with the GIL released.
+    """Minibatch training of a plan, one epoch per call with the GIL released.
 
-    Per minibatch: each thread takes a band of its rows and gathers them, runs them forward,
-    through the loss (its share) and backward, writing its gradients into its own buffer;
-    then the optimizer step adds the threads' gradients and updates the parameters. A small
-    minibatch stays in one band, on one thread. Parameters, gradients and optimizer state are
-    the model's and the optimizer's own arrays, updated in place.
+    Per minibatch, stage by stage: a ROWS stage gives each thread a band of the minibatch's
+    rows to carry through its actions (gather, Dense, residual additions, loss), each band
+    writing its Dense gradients into its own buffer; a WHOLE_BATCH stage (a BatchNorm pass)
+    shares the features out among the threads. Then the optimizer step adds the bands'
+    gradients and updates the parameters. A small minibatch stays in one band, on one thread.
+    Parameters, gradients, BatchNorm state and optimizer state are the model's and the
+    optimizer's own arrays, updated in place.
     """
 
     cdef Net net
-    cdef int rule
-    cdef Py_ssize_t work_per_row, n_params
-    cdef object dtype, optimizer
-    cdef object params, grads, state1, state2       # the arrays the optimizer step updates
-    cdef object acts, deltas, xb, yb                # one minibatch's workspace
-    cdef object partials                            # gradients of the bands after the first
+    cdef object plan, dtype, fops
+    cdef object acts, dacts, aux, tmp, labels_b, yb    # one minibatch's workspace
+    cdef object partials                               # gradients of the bands after the first
 
-    def __cinit__(self):
-        self.net.layers = NULL
-
-    def __dealloc__(self):
-        free(self.net.layers)
-
-    def __init__(self, model, loss, optimizer, Py_ssize_t batch_size):
-        from fastnn.kernels import ACTIVATIONS
-        from fastnn.optimizers import Adam
-
-        cdef LayerSpec* spec
-        cdef Py_ssize_t i, acts_size = 0
+    def __init__(self, plan):
         cdef Net* net = &self.net
-        self.params, self.grads = model.parameters(), model.gradients()
-        self.dtype = _float_dtype(self.params, "the model's parameters")
-        self.n_params = self.params.size
-        net.loss = {"mse": MSE, "cross_entropy": SOFTMAX_CE,
-                    "binary_cross_entropy": SIGMOID_BCE}[loss.name]
-        net.n_layers = len(model.layers)
-        net.layers = <LayerSpec*> malloc(net.n_layers * sizeof(LayerSpec))
-        if net.layers == NULL:
-            raise MemoryError()
-        net.batch, net.width, self.work_per_row = batch_size, 0, 0
-        for i, layer in enumerate(model.layers):
-            spec = &net.layers[i]
-            spec.n_in, spec.n_out = layer.in_features, layer.out_features
-            spec.w = _offset(layer.weight, self.params)
-            spec.b = _offset(layer.bias, self.params)
-            spec.dw = _offset(layer.weight_grad, self.grads)
-            spec.db = _offset(layer.bias_grad, self.grads)
-            spec.a = acts_size
-            last = i == net.n_layers - 1
-            spec.act = IDENTITY if last and loss.on_logits else ACTIVATIONS[layer.activation]
-            acts_size += batch_size * spec.n_out
-            net.width = max(net.width, spec.n_out)
-            self.work_per_row += spec.n_in * spec.n_out
-        self.acts = np.empty(acts_size, self.dtype)
-        self.deltas = np.empty(2 * batch_size * net.width, self.dtype)
-        self.xb = np.empty(batch_size * net.layers[0].n_in, self.dtype)
-        self.yb = (np.empty(batch_size, _I64) if net.loss == SOFTMAX_CE
-                   else np.empty(batch_size * net.layers[net.n_layers - 1].n_out, self.dtype))
-        self.partials = np.empty(0, self.dtype)
-        net.params, net.acts = _address(self.params), _address(self.acts)
-        net.deltas, net.xb, net.yb = _address(self.deltas), _address(self.xb), _address(self.yb)
+        self.plan = plan
+        self.dtype = _float_dtype(plan.params, "the model's parameters")
+        for name in ("ops", "actions", "stages"):
+            if getattr(plan, name).dtype != _I64 or not getattr(plan, name).flags.c_contiguous:
+                raise ValueError(f"plan.{name} must be C-contiguous int64")
+        net.ops = <const int64_t*> _address(plan.ops)
+        net.actions = <const int64_t*> _address(plan.actions)
+        self.fops = np.ascontiguousarray(plan.fops, np.float64)
+        net.fops = <const double*> _address(self.fops)
+        net.n_ops, net.batch = len(plan.ops), plan.batch
+        net.n_in, net.k, net.loss = plan.in_features, plan.out_features, plan.loss
+        self.acts = np.zeros(plan.act_size, self.dtype)
+        self.dacts = np.zeros(plan.act_size, self.dtype)
+        self.aux = np.zeros(plan.aux_size, self.dtype)
+        self.tmp = np.zeros(plan.batch * plan.width, self.dtype)
+        self.labels_b = np.zeros(plan.batch, _I64)
+        self.yb = np.zeros(plan.batch * plan.out_features, self.dtype)
+        self.partials = np.zeros(0, self.dtype)
+        net.params, net.grads = _address(plan.params), _address(plan.grads)
+        net.state = _address(plan.state) if plan.state.size else NULL
+        net.acts, net.dacts = _address(self.acts), _address(self.dacts)
+        net.aux, net.tmp = _address(self.aux), _address(self.tmp)
+        net.labels_b, net.yb = _address(self.labels_b), _address(self.yb)
 
-        optimizer.ensure_state(self.params)
-        self.optimizer = optimizer
-        if type(optimizer) is Adam:
-            self.rule, self.state1, self.state2 = ADAM, optimizer.m, optimizer.v
-        elif optimizer.momentum:
-            self.rule, self.state1, self.state2 = SGD_MOMENTUM, optimizer.velocity, None
-        else:
-            self.rule, self.state1, self.state2 = SGD, None, None
+    def prepare(self, X, y):
+        """Nothing to compile: the extension was compiled when fastnn was installed."""
 
     def run_epoch(self, X, y, order):
-        """Train on the minibatches ``order[i:i + batch_size]`` of (X, y); return (Σ batch loss ×
+        """Train on the minibatches ``order[i:i + batch]`` of (X, y); return (Σ batch loss ×
         batch rows, number of correct predictions or None for mse)."""
-        cdef Py_ssize_t n_in = self.net.layers[0].n_in
-        cdef Py_ssize_t k = self.net.layers[self.net.n_layers - 1].n_out
-        cdef Py_ssize_t bad
+        plan = self.plan
+        cdef Py_ssize_t n_in = self.net.n_in, k = self.net.k, bad
         X = _input(X, self.dtype)
         order = _input(order, _I64)
         if X.ndim != 2 or X.shape[1] != n_in or len(y) != len(X) or order.ndim != 1:
@@ -984,33 +1010,32 @@ cdef class Trainer:
             if Y.shape[1] != k:
                 raise ValueError(f"y has {Y.shape[1]} columns but the model outputs {k}")
         threads = fastnn_max_threads()
-        if self.partials.size < (threads - 1) * self.n_params:    # threads were raised
-            self.partials = np.empty((threads - 1) * self.n_params, self.dtype)
-
-        opt = self.optimizer
-        lr = opt.lr
-        h1, h2, eps = ((opt.beta1, opt.beta2, opt.eps) if self.rule == ADAM
-                       else (opt.momentum, 0.0, 0.0))
-        t = opt.t if self.rule == ADAM else 0
-        if self.dtype is _F32:
-            total, correct, t = _epoch[float](self, X, Y, labels, order, threads, lr, h1, h2,
-                                              eps, t)
-        else:
-            total, correct, t = _epoch[double](self, X, Y, labels, order, threads, lr, h1, h2,
-                                               eps, t)
-        if self.rule == ADAM:
-            opt.t = t
+        n_params = plan.params.size
+        if self.partials.size < (threads - 1) * n_params:    # threads were raised
+            self.partials = np.zeros((threads - 1) * n_params, self.dtype)
+        # the bands call BLAS inside the parallel region: one BLAS thread each, for this call
+        with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
+            if self.dtype is _F32:
+                total, correct = _epoch[float](self, X, Y, labels, order, threads)
+            else:
+                total, correct = _epoch[double](self, X, Y, labels, order, threads)
         return total, None if self.net.loss == MSE else correct
 
     def sync(self):
         """Nothing to copy: the trainer works in the model's and optimizer's own arrays."""
 
 
-cdef Py_ssize_t _offset(object view, object base) except -1:
-    """Position of a view's first element in the flat array it looks into."""
-    if not view.flags.c_contiguous:
-        raise ValueError("the fused trainer needs C-contiguous parameter views")
-    return (view.ctypes.data - base.ctypes.data) // base.itemsize
+class _NoLimit:
+    """A context manager that changes nothing (no OpenMP: BLAS keeps its own threads)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LIMIT = _NoLimit()
 
 
 cdef void* _address(object array):
@@ -1047,105 +1072,166 @@ cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,
     return right
 
 
-cdef double _band_step(const Net* net, floating* g, const floating* X, const floating* Y,
-                       const int64_t* labels, const int64_t* rows_of, Py_ssize_t r0,
-                       Py_ssize_t r1, Py_ssize_t batch, Py_ssize_t* right) noexcept nogil:
-    """Rows r0..r1 of a minibatch of `batch` rows (rows_of[i] is the row of X of its i-th
-    sample): gather, forward, loss, backward. Writes this band's gradients into g (laid out as
-    the model's), adds its correct predictions to right; returns its share of the loss."""
+cdef inline void _add_into(floating* dst, const floating* src, Py_ssize_t n,
+                           int mode) noexcept nogil:
+    """dst[:n] = src (GRAD_WRITE) or += src (GRAD_ADD)."""
+    cdef Py_ssize_t i
+    if mode == GRAD_WRITE:
+        memcpy(dst, src, n * sizeof(floating))
+    elif mode == GRAD_ADD:
+        for i in range(n):
+            dst[i] += src[i]
+
+
+cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* g,
+                          const floating* X, const floating* Y, const int64_t* labels,
+                          const int64_t* rows_of, Py_ssize_t r0, Py_ssize_t r1,
+                          Py_ssize_t nb, Py_ssize_t* right) noexcept nogil:
+    """Actions a..b of a ROWS stage for rows r0..r1 of a minibatch of nb rows (rows_of[i] is
+    the row of X of its i-th sample). Dense gradients go into g (laid out as the model's);
+    returns this band's share of the loss when the stage holds the loss."""
     cdef floating* p = <floating*> net.params
     cdef floating* acts = <floating*> net.acts
-    cdef floating* x = <floating*> net.xb + r0 * net.layers[0].n_in
-    cdef floating* delta[2]
-    cdef floating* d
+    cdef floating* dacts = <floating*> net.dacts
+    cdef floating* tmp = <floating*> net.tmp
+    cdef floating* yb = <floating*> net.yb
+    cdef int64_t* lb = <int64_t*> net.labels_b
+    cdef const int64_t* op
+    cdef Py_ssize_t i, j, m = r1 - r0, nin, nout, w, k = net.k, n_in = net.n_in
+    cdef Py_ssize_t act_index
+    cdef int phase
     cdef floating* dX
-    cdef floating* yb = NULL
-    cdef int64_t* lb = NULL
-    cdef const floating* h
-    cdef const LayerSpec* spec
-    cdef Py_ssize_t i, m = r1 - r0, n_in = net.layers[0].n_in
-    cdef Py_ssize_t k = net.layers[net.n_layers - 1].n_out
-    cdef int l, which = 0
-    cdef double value
-    if net.loss == SOFTMAX_CE:
-        lb = <int64_t*> net.yb + r0
-    else:
-        yb = <floating*> net.yb + r0 * k
-    for i in range(m):                                      # gather the band's samples
-        memcpy(x + i * n_in, X + rows_of[r0 + i] * n_in, n_in * sizeof(floating))
-        if lb != NULL:
-            lb[i] = labels[rows_of[r0 + i]]
-        else:
-            memcpy(yb + i * k, Y + rows_of[r0 + i] * k, k * sizeof(floating))
-    h = x
-    for l in range(net.n_layers):                           # forward
-        spec = &net.layers[l]
-        _dense_forward(h, p + spec.w, p + spec.b, spec.act, acts + spec.a + r0 * spec.n_out, m,
-                       spec.n_in, spec.n_out)
-        h = acts + spec.a + r0 * spec.n_out
-    delta[0] = <floating*> net.deltas + r0 * net.width
-    delta[1] = <floating*> net.deltas + (net.batch + r0) * net.width
-    d = delta[0]                                            # loss and ∂L/∂output
-    if net.loss == MSE:
-        value = _mse(h, yb, d, m, k, batch)
-    elif net.loss == SOFTMAX_CE:
-        value = _softmax_cross_entropy(h, lb, d, m, k, batch)
-    else:
-        value = _sigmoid_binary_cross_entropy(h, yb, d, m, k, batch)
-    right[0] += _n_correct(net.loss, h, lb, yb, m, k)
-    for l in range(net.n_layers - 1, -1, -1):               # backward
-        spec = &net.layers[l]
-        which = 1 - which
-        dX = delta[which] if l > 0 else NULL
-        _dense_backward(d, acts + net.layers[l - 1].a + r0 * spec.n_in if l > 0 else x,
-                        p + spec.w, acts + spec.a + r0 * spec.n_out, spec.act, dX, g + spec.dw,
-                        g + spec.db, m, spec.n_in, spec.n_out)
-        d = dX
+    cdef double value = 0
+    for act_index in range(a, b):
+        phase = <int> net.actions[2 * act_index]
+        op = net.ops + OP_COLUMNS * net.actions[2 * act_index + 1]
+        if phase == GATHER:                                  # the band's samples
+            for i in range(r0, r1):
+                memcpy(acts + i * n_in, X + rows_of[i] * n_in, n_in * sizeof(floating))
+                if net.loss == SOFTMAX_CE:
+                    lb[i] = labels[rows_of[i]]
+                else:
+                    memcpy(yb + i * k, Y + rows_of[i] * k, k * sizeof(floating))
+            continue
+        if phase == LOSS:                                    # on the last op's output
+            op = net.ops + OP_COLUMNS * (net.n_ops - 1)
+            w = op[OUT] + r0 * k
+            if net.loss == MSE:
+                value = _mse(acts + w, yb + r0 * k, dacts + w, m, k, nb)
+            elif net.loss == SOFTMAX_CE:
+                value = _softmax_cross_entropy(acts + w, lb + r0, dacts + w, m, k, nb)
+            else:
+                value = _sigmoid_binary_cross_entropy(acts + w, yb + r0 * k, dacts + w, m, k,
+                                                      nb)
+            right[0] += _n_correct(net.loss, acts + w, lb + r0, yb + r0 * k, m, k)
+            continue
+        nin, nout = op[NIN], op[NOUT]
+        if op[KIND] == ADD:                                  # y = x + block(x)
+            if phase == FORWARD:
+                for i in range(r0 * nout, r1 * nout):
+                    acts[op[OUT] + i] = acts[op[SKIP] + i] + acts[op[IN] + i]
+            else:                                            # both inputs get ∂L/∂y
+                _add_into(dacts + op[IN] + r0 * nin, dacts + op[OUT] + r0 * nout, m * nout,
+                          <int> op[DX])
+                _add_into(dacts + op[SKIP] + r0 * nin, dacts + op[OUT] + r0 * nout, m * nout,
+                          <int> op[DSKIP])
+            continue
+        if phase == FORWARD:                                 # Dense: a = f(x·W + b)
+            _dense_forward(acts + op[IN] + r0 * nin, p + op[POFF], p + op[POFF] + nin * nout,
+                           <int> op[ACT], acts + op[OUT] + r0 * nout, m, nin, nout)
+            continue
+        dX = NULL                                            # Dense backward
+        if op[DX] == GRAD_WRITE:
+            dX = dacts + op[IN] + r0 * nin
+        elif op[DX] == GRAD_ADD:
+            dX = tmp + r0 * nin
+        _dense_backward(dacts + op[OUT] + r0 * nout, acts + op[IN] + r0 * nin, p + op[POFF],
+                        acts + op[OUT] + r0 * nout, <int> op[ACT], dX, g + op[POFF],
+                        g + op[POFF] + nin * nout, m, nin, nout)
+        if op[DX] == GRAD_ADD:                               # x also feeds a skip
+            _add_into(dacts + op[IN] + r0 * nin, tmp + r0 * nin, m * nin, GRAD_ADD)
     return value
 
 
-cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
-                  const int64_t[::1] labels, const int64_t[::1] order, int threads, double lr,
-                  double h1, double h2, double eps, long t):
-    """One epoch of :class:`Trainer`: returns (Σ loss × rows, correct predictions, step t).
+cdef void _batchnorm_block(const Net* net, floating* p, int phase, const int64_t* op,
+                           const double* fop, Py_ssize_t nb, Py_ssize_t jb) noexcept nogil:
+    """Feature block jb of a BatchNorm op's training forward pass or backward pass (p: the
+    parameters, which fix the dtype)."""
+    cdef floating* g = <floating*> net.grads
+    cdef floating* state = <floating*> net.state
+    cdef floating* aux = <floating*> net.aux
+    cdef Py_ssize_t n = op[NIN], j0 = jb * BLOCK, j1 = min((jb + 1) * BLOCK, n)
+    cdef floating* xhat = aux + op[AUX]
+    cdef floating* inv_std = aux + op[AUX] + net.batch * n
+    if phase == FORWARD:
+        _batchnorm_forward_block((<floating*> net.acts) + op[IN], p + op[POFF],
+                                 p + op[POFF] + n, state + op[SOFF], state + op[SOFF] + n,
+                                 <floating> fop[0], <floating> fop[1], True,
+                                 (<floating*> net.acts) + op[OUT], xhat, inv_std, nb, n, j0, j1)
+    else:
+        _batchnorm_backward_block((<floating*> net.dacts) + op[OUT], xhat, inv_std,
+                                  p + op[POFF], (<floating*> net.dacts) + op[IN], <int> op[DX],
+                                  g + op[POFF], g + op[POFF] + n, nb, n, j0, j1)
 
-    One parallel region for the whole epoch: every thread walks the minibatches; per minibatch
-    the threads share out the bands (then wait for each other), then the blocks of the
+
+cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
+                  const int64_t[::1] labels, const int64_t[::1] order, int threads):
+    """One epoch of :class:`Trainer`: returns (Σ loss × rows, correct predictions) and
+    advances ``plan.step``.
+
+    One parallel region for the whole epoch: every thread walks the minibatches and their
+    stages; after each stage the threads wait for each other; then the blocks of the
     optimizer step, which first add the bands' gradients. No thread idles between regions.
     """
-    cdef floating[::1] P = self.params, G = self.grads, S1 = self.state1, S2 = self.state2
+    plan = self.plan
+    cdef floating[::1] P = plan.params, G = plan.grads, S1 = plan.s1, S2 = plan.s2
     cdef floating[::1] Partials = self.partials
+    cdef const int64_t[:, ::1] stages = plan.stages
+    cdef const int64_t[::1] actions = plan.actions.reshape(-1)
+    cdef const double[::1] hyper = plan.hyper
     cdef floating* p = &P[0]
     cdef floating* g = &G[0]
     cdef floating* partials = &Partials[0] if Partials.shape[0] else NULL
-    cdef floating* s1 = &S1[0] if S1 is not None else NULL
-    cdef floating* s2 = &S2[0] if S2 is not None else NULL
+    cdef floating* s1 = &S1[0] if S1.shape[0] else NULL
+    cdef floating* s2 = &S2[0] if S2.shape[0] else NULL
     cdef const floating* x = &X[0, 0]
     cdef const floating* y = &Y[0, 0] if Y is not None else NULL
     cdef const int64_t* lab = &labels[0] if labels is not None else NULL
     cdef const Net* net = &self.net
-    cdef Py_ssize_t n = order.shape[0], n_params = self.n_params, batch = net.batch
-    cdef Py_ssize_t n_batches = (n + batch - 1) // batch
+    cdef const int64_t* op = NULL                                           # (per thread)
+    cdef Py_ssize_t n = order.shape[0], n_params = P.shape[0], batch = net.batch
+    cdef Py_ssize_t n_batches = (n + batch - 1) // batch, n_stages = stages.shape[0]
     cdef Py_ssize_t n_blocks = (n_params + UPDATE_BLOCK - 1) // UPDATE_BLOCK
-    cdef Py_ssize_t c, i, blk, lo, hi, correct = 0
-    cdef Py_ssize_t mb = 0, rows = 0, band = 0, bands = 0      # (each thread's own copies)
-    cdef int team = _bands(batch, self.work_per_row, min(threads, MAX_BANDS))[0]
+    cdef Py_ssize_t c, i, blk, lo, hi, jb, correct = 0
+    cdef Py_ssize_t mb = 0, rows = 0, band = 0, bands = 0, st = 0, a = 0   # (per thread)
+    cdef Py_ssize_t work = plan.work_per_row
+    cdef int team = _bands(batch, work, min(threads, MAX_BANDS))[0]
+    cdef long t = plan.step[0]
     cdef double value, total = 0
     cdef double band_loss[MAX_BANDS]
     cdef Py_ssize_t band_right[MAX_BANDS]
-    cdef Step step = Step(self.rule, lr, h1, h2, eps, t)
+    cdef Step step = Step(plan.rule, hyper[0], hyper[1], hyper[2], hyper[3], t)
     for c in range(MAX_BANDS):
         band_loss[c], band_right[c] = 0, 0
     with nogil, parallel(num_threads=team, use_threads_if=team > 1):
         for mb in range(n_batches):                     # every thread, in step with the others
             rows = min(batch, n - mb * batch)
-            bands, band = _bands(rows, self.work_per_row, team)
-            for c in prange(bands, schedule="static"):  # forward, loss, backward per band
-                value = _band_step(net, g if c == 0 else partials + (c - 1) * n_params, x, y,
-                                   lab, &order[mb * batch], c * band,
-                                   min(rows, (c + 1) * band), rows, &band_right[c])
-                band_loss[c] += value * rows
-            fastnn_barrier()                            # every band's gradient is written
+            bands, band = _bands(rows, work, team)
+            for st in range(n_stages):
+                a = stages[st, 1]
+                if stages[st, 0] == ROWS:
+                    for c in prange(bands, schedule="static"):   # each band its rows
+                        value = _band_actions(net, a, stages[st, 2],
+                                              g if c == 0 else partials + (c - 1) * n_params,
+                                              x, y, lab, &order[mb * batch], c * band,
+                                              min(rows, (c + 1) * band), rows, &band_right[c])
+                        band_loss[c] += value * rows
+                else:                                   # BatchNorm: feature blocks
+                    op = net.ops + OP_COLUMNS * actions[2 * a + 1]
+                    for jb in prange((op[NIN] + BLOCK - 1) // BLOCK, schedule="static"):
+                        _batchnorm_block(net, p, <int> actions[2 * a], op,
+                                         net.fops + 2 * actions[2 * a + 1], rows, jb)
+                fastnn_barrier()                        # the stage is done for every row
             for blk in prange(n_blocks, schedule="static"):   # Σ band gradients, then update
                 lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
                 for c in range(1, bands):
@@ -1156,7 +1242,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     for c in range(MAX_BANDS):
         total += band_loss[c]
         correct += band_right[c]
-    return total, correct, t + n_batches
+    plan.step[0] = t + n_batches
+    return total, correct
 
 
 cdef inline void _update_at(const Step* step, long t, floating* p, const floating* g,

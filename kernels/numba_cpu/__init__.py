@@ -3,6 +3,8 @@
 The kernel functions follow ``fastnn.kernels.reference`` exactly (see :mod:`.interface`);
 :func:`make_trainer` compiles a whole training epoch into one call for ``Sequential.fit``.
 Compiled code is cached on disk (``cache=True``), so only the first process pays the JIT.
+Importing changes no process setting: the threading layer is chosen and the BLAS limited
+only while a kernel runs (``fastnn.kernels._threads``).
 """
 try:
     import numba  # noqa: F401
@@ -14,16 +16,11 @@ except ImportError as exc:
     raise ImportError(f"scipy is not installed ({exc}): np.dot inside Numba reaches BLAS "
                       f"through it; pip install scipy") from exc
 
-from ...threads import choose_numba_layer, pin_kernel_blas  # noqa: E402
-
-choose_numba_layer()
-pin_kernel_blas()
-
 from .interface import (adam, batchnorm_backward, batchnorm_forward, dense_backward,  # noqa
                         dense_forward, mse, sgd, sgd_momentum, sigmoid_binary_cross_entropy,
                         softmax_cross_entropy)
-from .cache import cache_status, drop_stale_cache  # noqa: E402
-from .trainer import make_trainer  # noqa: E402
+from .cache import cache_status, drop_stale_cache
+from .trainer import make_trainer
 
 drop_stale_cache()
 

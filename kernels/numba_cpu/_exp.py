@@ -11,7 +11,6 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-
 _LN2_HI = 0.693145751953125          # ln 2 split so that m·_LN2_HI is exact in float32
 _LN2_LO = 1.428606765330187e-06
 _LOG2E = 1.4426950408889634
@@ -32,7 +31,7 @@ def _exp_neg_overload(x):
     c2, c3, c4, c5, c6, c7 = (f(1 / math.factorial(k)) for k in range(2, 8))
 
     def impl(x):
-        y = x if x > lim else lim                         # e^−87 ≈ 1.6e−38 is still normal
+        y = max(lim, x)                         # e^−87 ≈ 1.6e−38 is still normal
         t = np.floor(y * log2e + half)                    # y = t ln2 + r, |r| ≤ ln2/2, t ≤ 0
         r = (y - t * hi) - t * lo
         p = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))

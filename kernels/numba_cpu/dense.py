@@ -46,7 +46,7 @@ def bias_activate_rows(Z, b, act, r0, r1):
         elif act == RELU:
             for j in range(n):
                 v = Z[i, j] + b[j]
-                Z[i, j] = zero if v < zero else v         # keeps NaN, like np.maximum
+                Z[i, j] = max(v, zero)         # keeps NaN, like np.maximum
         elif act == LEAKY_RELU:
             for j in range(n):
                 v = Z[i, j] + b[j]

@@ -12,13 +12,21 @@ import threading
 import numba
 import numpy as np
 
-from ...threads import kernel_blas_threads
-from .. import ACTIVATIONS
+from .. import (
+    ACTIVATIONS,
+    ADAM,
+    BINARY_CROSS_ENTROPY,
+    CROSS_ENTROPY,
+    MOMENTUM,
+    MSE,
+    SGD,
+)
+from .._threads import choose_numba_layer, kernel_blas_threads
 from ._split import BLAS_THREADS_WORK
 from .batchnorm import bn_backward_kernel, bn_forward_kernel
 from .dense import dense_backward_kernel, dense_forward_kernel
-from .losses import CODES, loss_kernel
-from .optimizers import ADAM, MOMENTUM, SGD, update_kernel
+from .losses import loss_kernel
+from .optimizers import update_kernel
 
 #: serialises this backend's kernel launches: Numba's workqueue threading layer (chosen in
 #: __init__) aborts the process when parallel code is launched from two Python threads at once
@@ -26,10 +34,12 @@ LAUNCH_LOCK = threading.Lock()
 
 
 def serialised(function):
-    """Run ``function`` holding :data:`LAUNCH_LOCK`."""
+    """Run ``function`` holding :data:`LAUNCH_LOCK`, with the BLAS the kernels call inside
+    their parallel regions limited to one thread (restored on return)."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        with LAUNCH_LOCK:
+        choose_numba_layer()
+        with LAUNCH_LOCK, kernel_blas_threads(1):
             return function(*args, **kwargs)
     return wrapper
 
@@ -42,11 +52,17 @@ def _dtype(out) -> np.dtype:
     return out.dtype if out.dtype in _EMPTY else np.dtype(np.float64)
 
 
-def _input(a, dt):
-    """a as a C-contiguous array of dtype dt (no copy when it already is)."""
-    if isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous:
+def writeable_input(a, dt):
+    """a as a C-contiguous, writeable array of dtype dt (no copy when it already is): the one
+    array type the kernels are compiled for, so a read-only, Fortran-ordered, strided or
+    other-dtype input never triggers a compilation of its own."""
+    if isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous \
+            and a.flags.writeable:
         return a
-    return np.ascontiguousarray(a, dt)
+    return np.array(a, dt, order="C")
+
+
+_input = writeable_input
 
 
 def _output(a, dt):
@@ -106,11 +122,10 @@ def dense_backward(dA, X, W, A, act, dX, dW, db):
             _write_back(target, result)
 
 
-def _loss(kernel, Z, labels, Y, dZ):
+def _loss(code, Z, labels, Y, dZ):
     dt = _dtype(dZ)
     d = _output(dZ, dt)
-    value = loss_kernel(CODES[kernel], _input(Z, dt), labels, Y, d,
-                        numba.get_num_threads())
+    value = loss_kernel(code, _input(Z, dt), labels, Y, d, numba.get_num_threads())
     _write_back(dZ, d)
     return float(value)
 
@@ -118,29 +133,29 @@ def _loss(kernel, Z, labels, Y, dZ):
 @serialised
 def mse(Yhat, Y, dYhat):
     """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
-    return _loss("mse", Yhat, _NO_LABELS, _input(Y, _dtype(dYhat)), dYhat)
+    return _loss(MSE, Yhat, _NO_LABELS, _input(Y, _dtype(dYhat)), dYhat)
 
 
 @serialised
 def softmax_cross_entropy(Z, labels, dZ):
     """L = mean_batch(log Σ_k e^z_k − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
-    return _loss("softmax_cross_entropy", Z, _input(labels, np.int64), _EMPTY[_dtype(dZ)][0],
+    return _loss(CROSS_ENTROPY, Z, _input(labels, np.int64), _EMPTY[_dtype(dZ)][0],
                  dZ)
 
 
 @serialised
 def sigmoid_binary_cross_entropy(Z, Y, dZ):
     """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
-    return _loss("sigmoid_binary_cross_entropy", Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ)
+    return _loss(BINARY_CROSS_ENTROPY, Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ)
 
 
-def _update(code, params, grads, s1, s2, lr, mu=0.0, b1=0.0, b2=0.0, eps=0.0, t=1):
+def _update(code, params, grads, s1, s2, lr, mu_or_b1=0.0, b2=0.0, eps=0.0, t=1):
     dt = _dtype(params)
     p = _output(params, dt)
     none = _EMPTY[dt][1]
     states = [none if s is None else _output(s, dt) for s in (s1, s2)]
-    update_kernel(code, p, _input(grads, dt), states[0], states[1], float(lr), float(mu),
-                  float(b1), float(b2), float(eps), int(t))
+    update_kernel(code, p, _input(grads, dt), states[0], states[1], float(lr),
+                  float(mu_or_b1), float(b2), float(eps), int(t))
     for target, result in ((params, p), (s1, states[0]), (s2, states[1])):
         if target is not None:
             _write_back(target, result)
@@ -161,7 +176,7 @@ def sgd_momentum(params, grads, velocity, lr, momentum):
 @serialised
 def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
     """Adam, in place; ``t`` is the 1-based step count for bias correction."""
-    _update(ADAM, params, grads, m, v, lr, 0.0, beta1, beta2, eps, t)
+    _update(ADAM, params, grads, m, v, lr, beta1, beta2, eps, t)
 
 
 @serialised

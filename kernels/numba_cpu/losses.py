@@ -3,14 +3,9 @@ import math
 
 from numba import njit, prange
 
+from .. import CROSS_ENTROPY, MSE
 from ._exp import exp_neg
 from ._split import row_split
-
-MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
-
-#: kernel name (as in fastnn.losses) -> loss code
-CODES = {"mse": MSE, "softmax_cross_entropy": CROSS_ENTROPY,
-         "sigmoid_binary_cross_entropy": BINARY_CROSS_ENTROPY}
 
 
 @njit(inline="always", error_model="numpy")

@@ -1,11 +1,12 @@
-"""Whole-epoch fusion: one compiled call trains an epoch (the fused-trainer protocol of
-``Sequential._make_trainer``).
+"""Whole-epoch fusion: one compiled call trains an epoch of a training plan.
 
-The model is encoded as a *plan*: integer arrays saying, per layer op, its kind, widths,
-activation code and offsets into flat buffers — parameters, gradients, BatchNorm state, and a
-workspace holding every layer's output (``acts``) and its gradient (``dacts``) for one batch
-size. The epoch kernel interprets the plan for every minibatch: gather rows by ``order``,
-forward, loss, backward, optimizer update, with no Python in between.
+The plan (built by ``fastnn.plan``; its op table is documented there) is integer and float
+arrays: per op its kind, widths, activation code and offsets into the flat parameter, gradient
+and BatchNorm-state buffers and into a workspace holding every op's output (``acts``) and its
+gradient (``dacts``) for one batch size. The epoch kernel interprets it for every minibatch:
+gather rows by ``order``, forward, loss, backward, optimizer update, with no Python in between.
+The learning rate and the other hyper-parameters arrive as the plan's ``hyper`` array, so
+changing them between epochs compiles nothing.
 
 A step runs as *stages*. Dense layers, residual additions, the gather and the loss work row by
 row, so consecutive ones form one parallel region in which each thread carries its own chunk of
@@ -25,8 +26,6 @@ vs 45, small 112 vs 138, mnist 1146 vs 2497, deep 317 vs 2412, wide 95 000 vs 17
 """
 from __future__ import annotations
 
-import weakref
-
 import numba
 import numpy as np
 from numba import njit, prange
@@ -34,22 +33,47 @@ from numba.core import cgutils, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
-from ...threads import kernel_blas_threads
-from .. import IDENTITY
+from .. import (
+    ACT,
+    ADD,
+    AUX,
+    BETA2,
+    BN_EPS,
+    BN_MOMENTUM,
+    CROSS_ENTROPY,
+    DSKIP,
+    DX,
+    FORWARD,
+    GATHER,
+    GRAD_ADD,
+    GRAD_WRITE,
+    IN,
+    KIND,
+    LOSS,
+    LR,
+    MU_OR_BETA1,
+    NIN,
+    NOUT,
+    OPT_EPS,
+    OUT,
+    POFF,
+    ROWS,
+    SKIP,
+    SOFF,
+)
+from .._threads import kernel_blas_threads
+from ._split import (
+    BLAS_THREADS_WORK,
+    BLOCK,
+    MIN_CHUNK_WORK,
+    PARALLEL_UPDATE_BLOCKS,
+    row_split,
+)
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
-from .interface import LAUNCH_LOCK
-from .losses import CODES, CROSS_ENTROPY, loss_rows
-from .optimizers import ADAM, MOMENTUM, SGD, update_range
-from ._split import (BLAS_THREADS_WORK, BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS,
-                     row_split)
-
-# op kinds, and the columns of the op table
-DENSE, BATCHNORM, ADD = range(3)
-KIND, IN, OUT, NIN, NOUT, ACT, POFF, SOFF, AUX, SKIP, DX, DSKIP = range(12)
-# action phases (an action is one phase of one op) and stage kinds
-GATHER, FORWARD, LOSS, BACKWARD = range(4)
-ROWS, WHOLE_BATCH = range(2)
+from .interface import LAUNCH_LOCK, writeable_input
+from .losses import loss_rows
+from .optimizers import update_range
 
 
 @intrinsic
@@ -90,10 +114,10 @@ def _view(typingctx, buf, off, rows, cols):
 
 @njit(inline="always", error_model="numpy")
 def _add_rows(dst, src, mode, r0, r1):
-    """dst[r0:r1] = src (mode 1) or += src (mode 2)."""
+    """dst[r0:r1] = src (GRAD_WRITE) or += src (GRAD_ADD)."""
     for i in range(r0, r1):
         for j in range(dst.shape[1]):
-            dst[i, j] = src[i, j] if mode == 1 else dst[i, j] + src[i, j]
+            dst[i, j] = src[i, j] if mode == GRAD_WRITE else dst[i, j] + src[i, j]
 
 
 @njit(cache=True, error_model="numpy")
@@ -156,12 +180,12 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
     np.dot(x_in[r0:r1].T, dZ[r0:r1], _view(G, p, nin, nout))
     column_sums(dZ, r0, r1, G[p + nin * nout:p + nin * nout + nout])
     mode = ops[op, DX]
-    if mode == 1:
+    if mode == GRAD_WRITE:
         np.dot(dZ[r0:r1], W.T, _view(dacts, ops[op, IN], nb, nin)[r0:r1])   # dX = dZ Wᵀ
-    elif mode == 2:                                       # dX += dZ Wᵀ (x also feeds a skip)
+    elif mode == GRAD_ADD:                                # dX += dZ Wᵀ (x also feeds a skip)
         T = _view(tmp, 0, nb, nin)
         np.dot(dZ[r0:r1], W.T, T[r0:r1])
-        _add_rows(_view(dacts, ops[op, IN], nb, nin), T, 2, r0, r1)
+        _add_rows(_view(dacts, ops[op, IN], nb, nin), T, GRAD_ADD, r0, r1)
 
 
 @njit(inline="always", error_model="numpy")
@@ -173,7 +197,7 @@ def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, da
     gamma = params[p:p + m]
     if phase == FORWARD:
         bn_forward_col(j, _view(acts, ops[op, IN], nb, m), gamma, params[p + m:p + 2 * m],
-                       state[s:s + m], state[s + m:s + 2 * m], fops[op, 0], fops[op, 1], True,
+                       state[s:s + m], state[s + m:s + 2 * m], fops[op, BN_MOMENTUM], fops[op, BN_EPS], True,
                        _view(acts, ops[op, OUT], nb, m), xhat, inv_std)
     else:
         bn_backward_col(j, _view(dacts, ops[op, OUT], nb, m), xhat, inv_std, gamma,
@@ -182,8 +206,7 @@ def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, da
 
 
 @njit(inline="always", error_model="numpy")
-def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu, b1, b2, eps,
-                  t):
+def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu, b2, eps, t):
     """Sum the chunks' gradients over one block of the flat buffer, then update it."""
     lo, hi = blk * BLOCK, min(params.shape[0], blk * BLOCK + BLOCK)
     g = grads[lo:hi]
@@ -191,7 +214,7 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu
         part = partials[c - 1, lo:hi]
         for i in range(g.shape[0]):
             g[i] += part[i]
-    update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b1, b2, eps, t)
+    update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b2, eps, t)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -213,7 +236,7 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
         _borrowed(acts), _borrowed(dacts), _borrowed(aux), _borrowed(tmp), _borrowed(labels_b),
         _borrowed(Yb), _borrowed(lossp), _borrowed(corrp))
     n = order.shape[0]
-    lr, mu, b1, b2, eps = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    lr, mu, b2, eps = hyper[LR], hyper[MU_OR_BETA1], hyper[BETA2], hyper[OPT_EPS]
     total, right = 0.0, 0
     n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
     for start in range(0, n, batch):
@@ -254,207 +277,90 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
         if threads == 1 or n_blocks < PARALLEL_UPDATE_BLOCKS:
             for blk in range(n_blocks):
                 _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
-                              b1, b2, eps, t)
+                              b2, eps, t)
         else:
             for blk in prange(n_blocks):
                 _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
-                              b1, b2, eps, t)
+                              b2, eps, t)
     return total, right
 
 
-class _Planner:
-    """Walks the layers in the order the model binds them, laying out ops and buffers."""
+class Trainer:
+    """Runs whole epochs of a :class:`fastnn.plan.Plan` in one compiled call (see the module
+    docstring).
 
-    def __init__(self, batch: int):
-        self.batch = batch
-        self.ops: list[list[int]] = []
-        self.fops: list[tuple[float, float]] = []
-        self.act_size = 0
-        self.aux_size = 0
-        self.p = self.s = 0
+    It trains the plan's parameter, gradient and state buffers and the optimizer's state
+    arrays in place, so :meth:`sync` has nothing to copy back. Its workspace (every op's
+    output and gradient, BatchNorm's x̂ and 1/σ, the chunks' gradient buffers) is allocated
+    once per plan.
+    """
 
-    def buffer(self, width: int) -> int:
-        off, self.act_size = self.act_size, self.act_size + self.batch * width
-        return off
-
-    def op(self, kind, src, width_in, width_out, act=IDENTITY, aux=0, skip=0, fop=(0.0, 0.0)):
-        out = self.buffer(width_out)
-        self.ops.append([kind, src, out, width_in, width_out, act, self.p, self.s, aux, skip,
-                         0, 0])
-        self.fops.append(fop)
-        return out
-
-    def add(self, layers, src: int, logits_last: bool) -> int | None:
-        from fastnn.layers import BatchNorm, Dense, Residual
-
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Dense):
-                act = IDENTITY if logits_last and i == len(layers) - 1 else layer._code
-                src = self.op(DENSE, src, layer.in_features, layer.out_features, act)
-            elif isinstance(layer, BatchNorm):
-                n = layer.in_features
-                src = self.op(BATCHNORM, src, n, n, aux=self.aux_size,
-                              fop=(layer.momentum, layer.eps))
-                self.aux_size += self.batch * n + n
-            elif isinstance(layer, Residual):
-                h = self.add(layer.block, src, False)
-                if h is None:
-                    return None
-                src = self.op(ADD, h, layer.in_features, layer.out_features, skip=src)
-                continue                                  # the block advanced p and s
-            else:
-                return None
-            self.p += layer.n_params
-            self.s += layer.n_state
-        return src
-
-    def gradient_modes(self) -> None:
-        """Per op, whether its input gradient is skipped (0: the data), written (1: first
-        writer, walking backwards) or accumulated (2: a buffer that also feeds a skip)."""
-        written = set()
-        for row in reversed(self.ops):
-            for field, buf in ((DX, row[IN]), (DSKIP, row[SKIP] if row[KIND] == ADD else 0)):
-                if buf == 0:
-                    continue
-                row[field] = 2 if buf in written else 1
-                written.add(buf)
-
-    def schedule(self):
-        """(actions, stages): the step's actions in order, grouped into parallel stages."""
-        actions = [(GATHER, 0)] + [(FORWARD, k) for k in range(len(self.ops))] + [(LOSS, 0)]
-        actions += [(BACKWARD, k) for k in reversed(range(len(self.ops)))]
-        stages = []
-        for a, (_, op) in enumerate(actions):
-            whole = actions[a][0] in (FORWARD, BACKWARD) and self.ops[op][KIND] == BATCHNORM
-            if whole:
-                stages.append((WHOLE_BATCH, a, a + 1))
-            elif stages and stages[-1][0] == ROWS and stages[-1][2] == a:
-                stages[-1] = (ROWS, stages[-1][1], a + 1)
-            else:
-                stages.append((ROWS, a, a + 1))
-        return np.array(actions, np.int64), np.array(stages, np.int64)
-
-
-class _Plan:
-    """A model's plan for one (batch size, loss form) and the workspace it trains in,
-    built once and reused by every later fit with that batch size."""
-
-    def __init__(self, model, batch: int, planner: _Planner):
-        dt = model.dtype
-        self.batch = batch
-        self.ops = np.array(planner.ops, np.int64)
-        self.fops = np.array(planner.fops, np.float64).reshape(-1, 2)
-        self.actions, self.stages = planner.schedule()
-        dense = self.ops[self.ops[:, KIND] == DENSE]
-        #: multiply-adds per row of a forward pass: what decides whether to split the batch
-        self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
-        #: whether a batch worth splitting runs serially on threaded BLAS instead (big layers)
-        self.threaded_blas = batch * int((dense[:, NIN] * dense[:, NOUT]).max()) \
-            >= BLAS_THREADS_WORK
-        width = int(max(self.ops[:, NIN].max(), self.ops[:, NOUT].max()))
-        self.acts = np.zeros(planner.act_size, dt)
-        self.dacts = np.zeros(planner.act_size, dt)
-        self.aux = np.zeros(max(planner.aux_size, 1), dt)
-        self.tmp = np.zeros(batch * width, dt)
-        self.labels_b = np.zeros(batch, np.int64)
-        self.Yb = np.zeros((batch, model.out_features), dt)
-        self.empty = np.zeros(0, dt)
-        self.n_params = model.parameters().size
-        self.partials = np.zeros((0, self.n_params), dt)
-        self.lossp, self.corrp = np.zeros(1), np.zeros(1, np.int64)
+    def __init__(self, plan):
+        self.plan = plan
+        ws = plan.scratch.get("numba_cpu")
+        if ws is None:
+            dt = plan.dtype
+            ws = plan.scratch["numba_cpu"] = {
+                "acts": np.zeros(plan.act_size, dt), "dacts": np.zeros(plan.act_size, dt),
+                "aux": np.zeros(plan.aux_size, dt), "tmp": np.zeros(plan.batch * plan.width, dt),
+                "labels_b": np.zeros(plan.batch, np.int64),
+                "Yb": np.zeros((plan.batch, plan.out_features), dt),
+                "partials": np.zeros((0, plan.params.size), dt),
+                "lossp": np.zeros(1), "corrp": np.zeros(1, np.int64)}
+        self.ws = ws
 
     def split(self, threads: int) -> tuple[int, int]:
         """(threads the epoch kernel splits rows over, threads BLAS may use): a batch worth
         splitting goes to row chunks, or, with big layers, to threaded BLAS called serially."""
-        if row_split(self.batch, threads, self.work_per_row)[1] == 1:
+        plan = self.plan
+        if row_split(plan.batch, threads, plan.work_per_row)[1] == 1:
             return 1, 1
-        return (1, threads) if self.threaded_blas else (threads, 1)
+        threaded_blas = plan.batch * plan.max_layer_work >= BLAS_THREADS_WORK
+        return (1, threads) if threaded_blas else (threads, 1)
 
-    def chunk_buffers(self, threads: int):
+    def _chunk_buffers(self, threads: int):
         """(partials, lossp, corrp) for as many row chunks as ``threads`` may use: per extra
         chunk a gradient buffer (entries no chunk writes, BatchNorm's, stay 0)."""
-        extra = row_split(self.batch, threads, self.work_per_row)[1] - 1
-        if self.partials.shape[0] < extra:
-            self.partials = np.zeros((extra, self.n_params), self.partials.dtype)
-            self.lossp, self.corrp = np.zeros(extra + 1), np.zeros(extra + 1, np.int64)
-        return self.partials, self.lossp, self.corrp
+        ws, plan = self.ws, self.plan
+        extra = row_split(plan.batch, threads, plan.work_per_row)[1] - 1
+        if ws["partials"].shape[0] < extra:
+            ws["partials"] = np.zeros((extra, plan.params.size), plan.dtype)
+            ws["lossp"], ws["corrp"] = np.zeros(extra + 1), np.zeros(extra + 1, np.int64)
+        return ws["partials"], ws["lossp"], ws["corrp"]
 
+    def _targets(self, y):
+        """(labels, Y) as the kernel takes them: one is the targets, the other empty."""
+        if self.plan.loss == CROSS_ENTROPY:
+            return writeable_input(y, np.int64), self.ws["Yb"][:0]
+        return self.ws["labels_b"][:0], writeable_input(y.reshape(len(y), -1), self.plan.dtype)
 
-#: per model: {(batch size, loss takes logits): _Plan}
-_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-class Trainer:
-    """Runs whole epochs of ``model.fit`` in one compiled call (see the module docstring).
-
-    It trains the model's own parameter, gradient and state buffers and the optimizer's own
-    state arrays in place, so :meth:`sync` has nothing to copy back.
-    """
-
-    def __init__(self, model, loss, optimizer, plan: _Plan):
-        self.model, self.optimizer, self.plan = model, optimizer, plan
-        self.loss_code = CODES[loss.kernel]
+    def prepare(self, X, y) -> None:
+        """Compile (or load from the disk cache) the epoch kernel for these arrays: an epoch
+        over no rows, which trains nothing."""
+        self._run(X, y, np.zeros(0, np.int64))
 
     def run_epoch(self, X, y, order):
-        """Train one epoch on the minibatches order[i:i + batch]; see Sequential._make_trainer."""
-        model, opt, plan = self.model, self.optimizer, self.plan
-        params = model.parameters()
-        opt.ensure_state(params)
-        code, s1, s2 = _optimizer_state(opt, plan.empty)
-        hyper = np.array([opt.lr, getattr(opt, "momentum", 0.0), getattr(opt, "beta1", 0.0),
-                          getattr(opt, "beta2", 0.0), getattr(opt, "eps", 0.0)])
-        step = np.array([getattr(opt, "t", 0)], np.int64)
-        if self.loss_code == CROSS_ENTROPY:
-            labels, Y = np.ascontiguousarray(y, np.int64), plan.Yb[:0]
-        else:
-            labels, Y = plan.labels_b[:0], np.ascontiguousarray(y, model.dtype)
-        threads, blas_threads = plan.split(numba.get_num_threads())
-        partials, lossp, corrp = plan.chunk_buffers(threads)
-        with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
-            total, right = epoch_kernel(
-                np.ascontiguousarray(X, model.dtype), labels, Y,
-                np.ascontiguousarray(order, np.int64), plan.batch, plan.ops, plan.fops,
-                plan.actions, plan.stages, params, model.gradients(), model._state, s1, s2,
-                partials, plan.acts, plan.dacts, plan.aux, plan.tmp, plan.labels_b, plan.Yb,
-                lossp, corrp, self.loss_code, code, hyper, step, threads, plan.work_per_row,
-                MIN_CHUNK_WORK)
-        if code == ADAM:
-            opt.t = int(step[0])
+        """Train one epoch on the minibatches order[i:i + batch] (see fastnn.plan)."""
+        total, right = self._run(X, y, order)
         return total, (None if right < 0 else int(right))
+
+    def _run(self, X, y, order):
+        plan, ws = self.plan, self.ws
+        labels, Y = self._targets(y)
+        threads, blas_threads = self.split(numba.get_num_threads())
+        partials, lossp, corrp = self._chunk_buffers(threads)
+        with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
+            return epoch_kernel(
+                writeable_input(X, plan.dtype), labels, Y, writeable_input(order, np.int64),
+                plan.batch, plan.ops, plan.fops, plan.actions, plan.stages, plan.params,
+                plan.grads, plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
+                ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], lossp, corrp, plan.loss,
+                plan.rule, plan.hyper, plan.step, threads, plan.work_per_row, MIN_CHUNK_WORK)
 
     def sync(self) -> None:
         """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""
 
 
-def _optimizer_state(opt, empty):
-    """(optimizer code, first state buffer, second state buffer) for the update kernel."""
-    from fastnn.optimizers import Adam
-
-    if isinstance(opt, Adam):
-        return ADAM, opt.m, opt.v
-    return (MOMENTUM, opt.velocity, empty) if opt.momentum else (SGD, empty, empty)
-
-
-def make_trainer(model, loss, optimizer, batch_size: int):
-    """A :class:`Trainer` for this model, or None where the layer-by-layer path must run
-    (a layer or optimizer type this planner does not know)."""
-    from fastnn.optimizers import SGD as SGDClass, Adam
-
-    if type(optimizer) not in (SGDClass, Adam):
-        return None
-    plans = _PLANS.setdefault(model, {})
-    key = (batch_size, loss.on_logits)
-    if key not in plans:
-        if len(plans) >= 4:                               # bound memory, like the model's
-            plans.clear()                                 # own per-batch-size workspaces
-        planner = _Planner(batch_size)
-        planner.buffer(model.in_features)                 # acts[0]: the gathered minibatch
-        if planner.add(model.layers, 0, loss.on_logits) is None:
-            plans[key] = None
-        else:
-            planner.gradient_modes()
-            plans[key] = _Plan(model, batch_size, planner)
-    if plans[key] is None:
-        return None
-    optimizer.ensure_state(model.parameters())
-    return Trainer(model, loss, optimizer, plans[key])
+def make_trainer(plan) -> Trainer:
+    """The fused trainer executing ``plan`` (a :class:`fastnn.plan.Plan`)."""
+    return Trainer(plan)

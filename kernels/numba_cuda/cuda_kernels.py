@@ -12,7 +12,7 @@ import math
 
 from numba import cuda, float64
 
-from .. import SOFTMAX
+from .. import MOMENTUM, SGD, SOFTMAX
 from .device import (accumulate_totals, activate, activation_grad, load_tile, sigmoid,
                      sum_over_y)
 
@@ -29,8 +29,6 @@ LOSS_SCRATCH = (256, 1)
 #: one thread per element (optimizers) or per row (softmax); 2-D element grids use COLUMN_BLOCK
 THREADS_1D = 256
 
-#: optimizer rules of :func:`optimizer_step`
-SGD, MOMENTUM, ADAM = range(3)
 
 
 @functools.lru_cache(maxsize=None)

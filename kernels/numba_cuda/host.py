@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from .. import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
 from . import ops
 
 
@@ -45,28 +46,28 @@ def dense_backward(dA, X, W, A, act, dX, dW, db):
             _back(device, host)
 
 
-def _loss(kernel, Z, targets, dZ):
+def _loss(code, Z, targets, dZ):
     """Run a loss kernel; write dZ and return the mean loss over the batch as a float."""
     totals = cuda.to_device(np.zeros(2))
     d_dZ = _out(dZ)
-    ops.loss(kernel, _in(Z), _in(targets), d_dZ, totals)
+    ops.loss(code, _in(Z), _in(targets), d_dZ, totals)
     _back(d_dZ, dZ)
     return float(totals.copy_to_host()[0] / len(Z))
 
 
 def mse(Yhat, Y, dYhat):
     """L = mean_batch Σ ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
-    return _loss("mse", Yhat, Y, dYhat)
+    return _loss(MSE, Yhat, Y, dYhat)
 
 
 def softmax_cross_entropy(Z, labels, dZ):
     """L = mean_batch(log Σ e^z − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
-    return _loss("softmax_cross_entropy", Z, np.asarray(labels).reshape(-1, 1), dZ)
+    return _loss(CROSS_ENTROPY, Z, np.asarray(labels).reshape(-1, 1), dZ)
 
 
 def sigmoid_binary_cross_entropy(Z, Y, dZ):
     """L = mean_batch Σ [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
-    return _loss("sigmoid_binary_cross_entropy", Z, Y, dZ)
+    return _loss(BINARY_CROSS_ENTROPY, Z, Y, dZ)
 
 
 def sgd(params, grads, lr):

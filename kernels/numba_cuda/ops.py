@@ -12,7 +12,7 @@ import functools
 
 from numba import cuda
 
-from .. import IDENTITY, SOFTMAX
+from .. import ADAM, BINARY_CROSS_ENTROPY, CROSS_ENTROPY, IDENTITY, MOMENTUM, MSE, SGD, SOFTMAX
 from . import cuda_kernels as K
 
 #: outputs per matmul thread along each axis: blocks compute (16·THREAD_TILE)² outputs
@@ -67,21 +67,21 @@ def dense_backward(dA, X, W, A, act: int, dX, dW, db, row_dot=None) -> None:
         matmul(dA, W, False, True, dX)                           # ∂L/∂x = dZ Wᵀ
 
 
-#: loss kernel name (as in fastnn.losses) -> kernel(Z, targets, dZ, totals)
+#: loss code (fastnn.kernels) -> kernel(Z, targets, dZ, totals)
 LOSS_KERNELS = {
-    "mse": K.mse,
-    "softmax_cross_entropy": K.softmax_cross_entropy,
-    "sigmoid_binary_cross_entropy": K.sigmoid_binary_cross_entropy,
+    MSE: K.mse,
+    CROSS_ENTROPY: K.softmax_cross_entropy,
+    BINARY_CROSS_ENTROPY: K.sigmoid_binary_cross_entropy,
 }
 
 
-def loss(kernel: str, Z, targets, dZ, totals) -> None:
+def loss(code: int, Z, targets, dZ, totals) -> None:
     """Write the loss gradient dZ and add (Σ_rows loss, rows predicted right) to totals.
 
     ``targets`` is (n, k) for mse and binary cross-entropy and the labels as a column (n, 1)
     for softmax cross-entropy; ``totals`` is a float64 device vector of 2.
     """
-    LOSS_KERNELS[kernel][1, K.LOSS_BLOCK](Z, targets, dZ, totals)
+    LOSS_KERNELS[code][1, K.LOSS_BLOCK](Z, targets, dZ, totals)
 
 
 def _optimizer_step(rule, params, grads, s1, s2, lr, a=0.0, b=0.0, eps=0.0, c1=1.0, c2=1.0):
@@ -94,18 +94,18 @@ def _optimizer_step(rule, params, grads, s1, s2, lr, a=0.0, b=0.0, eps=0.0, c1=1
 
 def sgd(params, grads, lr: float) -> None:
     """w ← w − η g."""
-    _optimizer_step(K.SGD, params, grads, grads, grads, lr)
+    _optimizer_step(SGD, params, grads, grads, grads, lr)
 
 
 def sgd_momentum(params, grads, velocity, lr: float, momentum: float) -> None:
     """v ← μv + g; w ← w − η v."""
-    _optimizer_step(K.MOMENTUM, params, grads, velocity, grads, lr, momentum)
+    _optimizer_step(MOMENTUM, params, grads, velocity, grads, lr, momentum)
 
 
 def adam(params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
          t: int) -> None:
     """Adam with bias correction for the 1-based step ``t``."""
-    _optimizer_step(K.ADAM, params, grads, m, v, lr, beta1, beta2, eps,
+    _optimizer_step(ADAM, params, grads, m, v, lr, beta1, beta2, eps,
                     1 - beta1 ** t, 1 - beta2 ** t)
 
 

@@ -1,22 +1,22 @@
-"""``fit`` on the GPU: the fused-trainer protocol of ``Sequential._make_trainer``.
+"""``fit`` on the GPU: a training plan (``fastnn.plan``) executed with device kernels.
 
-The trainer copies the flat parameter and gradient buffers, the BatchNorm running statistics
-and the optimizer state to the device once; every layer gets device views at the same offsets
-as its host views. The training set stays on the device when it fits (else each minibatch is
-copied once). An epoch is then device kernels only, one launch per operation: minibatch
-gather by ``order``, forward, loss (summed into a device ``totals`` vector with the number of
-right predictions), backward, one optimizer launch. The only transfers in an epoch are
-``order`` in and the two totals out. :meth:`DeviceTrainer.sync` copies everything back into
-the model's host buffers.
+The trainer copies the plan's flat parameter, gradient and BatchNorm-state buffers and the
+optimizer state to the device once; every op reads device views at the plan's offsets. The
+training set stays on the device when it fits (else each minibatch is copied once). An epoch
+is then device kernels only, one launch per op and pass: minibatch gather by ``order``, the
+forward ops, the loss (summed into a device ``totals`` vector with the number of right
+predictions), the backward ops in reverse, one optimizer launch. The only transfers in an
+epoch are ``order`` in and the two totals out; the hyper-parameters are read from the plan
+each epoch. :meth:`DeviceTrainer.sync` copies everything back into the host buffers.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import cuda
 
-from ...layers import BatchNorm, Dense, Residual
-from ...optimizers import SGD, Adam
-from .. import IDENTITY
+from .. import (ACT, ADAM, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, DSKIP, DX,
+                GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MOMENTUM, MSE, MU_OR_BETA1, NIN,
+                NOUT, OPT_EPS, OUT, POFF, SKIP, SOFF)
 from . import ops
 
 #: keep the training set on the device when it needs at most this fraction of free memory
@@ -24,85 +24,149 @@ from . import ops
 RESIDENT_FRACTION = 0.5
 
 
-def make_trainer(model, loss, optimizer, batch_size: int) -> DeviceTrainer | None:
-    """A :class:`DeviceTrainer`, or None for an optimizer it has no kernel for."""
-    if type(optimizer) not in (SGD, Adam):
-        return None
-    return DeviceTrainer(model, loss, optimizer, batch_size)
+def make_trainer(plan) -> DeviceTrainer:
+    """The device trainer executing ``plan`` (a :class:`fastnn.plan.Plan`)."""
+    return DeviceTrainer(plan)
 
 
 class DeviceTrainer:
-    """Trains ``model`` with its parameters resident on the GPU (see the module docstring)."""
+    """Trains a plan with its buffers resident on the GPU (see the module docstring)."""
 
-    def __init__(self, model, loss, optimizer, batch_size: int):
-        self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.batch_size = batch_size
-        optimizer.ensure_state(model.parameters())
-        self._host = [model._params, model._grads, model._state] + self._optimizer_state()
+    def __init__(self, plan):
+        self.plan = plan
+        self._host = [plan.params, plan.grads, plan.state, plan.s1, plan.s2]
         self._device = [cuda.to_device(a) if a.size else None for a in self._host]
-        self.params, self.grads, self.state = self._device[:3]
-        self.layers = [_device_layer(layer, self) for layer in model.layers]
+        self.params, self.grads, self.state, self.s1, self.s2 = self._device
+        dt = plan.dtype
+        self.acts = cuda.device_array(plan.act_size, dt)
+        self.dacts = cuda.device_array(plan.act_size, dt)
+        self.aux = cuda.device_array(plan.aux_size, dt)
+        self.tmp = cuda.device_array(plan.batch * plan.width, dt)
+        self.row_dot = cuda.device_array(plan.batch, dt)
         self._data = None          # (host X, host y, device X, device Y) of the resident set
-        self._workspaces = {}      # batch rows -> device buffers
+        self._staging = {}         # rows -> pinned host buffers for non-resident minibatches
 
-    def _optimizer_state(self) -> list[np.ndarray]:
-        opt = self.optimizer
-        if isinstance(opt, Adam):
-            return [opt.m, opt.v]
-        return [opt.velocity] if opt.momentum else []
+    @staticmethod
+    def _rows(buffer, offset: int, rows: int, cols: int):
+        """The (rows, cols) C-contiguous device view of a flat device buffer at offset."""
+        return buffer[offset:offset + rows * cols].reshape(rows, cols)
 
-    def device_view(self, host_view: np.ndarray):
-        """The device twin of a view into the model's parameter, gradient or state buffer."""
-        for host, device in zip(self._host[:3], self._device[:3]):
-            offset = (host_view.ctypes.data - host.ctypes.data) // host.itemsize
-            if host.size and 0 <= offset < host.size and host_view.dtype == host.dtype:
-                return device[offset:offset + host_view.size].reshape(host_view.shape)
-        raise ValueError("the array is not a view into the model's buffers")
+    def prepare(self, X, y) -> None:
+        """Nothing to do ahead: the kernels compile on their first launch (as PTX)."""
 
     # -- one epoch ----------------------------------------------------------------------------
     def run_epoch(self, X: np.ndarray, y: np.ndarray, order: np.ndarray):
-        """Train on the minibatches order[i:i + batch_size]; return (Σ batch loss × rows,
+        """Train on the minibatches order[i:i + batch]; return (Σ batch loss × rows,
         right predictions or None for mse)."""
+        plan = self.plan
         Y = y.reshape(len(y), -1)                  # labels as a column, like targets (n, k)
         resident = self._resident(X, y, Y)
-        d_order = cuda.to_device(order) if resident else None
+        d_order = cuda.to_device(np.ascontiguousarray(order, np.int64)) if resident else None
         totals = cuda.to_device(np.zeros(2))
-        for start in range(0, len(X), self.batch_size):
-            rows = min(self.batch_size, len(X) - start)
-            ws = self._workspace(rows, X, Y)
+        yb = cuda.device_array((plan.batch, Y.shape[1]), Y.dtype)
+        for start in range(0, len(X), plan.batch):
+            nb = min(plan.batch, len(X) - start)
+            Xb, Yb = self._rows(self.acts, 0, nb, X.shape[1]), yb[:nb]
             if resident:
-                ops.gather_rows(self._data[2], self._data[3], d_order, start, ws["X"], ws["y"])
+                ops.gather_rows(self._data[2], self._data[3], d_order, start, Xb, Yb)
             else:
-                idx = order[start:start + rows]
-                np.take(X, idx, axis=0, out=ws["X_host"])
-                np.take(Y, idx, axis=0, out=ws["y_host"])
-                ws["X"].copy_to_device(ws["X_host"])
-                ws["y"].copy_to_device(ws["y_host"])
-            self._step(ws, totals)
+                X_host, Y_host = self._staged(nb, X, Y)
+                idx = order[start:start + nb]
+                np.take(X, idx, axis=0, out=X_host)
+                np.take(Y, idx, axis=0, out=Y_host)
+                Xb.copy_to_device(X_host)
+                Yb.copy_to_device(Y_host)
+            self._step(nb, Yb, totals)
         loss_sum, n_right = totals.copy_to_host()
-        return float(loss_sum), (None if self.loss.name == "mse" else int(n_right))
+        return float(loss_sum), (None if plan.loss == MSE else int(n_right))
 
-    def _step(self, ws, totals) -> None:
-        """Forward, loss, backward and optimizer update for the minibatch in ws["X"], ws["y"]."""
-        h, last = ws["X"], len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = layer.forward(h, ws["layers"][i], True, self.loss.on_logits and i == last)
-        ops.loss(self.loss.kernel, h, ws["y"], ws["dout"], totals)
-        d = ws["dout"]
-        for i in range(last, -1, -1):
-            d = self.layers[i].backward(d, ws["layers"][i], i > 0)
+    def _step(self, nb: int, Yb, totals) -> None:
+        """Forward, loss, backward and optimizer update for the gathered minibatch."""
+        plan = self.plan
+        for op, fop in zip(plan.ops, plan.fops):
+            self._forward(op, fop, nb)
+        last = plan.ops[-1]
+        Z = self._rows(self.acts, last[OUT], nb, last[NOUT])
+        dZ = self._rows(self.dacts, last[OUT], nb, last[NOUT])
+        ops.loss(plan.loss, Z, Yb, dZ, totals)
+        for op in plan.ops[::-1]:
+            self._backward(op, nb)
         self._update()
 
+    def _forward(self, op, fop, nb: int) -> None:
+        nin, nout = op[NIN], op[NOUT]
+        x = self._rows(self.acts, op[IN], nb, nin)
+        out = self._rows(self.acts, op[OUT], nb, nout)
+        if op[KIND] == ADD:                                      # y = x + block(x)
+            ops.add(self._rows(self.acts, op[SKIP], nb, nout), x, out)
+        elif op[KIND] == BATCHNORM:
+            p, s, aux = op[POFF], op[SOFF], op[AUX]
+            ops.batchnorm_forward(x, self.params[p:p + nin], self.params[p + nin:p + 2 * nin],
+                                  self.state[s:s + nin], self.state[s + nin:s + 2 * nin],
+                                  fop[BN_MOMENTUM], fop[BN_EPS], True, out,
+                                  self._rows(self.aux, aux, nb, nin),
+                                  self._inv_std(aux, nin))
+        else:                                                    # Dense
+            p = op[POFF]
+            ops.dense_forward(x, self._rows(self.params, p, nin, nout),
+                              self.params[p + nin * nout:p + nin * nout + nout], op[ACT], out)
+
+    def _backward(self, op, nb: int) -> None:
+        nin, nout = op[NIN], op[NOUT]
+        d_out = self._rows(self.dacts, op[OUT], nb, nout)
+        if op[KIND] == ADD:                                      # both inputs get ∂L/∂y
+            for field, block in ((DX, op[IN]), (DSKIP, op[SKIP])):
+                self._give(self._rows(self.dacts, block, nb, nin), d_out, op[field])
+            return
+        dX, mode = self._input_gradient(op, nb)
+        p = op[POFF]
+        if op[KIND] == BATCHNORM:
+            ops.batchnorm_backward(d_out, self._rows(self.aux, op[AUX], nb, nin),
+                                   self._inv_std(op[AUX], nin), self.params[p:p + nin], dX,
+                                   self.grads[p:p + nin], self.grads[p + nin:p + 2 * nin])
+        else:                                                    # Dense
+            n_w = nin * nout
+            ops.dense_backward(d_out, self._rows(self.acts, op[IN], nb, nin),
+                               self._rows(self.params, p, nin, nout), self._rows(
+                                   self.acts, op[OUT], nb, nout), op[ACT],
+                               None if mode == GRAD_SKIP else dX,
+                               self._rows(self.grads, p, nin, nout),
+                               self.grads[p + n_w:p + n_w + nout], self.row_dot[:nb])
+        if mode == GRAD_ADD:                                     # x also feeds a skip
+            dIn = self._rows(self.dacts, op[IN], nb, nin)
+            ops.add(dIn, dX, dIn)
+
+    def _input_gradient(self, op, nb: int):
+        """(where the op writes ∂L/∂input, the op's DX mode): the input's own gradient block
+        when written, a scratch block when added afterwards or not needed."""
+        mode = op[DX]
+        if mode == GRAD_WRITE:
+            return self._rows(self.dacts, op[IN], nb, op[NIN]), mode
+        return self._rows(self.tmp, 0, nb, op[NIN]), mode
+
+    @staticmethod
+    def _give(target, gradient, mode: int) -> None:
+        """target = gradient (GRAD_WRITE) or += gradient (GRAD_ADD)."""
+        if mode == GRAD_WRITE:
+            target.copy_to_device(gradient)
+        elif mode == GRAD_ADD:
+            ops.add(target, gradient, target)
+
+    def _inv_std(self, aux: int, n: int):
+        start = aux + self.plan.batch * n                        # after x̂ (batch, n)
+        return self.aux[start:start + n]
+
     def _update(self) -> None:
-        opt, state = self.optimizer, self._device[3:]
-        if isinstance(opt, Adam):
-            opt.t += 1                             # as Adam.step does
-            ops.adam(self.params, self.grads, state[0], state[1], opt.lr, opt.beta1, opt.beta2,
-                     opt.eps, opt.t)
-        elif opt.momentum:
-            ops.sgd_momentum(self.params, self.grads, state[0], opt.lr, opt.momentum)
+        plan = self.plan
+        h = plan.hyper
+        plan.step[0] += 1
+        if plan.rule == ADAM:
+            ops.adam(self.params, self.grads, self.s1, self.s2, h[LR], h[MU_OR_BETA1],
+                     h[BETA2], h[OPT_EPS], int(plan.step[0]))
+        elif plan.rule == MOMENTUM:
+            ops.sgd_momentum(self.params, self.grads, self.s1, h[LR], h[MU_OR_BETA1])
         else:
-            ops.sgd(self.params, self.grads, opt.lr)
+            ops.sgd(self.params, self.grads, h[LR])
 
     def _resident(self, X, y, Y) -> bool:
         """Whether the training set is on the device, copying it there once when it fits."""
@@ -116,19 +180,12 @@ class DeviceTrainer:
                       cuda.to_device(np.ascontiguousarray(Y)))
         return True
 
-    def _workspace(self, rows: int, X, Y) -> dict:
-        """Device buffers for minibatches of ``rows`` rows, allocated once."""
-        ws = self._workspaces.get(rows)
-        if ws is None:
-            dtype = self.model.dtype
-            ws = {"X": cuda.device_array((rows, X.shape[1]), X.dtype),
-                  "y": cuda.device_array((rows, Y.shape[1]), Y.dtype),
-                  "X_host": cuda.pinned_array((rows, X.shape[1]), X.dtype),
-                  "y_host": cuda.pinned_array((rows, Y.shape[1]), Y.dtype),
-                  "dout": cuda.device_array((rows, self.model.out_features), dtype),
-                  "layers": [layer.workspace(rows, dtype) for layer in self.layers]}
-            self._workspaces[rows] = ws
-        return ws
+    def _staged(self, rows: int, X, Y):
+        """Pinned host buffers for minibatches of ``rows`` rows, allocated once."""
+        if rows not in self._staging:
+            self._staging[rows] = (cuda.pinned_array((rows, X.shape[1]), X.dtype),
+                                   cuda.pinned_array((rows, Y.shape[1]), Y.dtype))
+        return self._staging[rows]
 
     def sync(self) -> None:
         """Copy parameters, gradients, running statistics and optimizer state to the host."""
@@ -136,81 +193,3 @@ class DeviceTrainer:
             if host.size:
                 device.copy_to_host(host)
 
-
-# -- device twins of the layers (same passes as fastnn.layers, on device arrays) -----------
-def _device_layer(layer, trainer: DeviceTrainer):
-    kinds = {Dense: _Dense, BatchNorm: _BatchNorm, Residual: _Residual}
-    if type(layer) not in kinds:
-        raise TypeError(f"the numba_cuda trainer has no kernels for {layer!r}")
-    return kinds[type(layer)](layer, trainer)
-
-
-class _Dense:
-    def __init__(self, layer, t):
-        self.W, self.b = t.device_view(layer._W), t.device_view(layer._b)
-        self.dW, self.db = t.device_view(layer._dW), t.device_view(layer._db)
-        self.code, self.n_in, self.n_out = layer._code, layer.in_features, layer.out_features
-
-    def workspace(self, rows, dtype):
-        return {"out": cuda.device_array((rows, self.n_out), dtype),
-                "dX": cuda.device_array((rows, self.n_in), dtype),
-                "row_dot": cuda.device_array(rows, dtype)}
-
-    def forward(self, X, ws, training, logits):
-        ws["X"], ws["code"] = X, IDENTITY if logits else self.code  # saved for backward
-        ops.dense_forward(X, self.W, self.b, ws["code"], ws["out"])
-        return ws["out"]
-
-    def backward(self, dOut, ws, need_dX):
-        dX = ws["dX"] if need_dX else None
-        ops.dense_backward(dOut, ws["X"], self.W, ws["out"], ws["code"], dX, self.dW, self.db,
-                           ws["row_dot"])
-        return dX
-
-
-class _BatchNorm:
-    def __init__(self, layer, t):
-        self.gamma, self.beta = t.device_view(layer.gamma), t.device_view(layer.beta)
-        self.dgamma, self.dbeta = t.device_view(layer._dgamma), t.device_view(layer._dbeta)
-        self.mean, self.var = t.device_view(layer.running_mean), t.device_view(layer.running_var)
-        self.momentum, self.eps, self.n = layer.momentum, layer.eps, layer.in_features
-
-    def workspace(self, rows, dtype):
-        return {name: cuda.device_array((rows, self.n), dtype) for name in ("out", "xhat", "dX")} \
-            | {"inv_std": cuda.device_array(self.n, dtype)}
-
-    def forward(self, X, ws, training, logits):
-        ops.batchnorm_forward(X, self.gamma, self.beta, self.mean, self.var, self.momentum,
-                              self.eps, training, ws["out"], ws["xhat"], ws["inv_std"])
-        return ws["out"]
-
-    def backward(self, dOut, ws, need_dX):
-        ops.batchnorm_backward(dOut, ws["xhat"], ws["inv_std"], self.gamma, ws["dX"],
-                               self.dgamma, self.dbeta)
-        return ws["dX"]
-
-
-class _Residual:
-    def __init__(self, layer, t):
-        self.block = [_device_layer(l, t) for l in layer.block]
-        self.n = layer.out_features
-
-    def workspace(self, rows, dtype):
-        return {"out": cuda.device_array((rows, self.n), dtype),
-                "skip": cuda.device_array((rows, self.n), dtype),
-                "block": [l.workspace(rows, dtype) for l in self.block]}
-
-    def forward(self, X, ws, training, logits):
-        h = X
-        for layer, lws in zip(self.block, ws["block"]):
-            h = layer.forward(h, lws, training, False)
-        ops.add(X, h, ws["out"])                                 # y = x + block(x)
-        return ws["out"]
-
-    def backward(self, dOut, ws, need_dX):
-        ws["skip"].copy_to_device(dOut)                          # the block overwrites dOut
-        d = dOut
-        for layer, lws in zip(reversed(self.block), reversed(ws["block"])):
-            d = layer.backward(d, lws, True)
-        ops.add(d, ws["skip"], d)                                # ∂L/∂x = ∂L/∂y + ∂L/∂y ∂block/∂x
-        return d

@@ -1,0 +1,89 @@
+"""Every backend's fused trainer executes the shared training plan (fastnn.plan) and computes
+what the layer-by-layer path and the NumPy reference do: Dense, BatchNorm and Residual (nested)
+layers, every loss and optimizer, float32 and float64, one thread and several.
+
+(numba_cuda runs the same plan under the CUDA simulator in tests/numba_cuda_checks.py.)
+"""
+import numpy as np
+import pytest
+
+import fastnn
+from conftest import tolerance
+from fastnn import SGD, Adam, BatchNorm, Dense, Residual, Sequential
+from fastnn.backends import available_backends
+
+FUSED = [name for name in ("numba_cpu", "cython") if available_backends()[name].usable]
+OPTIMIZERS = {"sgd": lambda: SGD(0.05), "momentum": lambda: SGD(0.05, momentum=0.9),
+              "adam": lambda: Adam(1e-2)}
+LAST = {"mse": "tanh", "cross_entropy": "identity", "binary_cross_entropy": "sigmoid"}
+
+
+#: kind -> minibatch size; "wide" has enough work per batch to split it into row chunks
+#: trained by separate threads, "big" layers big enough for threaded BLAS instead (see
+#: kernels/numba_cpu/_split.py), the others run on one thread
+BATCH = {"mlp": 16, "batchnorm_residual": 16, "wide": 64, "big": 64}
+
+
+def network(kind: str, last: str):
+    if kind == "mlp":
+        return [Dense(12, 24, "relu"), Dense(24, 16, "sigmoid"), Dense(16, 3, last)]
+    if kind == "big":
+        return [Dense(12, 640, "relu"), Dense(640, 640, "tanh"), Dense(640, 3, last)]
+    if kind == "wide":
+        return [Dense(12, 384, "relu"), BatchNorm(384), Residual(Dense(384, 384, "tanh")),
+                Dense(384, 3, last)]
+    return [Dense(12, 16, "leaky_relu"), BatchNorm(16),
+            Residual([Dense(16, 16, "tanh"), BatchNorm(16), Dense(16, 16, "relu")]),
+            Residual(Dense(16, 16, "softmax")), Dense(16, 3, last)]
+
+
+def targets(loss: str, rng, n: int):
+    if loss == "cross_entropy":
+        return rng.integers(0, 3, n)
+    if loss == "binary_cross_entropy":
+        return rng.integers(0, 2, (n, 3)).astype(float)
+    return rng.standard_normal((n, 3))
+
+
+def train(backend, fuse, kind, loss, optimizer, dtype, n=300):
+    """300 rows in minibatches (20 steps for batch 16; the last batch short) from seed 3;
+    the trained model and its history."""
+    batch = BATCH[kind]
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((n, 12)), targets(loss, rng, n)
+    model = Sequential(network(kind, LAST[loss]), backend=backend, seed=3, dtype=dtype)
+    model.fuse = fuse
+    history = model.fit(X, y, loss=loss, optimizer=OPTIMIZERS[optimizer](), epochs=1,
+                        batch_size=batch, verbose=0)
+    return model, history
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("loss", sorted(LAST))
+@pytest.mark.parametrize("kind", sorted(BATCH))
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_epoch_equals_layer_path_and_reference(backend, kind, loss, optimizer, dtype):
+    ref, ref_hist = train("reference", False, kind, loss, optimizer, dtype)
+    tol = tolerance(dtype, BATCH[kind])
+    for fuse in (True, False):
+        model, hist = train(backend, fuse, kind, loss, optimizer, dtype)
+        assert (model._make_trainer(fastnn.losses.get(loss), SGD(), BATCH[kind])
+                is not None) == fuse
+        weights, want = model.parameters(), ref.parameters()
+        if optimizer == "adam" and dtype == "float32":
+            # Adam divides by √v̂: where a gradient is ~0, float32 rounding can flip the sign
+            # of m̂/√v̂ and move that weight by up to lr (1e-2) a step. Allow that for a few
+            # weights in a thousand; a wrong kernel would move most of them.
+            off = ~np.isclose(weights, want, **tol)
+            assert off.mean() < 1e-3, f"{off.sum()} weights differ, fuse={fuse}"
+            assert np.abs(weights - want).max() <= 1e-2 * 20, "more than lr per step"
+            weights, want = weights[~off], want[~off]
+        np.testing.assert_allclose(weights, want, **tol, err_msg=f"weights, fuse={fuse}")
+        np.testing.assert_allclose(model._state, ref._state, **tol,
+                                   err_msg=f"BatchNorm statistics, fuse={fuse}")
+        np.testing.assert_allclose(hist["loss"], ref_hist["loss"], **tol)
+        if "accuracy" in ref_hist.history:
+            assert hist["accuracy"] == ref_hist["accuracy"]
+
+
