@@ -9,6 +9,13 @@ module per backend (see :func:`available_backends`).
 """
 __version__ = "0.1.0"
 
+# kernels/ is a top-level folder of the repository, installed as fastnn.kernels. Python run in a
+# clone finds this source folder first, shadowing the installed package, and kernels/ is not
+# inside it; extending the package path to every fastnn folder on sys.path lets fastnn.kernels
+# (compiled extensions included) come from the installed copy. (Editable installs map
+# fastnn.kernels to kernels/ themselves.) Installed, this finds only this folder.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
 from . import diagnostics
 from .backends import available_backends, set_backend
 from .io import load

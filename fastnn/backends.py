@@ -15,8 +15,12 @@ from typing import NamedTuple
 
 from .kernels import INTERFACE
 
-#: all backends, fastest first: the order in which "auto" picks
-BACKENDS = ("numba_cuda", "numba_cpu", "cython", "reference")
+#: all backends in the order in which "auto" picks. On a CPU, cython comes before numba_cpu:
+#: both are fused and about as fast once compiled (bench/README.md: within 0.8-1.0× of each
+#: other on every benchmark network), but cython was compiled when fastnn was installed, while
+#: numba_cpu's first fit in a fresh environment JIT-compiles for 15-30 s. The first run is part
+#: of the product; numba_cpu stays one argument away (backend="numba_cpu").
+BACKENDS = ("numba_cuda", "cython", "numba_cpu", "reference")
 
 _process_default: str | None = None
 

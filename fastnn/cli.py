@@ -21,9 +21,14 @@ def thread_report() -> str:
     parts += [f"{p['internal_api']} {p['num_threads']} threads" for p in threadpool_info()]
     try:
         import numba
-        parts.append(f"numba {numba.get_num_threads()} threads")
+        from numba.np.ufunc import parallel
     except ImportError:
-        pass
+        return ", ".join(parts)
+    # numba.get_num_threads() would start Numba's threads, fixing its threading layer: a
+    # report must not choose it
+    threads = numba.get_num_threads() if parallel._is_initialized \
+        else numba.config.NUMBA_NUM_THREADS
+    parts.append(f"numba {threads} threads")
     return ", ".join(parts)
 
 

@@ -138,6 +138,15 @@ class Sequential:
         return {"layers": [l.get_config() for l in self.layers], "seed": self.seed,
                 "dtype": self.dtype.name}
 
+    def __reduce__(self):
+        """Pickle (and ``copy.deepcopy``) by value: the architecture, weights, BatchNorm
+        statistics, dtype, seed and backend *name*, never the kernel module or workspaces. The
+        backend is resolved again by name when unpickled (a RuntimeError says why if it
+        cannot run there). For in-process tools (joblib, multiprocessing, scikit-learn's
+        cloning); files are for :meth:`save`, which never pickles."""
+        return (_unpickle, (self.get_config(), self.backend, self._params.copy(),
+                            self._state.copy(), self._fits, self.fuse))
+
     def __repr__(self):
         inner = ",\n    ".join(map(repr, self.layers))
         return (f"Sequential([\n    {inner}\n], backend={self.backend!r}, "
@@ -354,3 +363,16 @@ class Sequential:
         """Write the architecture and weights to ``path`` (see :func:`fastnn.load`)."""
         from .io import save
         save(self, path)
+
+
+def _unpickle(config: dict, backend: str, params: np.ndarray, state: np.ndarray, fits: int,
+              fuse: bool) -> Sequential:
+    """Rebuild a pickled :class:`Sequential` (see ``Sequential.__reduce__``)."""
+    from .layers import from_config
+
+    model = Sequential([from_config(c) for c in config["layers"]], backend=backend,
+                       seed=config["seed"], dtype=config["dtype"])
+    model._params[...] = params
+    model._state[...] = state
+    model._fits, model.fuse = fits, fuse
+    return model

@@ -78,3 +78,13 @@ def test_installed_wheel_runs_info_and_trains_with_cython(venv, tmp_path):
     trained = run([venv / SCRIPTS / "fastnn", "train", "--epochs", "2", "--backend", "cython",
                    "--verbose", "0"], cwd=tmp_path)
     assert "backend cython" in trained and "test accuracy" in trained, trained
+
+
+def test_installed_package_imports_from_the_repository_root(venv):
+    """In a clone, the source folder fastnn/ shadows the installed package and lacks kernels/;
+    fastnn.kernels must still come from the installed copy."""
+    where = run([venv / SCRIPTS / "python", "-c",
+                 "import fastnn, fastnn.kernels.cython._kernels as k; print(k.__file__); "
+                 "print(fastnn.available_backends()['cython'].reason)"], cwd=ROOT)
+    path, reason = where.strip().splitlines()
+    assert Path(path).resolve().is_relative_to(venv.resolve()) and reason == "usable", where

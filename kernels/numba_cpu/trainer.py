@@ -61,7 +61,7 @@ from .. import (
     SKIP,
     SOFF,
 )
-from .._threads import kernel_blas_threads
+from .._threads import choose_numba_layer, kernel_blas_threads
 from ._split import (
     BLAS_THREADS_WORK,
     BLOCK,
@@ -347,6 +347,7 @@ class Trainer:
     def _run(self, X, y, order):
         plan, ws = self.plan, self.ws
         labels, Y = self._targets(y)
+        choose_numba_layer()                  # before numba.get_num_threads starts the pool
         threads, blas_threads = self.split(numba.get_num_threads())
         partials, lossp, corrp = self._chunk_buffers(threads)
         with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
