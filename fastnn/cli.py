@@ -38,7 +38,7 @@ def numba_cache_report() -> str:
 
     status = cache_status()
     if not status.compiled:
-        state = "cold: the first fit compiles its kernels (15-50 s) and caches them"
+        state = "cold: its first fit compiles the kernels (15-30 s) and caches them"
     else:
         state = (f"fit {'warm' if status.trainer_warm else 'cold'}; "
                  f"{status.compiled}/{status.total} kernels cached")
@@ -80,11 +80,6 @@ def cmd_train(args) -> int:
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
     print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
           f"backend {model.backend}, {optimizer!r}")
-    if model.backend == "numba_cpu":
-        from .kernels.numba_cpu import cache_status
-        if not cache_status().trainer_warm:
-            print("numba_cpu: compiling the kernels for this first run (tens of seconds; "
-                  "cached on disk for later runs)", flush=True)
     start = time.perf_counter()
     history = model.fit(X_train, y_train, loss="cross_entropy", optimizer=optimizer,
                         epochs=args.epochs, batch_size=args.batch_size,
@@ -95,8 +90,8 @@ def cmd_train(args) -> int:
     print(f"test accuracy {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
     first, *rest = history["epoch_time"]
     steady = f", then {1e3 * statistics.median(rest):.1f} ms per epoch" if rest else ""
-    print(f"{elapsed:.2f} s for {args.epochs} epochs: first epoch {1e3 * first:.1f} ms "
-          f"(includes one-time set-up: loading compiled kernels, workspaces){steady}")
+    print(f"{elapsed:.2f} s for {args.epochs} epochs (with any JIT compilation before the "
+          f"first): first epoch {1e3 * first:.1f} ms{steady}")
     if args.save:
         model.save(args.save)
         print(f"saved to {args.save}")

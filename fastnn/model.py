@@ -236,10 +236,13 @@ class Sequential:
         order = np.arange(len(X))
         plan = self._fused_plan(loss, optimizer, batch_size)
         trainer = None if plan is None else self._k.make_trainer(plan)
-        if trainer is not None:
-            with _told_if_slow(f"{self.backend}: compiling the fused trainer for this model "
-                               f"(once; cached on disk for later runs)", verbose):
-                trainer.prepare(X, y)       # compile before the progress bar starts its clock
+        with _told_if_slow(f"{self.backend}: compiling kernels for this model (once; cached "
+                           f"on disk for later runs)", verbose):
+            # compile before the progress bar starts its clock, so no ETA includes it
+            if trainer is not None:
+                trainer.prepare(X, y)
+            if validation_data is not None:
+                self._evaluate(X_val[:1], y_val[:1], loss)
         bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc="fit")
         try:
             for epoch in bar:

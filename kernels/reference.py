@@ -49,7 +49,8 @@ def _activation_grad(dA, A, act):
     if act == LEAKY_RELU:
         return dA * np.where(A > 0, 1.0, LEAKY_SLOPE)        # leaky′ = 1 or 0.01
     if act == SOFTMAX:
-        return A * (dA - (dA * A).sum(axis=1, keepdims=True))  # ∂L/∂z_j = a_j(∂L/∂a_j − Σ_k a_k ∂L/∂a_k)
+        # ∂L/∂z_j = a_j(∂L/∂a_j − Σ_k a_k ∂L/∂a_k)
+        return A * (dA - (dA * A).sum(axis=1, keepdims=True))
     raise ValueError(f"unknown activation code {act}")
 
 
@@ -83,7 +84,8 @@ def mse(Yhat, Y, dYhat):
 
 
 def softmax_cross_entropy(Z, labels, dZ):
-    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes dZ = (softmax(z) − onehot(y))/batch.
+    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes
+    dZ = (softmax(z) − onehot(y))/batch.
 
     ``labels`` are integers in [0, Z.shape[1]).
     """

@@ -9,9 +9,9 @@ from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS
 @njit(inline="always", error_model="numpy")
 def update_range(code, params, grads, state1, state2, lo, hi, lr, mu, b2, eps, t):
     """Update params[lo:hi] from grads. state1 is the velocity (momentum) or first moment
-    (Adam), state2 the second moment; mu the momentum or Adam's β₁; t the 1-based Adam step. Hyperparameters are cast to
-    the parameters' dtype. (Loops index views from 0 so Numba can drop its negative-index
-    wraparound and vectorise.)"""
+    (Adam), state2 the second moment; mu the momentum or Adam's β₁; t the 1-based Adam step.
+    Hyperparameters are cast to the parameters' dtype. (Loops index views from 0 so Numba can
+    drop its negative-index wraparound and vectorise.)"""
     dt = params.dtype.type
     p, g = params[lo:hi], grads[lo:hi]
     lr_ = dt(lr)

@@ -197,7 +197,8 @@ def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, da
     gamma = params[p:p + m]
     if phase == FORWARD:
         bn_forward_col(j, _view(acts, ops[op, IN], nb, m), gamma, params[p + m:p + 2 * m],
-                       state[s:s + m], state[s + m:s + 2 * m], fops[op, BN_MOMENTUM], fops[op, BN_EPS], True,
+                       state[s:s + m], state[s + m:s + 2 * m], fops[op, BN_MOMENTUM],
+                       fops[op, BN_EPS], True,
                        _view(acts, ops[op, OUT], nb, m), xhat, inv_std)
     else:
         bn_backward_col(j, _view(dacts, ops[op, OUT], nb, m), xhat, inv_std, gamma,

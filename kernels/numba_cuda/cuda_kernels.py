@@ -31,7 +31,7 @@ THREADS_1D = 256
 
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_kernel(thread_tile: int):
     """The tiled matmul kernel whose blocks compute (16·thread_tile)² outputs.
 

@@ -24,8 +24,8 @@ def _blocks(n: int, per_block: int) -> int:
     return max(1, -(-n // per_block))
 
 
-@functools.lru_cache(maxsize=None)
-def _placeholder(dtype) -> "cuda.devicearray.DeviceNDArray":
+@functools.cache
+def _placeholder(dtype) -> cuda.devicearray.DeviceNDArray:
     """A one-element device vector passed for an array argument a kernel does not read
     (no bias in the backward matmuls, no row sums without softmax)."""
     return cuda.device_array(1, dtype)
