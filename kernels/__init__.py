@@ -13,6 +13,11 @@ Conventions shared by all backends
   scalars (a loss value).
 * ``dense_backward`` overwrites its ``dA`` argument with ``dZ = dA * f'(Z)``: the buffer is
   scratch the caller no longer needs, so no backend allocates inside a training step.
+* Kernels are leaves: nothing here imports fastnn's model-level modules. A compiled backend's
+  ``make_trainer(plan)`` takes a training plan (built by ``fastnn.plan``: plain arrays and the
+  codes defined below) and returns a fused trainer for it.
+* Importing a backend changes no process setting; thread limits a kernel needs hold only for
+  the duration of its call (``._threads``).
 """
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = range(6)

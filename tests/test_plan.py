@@ -282,3 +282,36 @@ def test_a_failing_fused_epoch_restores_the_limits(monkeypatch):
         with pytest.raises(FloatingPointError, match="injected"):
             model.fit(np.ones((4, 3)), np.ones((4, 2)), loss="mse", epochs=1, verbose=0)
         assert threadpool_info() == before
+
+
+# -- the first run -------------------------------------------------------------------------------
+def test_imports_from_the_repository_root():
+    """Python started in the clone finds the source fastnn/ first; fastnn.kernels must resolve
+    all the same (here through the editable install; tests/test_wheel.py checks a plain one)."""
+    done = subprocess.run([sys.executable, "-c", "import fastnn.kernels.reference, fastnn; "
+                           "print(fastnn.Sequential([fastnn.Dense(2, 1)]).backend)"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif("numba_cpu" not in USABLE, reason="numba_cpu is not usable here")
+def test_a_slow_compile_is_announced_once_before_the_progress_bar(monkeypatch, capsys):
+    import time
+
+    from fastnn import model as model_module
+    from fastnn.kernels.numba_cpu import trainer
+
+    calls = []
+    monkeypatch.setattr(model_module, "COMPILE_NOTICE_S", 0.05)
+    monkeypatch.setattr(trainer.Trainer, "prepare",
+                        lambda self, X, y: (calls.append("prepare"), time.sleep(0.3)))
+    real_tqdm = model_module.tqdm
+    monkeypatch.setattr(model_module, "tqdm",
+                        lambda *a, **k: (calls.append("bar"), real_tqdm(*a, **k))[1])
+    model = Sequential([Dense(3, 2)], backend="numba_cpu")
+    model.fit(np.ones((8, 3)), np.ones((8, 2)), loss="mse", epochs=3, verbose=1)
+    err = capsys.readouterr().err
+    assert err.count("numba_cpu: compiling kernels for this model") == 1
+    assert calls == ["prepare", "bar"]                    # compiled before the bar's clock
+    model.fit(np.ones((8, 3)), np.ones((8, 2)), loss="mse", epochs=1, verbose=0)
+    assert "compiling" not in capsys.readouterr().err   # verbose=0: silent

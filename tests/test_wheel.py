@@ -1,6 +1,8 @@
 """The distribution works on its own: ``python -m build`` makes an sdist and, from it, a platform
-wheel with the compiled kernels inside; the wheel installed into a fresh virtual environment (not
-editable, no source tree on the path) runs ``fastnn info`` and a short training.
+wheel with the compiled kernels inside (the Cython extensions, and numba_cpu's kernels in
+Numba's cache); the wheel installed into a fresh virtual environment (not editable, no source
+tree on the path) runs ``fastnn info`` and a short training, trains on numba_cpu without
+compiling, and imports from the repository root.
 
 Slow (a build and an install with dependencies): marked ``wheel``, deselect with
 ``pytest -m "not wheel"``.
@@ -88,3 +90,30 @@ def test_installed_package_imports_from_the_repository_root(venv):
                  "print(fastnn.available_backends()['cython'].reason)"], cwd=ROOT)
     path, reason = where.strip().splitlines()
     assert Path(path).resolve().is_relative_to(venv.resolve()) and reason == "usable", where
+
+
+PRECOMPILED = """
+import numpy as np
+import fastnn
+from fastnn.kernels.numba_cpu import interface, trainer
+X, y = np.random.rand(20, 3), np.random.randint(0, 2, 20)
+for dtype in ("float32", "float64"):
+    m = fastnn.Sequential([fastnn.Dense(3, 5, "tanh"), fastnn.Dense(5, 2)], backend="numba_cpu",
+                          dtype=dtype)
+    m.fit(X, y, loss="cross_entropy", epochs=1, validation_data=(X, y), verbose=0)
+    m.predict(X)
+kernels = (trainer.epoch_kernel, interface.dense_forward_kernel, interface.loss_kernel)
+print(sum(sum(k.stats.cache_hits.values()) for k in kernels),
+      sum(sum(k.stats.cache_misses.values()) for k in kernels))
+"""
+
+
+def test_installed_wheel_trains_on_numba_cpu_without_compiling(venv, tmp_path):
+    """The build compiled numba_cpu's kernels into the package's Numba cache: on the machine
+    that built the wheel, the first fit (float32 and float64, with validation) loads them."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    done = subprocess.run([venv / SCRIPTS / "python", "-c", PRECOMPILED], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    hits, misses = map(int, done.stdout.split())
+    assert hits == 6 and misses == 0, done.stdout     # 3 kernels × 2 dtypes, all loaded

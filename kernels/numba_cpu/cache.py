@@ -47,17 +47,26 @@ def cache_status() -> CacheStatus:
                        all(counts[-2:]))
 
 
+def _sources() -> list[str]:
+    """The files whose contents the kernels are compiled from: this package's modules and
+    ``fastnn/kernels/__init__.py``, whose codes (activations, the plan's columns) they inline."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return sorted(glob.glob(os.path.join(here, "*.py"))) + [
+        os.path.join(os.path.dirname(here), "__init__.py")]
+
+
 def drop_stale_cache() -> None:
-    """Delete this package's cached kernels when any of its source files changed.
+    """Delete this package's cached kernels when any of the sources they are compiled from
+    changed.
 
     Numba checks a cached kernel only against the file that defines it, but the kernels inline
-    helpers and constants from the package's other modules: after editing ``_split.py`` alone,
-    the trainer kept running code compiled with the old constant (and wrote past its buffers).
-    A digest of every source file of the package, stored beside the cache, catches that.
+    helpers and constants from the package's other modules and from ``fastnn.kernels``: after
+    editing ``_split.py`` alone, the trainer kept running code compiled with the old constant
+    (and wrote past its buffers). A digest of every such source, stored beside the cache,
+    catches that.
     """
-    here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+    for path in _sources():
         with open(path, "rb") as f:
             digest.update(f.read())
     try:

@@ -336,9 +336,12 @@ class Trainer:
         return self.ws["labels_b"][:0], writeable_input(y.reshape(len(y), -1), self.plan.dtype)
 
     def prepare(self, X, y) -> None:
-        """Compile (or load from the disk cache) the epoch kernel for these arrays: an epoch
-        over no rows, which trains nothing."""
-        self._run(X, y, np.zeros(0, np.int64))
+        """Compile (or load from the disk cache) the epoch kernel for this plan: an epoch over
+        no rows, which trains nothing. Once per plan: inputs always reach the kernel as the
+        same array types (``writeable_input``), so one compilation serves every later fit."""
+        if not self.ws.get("prepared"):
+            self._run(X, y, np.zeros(0, np.int64))
+            self.ws["prepared"] = True
 
     def run_epoch(self, X, y, order):
         """Train one epoch on the minibatches order[i:i + batch] (see fastnn.plan)."""
