@@ -54,3 +54,35 @@ def test_torch_peer_computes_the_same_network(name):
         fast.train()                      # averages over outputs too: a scaled gradient)
         peer.train()
         np.testing.assert_allclose(peer.parameters(), fast.parameters(), rtol=1e-4, atol=1e-6)
+
+
+FUSED = [c for c in CONTENDERS if c in ("numba_cpu", "cython", "numba_cuda")]
+
+
+@pytest.mark.parametrize("contender", FUSED)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_scheduled_epoch(benchmark, bench_run, contender, schedule):
+    """tiny, 8 epochs of its minibatches: with a cosine schedule (a new learning rate every
+    epoch, plan data) an epoch costs what a constant-rate epoch does; compare the two groups'
+    per-epoch times (extra_info["us_per_epoch"]). The plan is built once either way."""
+    from fastnn.callbacks import LearningRateScheduler
+    from fastnn.schedules import cosine
+
+    config = bm.CONFIGS["tiny"]
+    steps, epochs = bench_run.steps(config), 8 if bench_run.timed else 2
+    X, y = bm.make_data(config, steps)
+    model = bm.build_model(config, contender)
+    optimizer = bm.SGD(bm.LR)
+
+    def train():
+        callbacks = [] if schedule == "constant" else [LearningRateScheduler(cosine(epochs))]
+        return model.fit(X, y, loss=config.loss, optimizer=optimizer, epochs=epochs,
+                         batch_size=config.batch, shuffle=False, verbose=0, callbacks=callbacks)
+
+    train()                                                # compile outside the timing
+    seconds = bench_run.time(benchmark, train, group=f"tiny epoch, {contender}")
+    history = train()
+    assert len(model._plans) == 1
+    assert (len(set(history["lr"])) > 1) == (schedule == "cosine")
+    if seconds is not None:
+        benchmark.extra_info["us_per_epoch"] = 1e6 * seconds / epochs

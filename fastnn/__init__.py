@@ -16,14 +16,15 @@ __version__ = "0.1.0"
 # fastnn.kernels to kernels/ themselves.) Installed, this finds only this folder.
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
-from . import diagnostics
+from . import callbacks, diagnostics, schedules
 from .backends import available_backends, set_backend
 from .io import load
 from .layers import BatchNorm, Dense, Residual
 from .model import History, Sequential
 from .optimizers import SGD, Adam
+from .plots import plot_history
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["Adam", "BatchNorm", "Dense", "History", "Residual", "SGD", "Sequential",
-           "available_backends", "diagnostics", "get_num_threads", "load", "set_backend",
-           "set_num_threads", "__version__"]
+           "available_backends", "callbacks", "diagnostics", "get_num_threads", "load",
+           "plot_history", "schedules", "set_backend", "set_num_threads", "__version__"]

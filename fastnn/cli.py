@@ -8,9 +8,11 @@ import statistics
 import sys
 import time
 
-from . import __version__, backends, benchmark, vanishing
+from . import __version__, backends, benchmark, schedules, vanishing
+from .callbacks import LearningRateScheduler
 from .layers import ACTIVATIONS, INITS
 from .optimizers import OPTIMIZERS
+from .plots import plot_history
 
 
 def thread_report() -> str:
@@ -80,22 +82,47 @@ def cmd_train(args) -> int:
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
     print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
           f"backend {model.backend}, {optimizer!r}")
+    callbacks = [] if args.lr_schedule == "constant" else [
+        LearningRateScheduler(lr_schedule(args.lr_schedule, args.epochs))]
+    held_out = args.validation_split is not None or args.early_stopping is not None
     start = time.perf_counter()
     history = model.fit(X_train, y_train, loss="cross_entropy", optimizer=optimizer,
                         epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_test, y_test), verbose=args.verbose)
+                        validation_data=None if held_out else (X_test, y_test),
+                        validation_split=args.validation_split or 0.0,
+                        early_stopping=False if args.early_stopping is None
+                        else args.early_stopping, callbacks=callbacks, verbose=args.verbose)
     elapsed = time.perf_counter() - start
     result = model.evaluate(X_test, y_test, loss="cross_entropy")
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy {history['accuracy'][-1]:.4f}")
     print(f"test accuracy {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
     first, *rest = history["epoch_time"]
     steady = f", then {1e3 * statistics.median(rest):.1f} ms per epoch" if rest else ""
-    print(f"{elapsed:.2f} s for {args.epochs} epochs (with any JIT compilation before the "
+    print(f"{elapsed:.2f} s for {len(history['loss'])} epochs (with any JIT compilation before the "
           f"first): first epoch {1e3 * first:.1f} ms{steady}")
+    if history.stopped_epoch is not None:
+        print(f"stopped early after epoch {history.stopped_epoch + 1}; best epoch "
+              f"{history.best_epoch + 1} (val_loss {history['val_loss'][history.best_epoch]:.4f})")
+    if args.plot:
+        plot_history(history, args.plot)
+        print(f"history plotted to {args.plot}")
     if args.save:
         model.save(args.save)
         print(f"saved to {args.save}")
     return 0
+
+
+#: --lr-schedule choices -> the schedule for a run of n epochs
+LR_SCHEDULES = {
+    "cosine": schedules.cosine,
+    "step": lambda n: schedules.step(max(1, n // 3), 0.1),
+    "exponential": lambda n: schedules.exponential(0.95),
+}
+
+
+def lr_schedule(name: str, epochs: int):
+    """The schedule --lr-schedule names, for a run of ``epochs`` epochs."""
+    return LR_SCHEDULES[name](epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=["auto", *backends.BACKENDS], default="auto")
     train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--validation-split", type=float, default=None, metavar="FRACTION",
+                       help="hold out this fraction of the training rows for validation "
+                            "(default: validate on the test split)")
+    train.add_argument("--early-stopping", type=int, nargs="?", const=10, default=None,
+                       metavar="PATIENCE", help="stop when val_loss has not improved for "
+                       "PATIENCE epochs (default 10) and keep the best weights; validates on "
+                       "a 0.1 split of the training rows unless --validation-split is given")
+    train.add_argument("--lr-schedule", choices=["constant", *LR_SCHEDULES], default="constant",
+                       help="cosine: to 0 over the epochs; step: ×0.1 every third of them; "
+                            "exponential: ×0.95 per epoch")
+    train.add_argument("--plot", metavar="FILE", help="plot the history to FILE (a .png; "
+                                                      "needs matplotlib)")
     train.add_argument("--save", metavar="FILE", help="save the trained model here")
     train.add_argument("--verbose", type=int, default=1, help="0 hides the progress bar")
     train.set_defaults(run=cmd_train)
@@ -140,6 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
         print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backends, diagnostics, losses, validation
+from . import backends, diagnostics, losses, training, validation
 from . import plan as plan_module
 from .layers import Dense, Layer, bind_chain, check_chain
 from .optimizers import SGD, Optimizer
@@ -49,13 +49,17 @@ def _float_dtype(dtype) -> np.dtype:
 class History:
     """Per-epoch training figures, as returned by :meth:`Sequential.fit`.
 
-    ``history.history`` maps names ("loss", "accuracy", "val_loss", "val_accuracy",
+    ``history.history`` maps names ("loss", "accuracy", "val_loss", "val_accuracy", "lr",
     "epoch_time", and "gradient_norms": an array of per-layer norms) to one value per epoch;
     ``history["loss"]`` is a shortcut.
     """
 
     def __init__(self):
         self.history: dict[str, list[float]] = {}
+        #: the epoch (from 0) with the best val_loss (or the EarlyStopping monitor; loss
+        #: without validation), and the epoch at which training stopped early (else None)
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
 
     def record(self, **values) -> None:
         for name, value in values.items():
@@ -205,16 +209,22 @@ class Sequential:
 
     def fit(self, X, y, loss: str, optimizer: Optimizer | None = None, epochs: int = 10,
             batch_size: int = 32, shuffle: bool = True, validation_data=None,
+            validation_split: float = 0.0, callbacks=None, early_stopping: bool | int = False,
             verbose: int = 1, track_gradients: bool = False) -> History:
         """Train with minibatch gradient descent; return the per-epoch :class:`History`.
 
         ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
         :mod:`fastnn.losses` for the targets each takes). ``optimizer`` defaults to
         ``SGD(0.01)``. ``validation_data=(X_val, y_val)`` adds val_loss (and val_accuracy)
-        per epoch. ``verbose=0`` silences the progress bar. ``track_gradients=True`` records
-        after each epoch the weight-gradient norm of every Dense layer (forward order), measured
-        on a fixed batch of training rows, as history["gradient_norms"] (see
-        :func:`fastnn.diagnostics.gradient_norms`).
+        per epoch; without it, ``validation_split`` (a fraction in [0, 1)) holds out that share
+        of the rows by a seeded split taken before training, stratified by class for the
+        cross-entropy losses. ``callbacks`` is a list of :class:`fastnn.callbacks.Callback`
+        (run between epochs); ``early_stopping=True`` adds ``EarlyStopping(patience=10)`` on
+        val_loss, an int sets the patience, and then ``validation_split`` defaults to 0.1.
+        ``verbose=0`` silences the progress bar and the callbacks' messages.
+        ``track_gradients=True`` records after each epoch the weight-gradient norm of every
+        Dense layer (forward order), measured on a fixed batch of training rows, as
+        history["gradient_norms"] (see :func:`fastnn.diagnostics.gradient_norms`).
         """
         X, y, loss = self._prepare(X, y, loss)
         optimizer = SGD(0.01) if optimizer is None else optimizer
@@ -224,11 +234,17 @@ class Sequential:
         epochs = validation.positive_int(epochs, "epochs")
         if not isinstance(track_gradients, bool):
             raise TypeError(f"track_gradients must be True or False, got {track_gradients!r}")
-        batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
+        callbacks = training.callback_list(callbacks, early_stopping)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             X_val, y_val, _ = self._prepare(*validation_data, loss.name, "X_val", "y_val")
+        else:
+            fraction = training.split_fraction(validation_split, early_stopping)
+            X, y, X_val, y_val = training.split(X, y, fraction, loss.name != "mse",
+                                                 np.random.default_rng((self.seed, 1 << 20)))
+        batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
+        training.check_monitors(callbacks, X_val is not None, loss.name != "mse")
 
         rng = np.random.default_rng((self.seed, self._fits))
         self._fits += 1
@@ -241,11 +257,19 @@ class Sequential:
             # compile before the progress bar starts its clock, so no ETA includes it
             if trainer is not None:
                 trainer.prepare(X, y)
-            if validation_data is not None:
+            if X_val is not None:
                 self._evaluate(X_val[:1], y_val[:1], loss)
-        bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc="fit")
+        self.optimizer, self.stop_training, self._weights_changed = optimizer, False, False
+        for callback in callbacks:
+            callback.model, callback.verbose = self, verbose
+            callback.on_train_begin({})
+        bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc=f"Epoch 1/{epochs}",
+                   bar_format="{desc} {bar} [{elapsed}<{remaining}{postfix}]")
         try:
             for epoch in bar:
+                bar.set_description(f"Epoch {epoch + 1}/{epochs}", refresh=False)
+                for callback in callbacks:
+                    callback.on_epoch_begin(epoch, {})
                 start = time.perf_counter()
                 if shuffle:
                     rng.shuffle(order)
@@ -259,25 +283,55 @@ class Sequential:
                     raise FloatingPointError(
                         f"the loss became {total} in epoch {epoch + 1}; lower the learning "
                         f"rate (the weights have diverged)")
-                record = {"loss": total / len(X),
-                          "accuracy": None if correct is None else correct / len(X)}
-                if trainer is not None and (validation_data is not None or track_gradients):
-                    trainer.sync()          # evaluation and gradient probes read host weights
-                if validation_data is not None:
-                    record.update({f"val_{k}": v for k, v in
-                                   self._evaluate(X_val, y_val, loss).items()})
-                record["epoch_time"] = time.perf_counter() - start
-                history.record(**record)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()
-                                 if v is not None and k != "epoch_time"})
+                logs = {"loss": total / len(X),
+                        "accuracy": None if correct is None else correct / len(X)}
+                if trainer is not None and (X_val is not None or track_gradients or callbacks):
+                    trainer.sync()          # evaluation, probes and callbacks read host weights
+                if X_val is not None:
+                    logs.update({f"val_{k}": v for k, v in
+                                 self._evaluate(X_val, y_val, loss).items()})
+                logs = {k: v for k, v in logs.items() if v is not None}
+                logs["lr"] = optimizer.lr
+                logs["epoch_time"] = time.perf_counter() - start
+                history.record(**logs)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
+                                 if k not in ("epoch_time", "lr")}, refresh=False)
                 if track_gradients:
                     rows = diagnostics.probe_rows(len(X), batch_size)
                     history.record(gradient_norms=diagnostics.gradient_norms(
                         self, X[rows], y[rows], loss.name).weight_norms)
+                for callback in callbacks:
+                    callback.on_epoch_end(epoch, logs)
+                if trainer is not None and self._weights_changed:
+                    trainer.push()          # a callback restored weights: the trainer's copy
+                    self._weights_changed = False
+                if self.stop_training:
+                    history.stopped_epoch = epoch
+                    break
         finally:
+            bar.close()
             if trainer is not None:
                 trainer.sync()
+        for callback in callbacks:
+            callback.on_train_end({})
+        history.best_epoch = training.best_epoch(history, callbacks)
         return history
+
+    def get_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(parameters, BatchNorm running statistics): copies of the model's flat buffers."""
+        return self._params.copy(), self._state.copy()
+
+    def set_weights(self, weights: tuple[np.ndarray, np.ndarray]) -> None:
+        """Restore what :meth:`get_weights` returned (also during ``fit``, from a callback)."""
+        params, state = weights
+        for name, value, target in (("parameters", params, self._params),
+                                    ("state", state, self._state)):
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ValueError(f"{name} has shape {value.shape} but the model's has "
+                                 f"{target.shape}")
+            target[...] = value
+        self._weights_changed = True
 
     def _fused_plan(self, loss, optimizer, batch_size):
         """The training plan that the backend's fused trainer runs (:mod:`fastnn.plan`), or
@@ -288,8 +342,9 @@ class Sequential:
         A backend's ``make_trainer(plan)`` returns an object with ``prepare(X, y)`` (compile
         whatever these arrays need, train nothing), ``run_epoch(X, y, order) -> (sum of batch
         loss × batch rows, n_correct or None)`` training the minibatches
-        ``order[i:i + batch_size]`` with no Python between layers, and ``sync()`` writing
-        parameters, BatchNorm statistics and optimizer state back to the host buffers. Plans
+        ``order[i:i + batch_size]`` with no Python between layers, ``sync()`` writing
+        parameters, BatchNorm statistics and optimizer state back to the host buffers, and
+        ``push()`` taking parameters and statistics a callback wrote on the host. Plans
         are kept per (batch size, loss), at most four.
         """
         if getattr(self._k, "make_trainer", None) is None or not self.fuse:

@@ -15,11 +15,19 @@ from .kernels import SGD as SGD_RULE
 class Optimizer:
     """Base class: subclasses implement :meth:`_step` with one backend kernel call."""
 
-    lr: float
-
     def __init__(self, lr: float):
-        self.lr = validation.positive_float(lr, "lr")
+        self._lr = validation.positive_float(lr, "lr")
         self._state_for = None
+
+    @property
+    def lr(self) -> float:
+        """The learning rate. Callbacks and schedules may set it between epochs (0 included,
+        where a schedule ends); a fused trainer reads it as plan data, compiling nothing."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = validation.positive_float(value, "lr", allow_zero=True)
 
     def step(self, kernels, params: np.ndarray, grads: np.ndarray) -> None:
         """Update ``params`` in place from ``grads`` with the backend's kernel."""

@@ -15,6 +15,7 @@ from .datasets import load_digits_split
 from .layers import BatchNorm, Dense, Layer, Residual
 from .model import Sequential
 from .optimizers import SGD
+from .plots import pyplot
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def plot(results: dict[str, LabResult], path: str) -> None:
     """Save a figure: weight-gradient norm per Dense layer on a log scale (solid at
     initialisation, dashed after training) and test accuracy per epoch, one colour per variant.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_norm, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.6))
     for key, r in results.items():
         layer = np.arange(1, len(r.at_init.weight_norms) + 1)
@@ -182,18 +183,6 @@ def plot(results: dict[str, LabResult], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def _pyplot():
-    """matplotlib.pyplot on a file-only backend, or RuntimeError saying how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib, fastnn's optional 'plot' extra: "
-                           "pip install 'fastnn[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def add_arguments(parser) -> None:
@@ -223,7 +212,7 @@ def cmd_vanishing(args) -> int:
                "batch_size": validation.positive_int(args.batch_size, "batch_size"),
                "seed": args.seed, "backend": args.backend}
     if args.plot:
-        _pyplot()                   # fail before training, not after
+        pyplot()                   # fail before training, not after
     backend, _ = backends.resolve(args.backend)
     print(f"digits, {options['depth']} hidden layers of width {options['width']}; plain SGD, "
           f"lr {options['lr']:g} falling linearly over {options['epochs']} epochs, batch "

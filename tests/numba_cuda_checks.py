@@ -210,3 +210,31 @@ def test_optimizers_without_a_kernel_fall_back_to_the_layer_path():
 
 def test_matmul_tflops_runs():
     assert gpu.matmul_tflops(16, repeats=1) > 0
+
+
+def test_a_schedule_and_restored_weights_reach_the_device(monkeypatch):
+    """A learning rate changed every epoch (plan data) and the weights EarlyStopping restores
+    on the host (pushed to the device) train on as on the reference."""
+    from fastnn.callbacks import EarlyStopping, LearningRateScheduler
+    from fastnn.schedules import cosine
+
+    pushed = []
+    push = trainer.DeviceTrainer.push
+    monkeypatch.setattr(trainer.DeviceTrainer, "push",
+                        lambda self: (pushed.append(1), push(self))[1])
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((24, 3)), rng.integers(0, 2, 24)
+    runs = []
+    for backend in ("reference", "numba_cuda"):
+        model = Sequential([Dense(3, 5, "tanh"), BatchNorm(5), Dense(5, 2)], backend=backend,
+                           seed=4, dtype="float64")
+        history = model.fit(X, y, loss="cross_entropy", optimizer=SGD(0.5, momentum=0.9),
+                            epochs=20, batch_size=8, validation_split=0.25, verbose=0,
+                            callbacks=[LearningRateScheduler(cosine(20)),
+                                       EarlyStopping(patience=2)])
+        runs.append((model, history))
+    (ref, h_ref), (gpu, h_gpu) = runs
+    assert h_ref.stopped_epoch is not None and pushed == [1]
+    assert h_gpu["lr"] == h_ref["lr"] and h_gpu.stopped_epoch == h_ref.stopped_epoch
+    close(gpu.parameters(), ref.parameters(), np.dtype("float64"), 1, "parameters")
+    close(gpu._state, ref._state, np.dtype("float64"), 1, "running statistics")

@@ -35,3 +35,13 @@ def test_train_on_digits_prints_accuracy_and_time(tmp_path):
 def test_train_reports_bad_options_clearly(args, message):
     code, out = fastnn(*args)
     assert code == 2 and message in out
+
+
+def test_train_with_early_stopping_a_schedule_and_a_plot(tmp_path):
+    plot = tmp_path / "history.png"
+    code, out = fastnn("train", "--epochs", "300", "--hidden", "32", "--backend", "reference",
+                       "--early-stopping", "3", "--lr-schedule", "cosine", "--lr", "0.01",
+                       "--plot", str(plot), "--verbose", "0")
+    assert code == 0, out
+    assert "stopped early after epoch" in out and "test accuracy 0." in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"

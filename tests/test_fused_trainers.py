@@ -87,3 +87,31 @@ def test_fused_epoch_equals_layer_path_and_reference(backend, kind, loss, optimi
             assert hist["accuracy"] == ref_hist["accuracy"]
 
 
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_twenty_epochs_with_a_schedule_and_early_stopping(backend):
+    """A learning rate that changes every epoch (plan data) and weights restored by early
+    stopping reach the fused trainer: fused, layer by layer and on the reference, the same."""
+    from fastnn.callbacks import EarlyStopping, LearningRateScheduler
+    from fastnn.schedules import cosine
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((120, 12)), rng.integers(0, 3, 120)
+    runs = []
+    for name, fuse in (("reference", False), (backend, True), (backend, False)):
+        model = Sequential(network("batchnorm_residual", "identity"), backend=name, seed=3,
+                           dtype="float64")
+        model.fuse = fuse
+        history = model.fit(X, y, loss="cross_entropy", optimizer=SGD(0.2, momentum=0.9),
+                            epochs=20, batch_size=16, validation_split=0.25, verbose=0,
+                            callbacks=[LearningRateScheduler(cosine(20)),
+                                       EarlyStopping(patience=3)])
+        runs.append((model, history))
+    (ref, ref_history), *others = runs
+    assert ref_history.stopped_epoch is not None            # the restore was exercised
+    for model, history in others:
+        assert history["lr"] == ref_history["lr"]
+        assert history.stopped_epoch == ref_history.stopped_epoch
+        np.testing.assert_allclose(model.parameters(), ref.parameters(), rtol=1e-8, atol=1e-9)
+        np.testing.assert_allclose(model._state, ref._state, rtol=1e-8, atol=1e-9)

@@ -1024,6 +1024,9 @@ cdef class Trainer:
     def sync(self):
         """Nothing to copy: the trainer works in the model's and optimizer's own arrays."""
 
+    def push(self):
+        """Nothing to copy: the host buffers a callback wrote are the ones the trainer trains."""
+
 
 class _NoLimit:
     """A context manager that changes nothing (no OpenMP: BLAS keeps its own threads)."""

@@ -365,6 +365,9 @@ class Trainer:
     def sync(self) -> None:
         """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""
 
+    def push(self) -> None:
+        """Nothing to copy: the host buffers a callback wrote are the ones the kernel trains."""
+
 
 def make_trainer(plan) -> Trainer:
     """The fused trainer executing ``plan`` (a :class:`fastnn.plan.Plan`)."""

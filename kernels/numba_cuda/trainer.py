@@ -7,7 +7,8 @@ is then device kernels only, one launch per op and pass: minibatch gather by ``o
 forward ops, the loss (summed into a device ``totals`` vector with the number of right
 predictions), the backward ops in reverse, one optimizer launch. The only transfers in an
 epoch are ``order`` in and the two totals out; the hyper-parameters are read from the plan
-each epoch. :meth:`DeviceTrainer.sync` copies everything back into the host buffers.
+each epoch. :meth:`DeviceTrainer.sync` copies everything back into the host buffers, and
+:meth:`DeviceTrainer.push` the weights a callback restored on the host to the device.
 """
 from __future__ import annotations
 
@@ -186,6 +187,13 @@ class DeviceTrainer:
             self._staging[rows] = (cuda.pinned_array((rows, X.shape[1]), X.dtype),
                                    cuda.pinned_array((rows, Y.shape[1]), Y.dtype))
         return self._staging[rows]
+
+    def push(self) -> None:
+        """Copy the parameters and running statistics a callback restored on the host to the
+        device (nothing else: the optimizer state and the data stay where they are)."""
+        for host, device in ((self.plan.params, self.params), (self.plan.state, self.state)):
+            if host.size:
+                device.copy_to_device(host)
 
     def sync(self) -> None:
         """Copy parameters, gradients, running statistics and optimizer state to the host."""

@@ -1,0 +1,102 @@
+"""The parts of ``Sequential.fit`` around the epoch loop: the callback list, the validation
+split and the best epoch of a history."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .callbacks import Callback, EarlyStopping
+
+#: validation_split when early stopping is asked for without validation data (scikit-learn's)
+EARLY_STOPPING_SPLIT = 0.1
+
+
+def callback_list(callbacks, early_stopping) -> list[Callback]:
+    """The fit's callbacks, checked, with the ``early_stopping`` shortcut appended."""
+    if callbacks is None:
+        callbacks = []
+    elif isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of fastnn.callbacks.Callback, got "
+                        f"{type(callbacks).__name__}")
+    callbacks = list(callbacks)
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks[{i}] is a {type(callback).__name__}, not a "
+                            f"fastnn.callbacks.Callback")
+    if isinstance(early_stopping, bool):
+        if early_stopping:
+            callbacks.append(EarlyStopping(patience=10))
+    elif isinstance(early_stopping, numbers.Integral):
+        callbacks.append(EarlyStopping(patience=int(early_stopping)))
+    else:
+        raise TypeError(f"early_stopping must be True, False or a patience (int), got "
+                        f"{early_stopping!r}")
+    return callbacks
+
+
+def check_monitors(callbacks, has_validation: bool, has_accuracy: bool) -> None:
+    """Raise ValueError, before any training, for a callback monitoring a figure this fit
+    will not have (validation figures without validation data, accuracy with mse)."""
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if monitor is None:
+            continue
+        if monitor.startswith("val_") and not has_validation:
+            raise ValueError(f"{type(callback).__name__} monitors {monitor!r}, which needs "
+                             f"validation_data or validation_split")
+        if monitor.endswith("accuracy") and not has_accuracy:
+            raise ValueError(f"{type(callback).__name__} monitors {monitor!r}, but loss='mse' "
+                             f"has no accuracy")
+
+
+def split_fraction(validation_split, early_stopping) -> float:
+    """The fraction to hold out: ``validation_split``, or 0.1 with early stopping and no
+    validation data, as scikit-learn's MLP does."""
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real):
+        raise TypeError(f"validation_split must be a number in [0, 1), got "
+                        f"{type(validation_split).__name__}")
+    fraction = float(validation_split)
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+    if fraction == 0 and early_stopping is not False:
+        return EARLY_STOPPING_SPLIT
+    return fraction
+
+
+def split(X, y, fraction: float, stratify: bool, rng: np.random.Generator):
+    """(X_train, y_train, X_val, y_val) holding out ``fraction`` of the rows at random
+    (X_val None for 0). Stratified: each class (each distinct target row) gives its share,
+    rounded, so the validation set has the training set's class balance."""
+    if fraction == 0:
+        return X, y, None, None
+    n = len(X)
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n - n_val < 1:
+        raise ValueError(f"validation_split={fraction} of {n} rows leaves {n - n_val} for "
+                         f"training and {n_val} for validation; both need at least one")
+    if stratify:
+        classes = np.unique(y.reshape(n, -1), axis=0, return_inverse=True)[1].reshape(-1)
+        held = []
+        for c in np.unique(classes):
+            rows = rng.permutation(np.flatnonzero(classes == c))
+            held.append(rows[:int(round(fraction * len(rows)))])
+        val = np.concatenate(held)
+        if len(val) == 0 or len(val) == n:               # rounding took all or nothing
+            val = rng.permutation(n)[:n_val]
+    else:
+        val = rng.permutation(n)[:n_val]
+    keep = np.ones(n, bool)
+    keep[val] = False
+    val = np.sort(val)
+    return X[keep], y[keep], X[val], y[val]
+
+
+def best_epoch(history, callbacks) -> int | None:
+    """The EarlyStopping callback's best epoch, else the argmin of val_loss (of loss without
+    validation)."""
+    for callback in callbacks:
+        if isinstance(callback, EarlyStopping) and callback.best_epoch is not None:
+            return callback.best_epoch
+    values = history.history.get("val_loss") or history.history.get("loss")
+    return int(np.argmin(values)) if values else None
