@@ -77,8 +77,7 @@ def cmd_train(args) -> int:
               for i, o in zip(widths[:-1], widths[1:])]
     layers.append(fastnn.Dense(widths[-1], 10))
     model = fastnn.Sequential(layers, backend=args.backend, seed=args.seed, dtype=args.dtype)
-    optimizer = (fastnn.Adam(args.lr) if args.optimizer == "adam"
-                 else fastnn.SGD(args.lr, momentum=args.momentum))
+    optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
     print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
           f"backend {model.backend}, {optimizer!r}")
@@ -112,6 +111,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
+    """The optimizer --optimizer names; --momentum applies to sgd and rmsprop, and
+    --weight-decay is L2 in the gradient except for adamw (decoupled; default 0.01 there)."""
+    cls = OPTIMIZERS[name]
+    if weight_decay is None:
+        weight_decay = 0.01 if name == "adamw" else 0.0
+    if name in ("sgd", "rmsprop"):
+        return cls(lr, momentum=momentum, weight_decay=weight_decay)
+    if momentum:
+        raise ValueError(f"--momentum applies to sgd and rmsprop, not {name}")
+    return cls(lr, weight_decay=weight_decay)
+
+
 #: --lr-schedule choices -> the schedule for a run of n epochs
 LR_SCHEDULES = {
     "cosine": schedules.cosine,
@@ -141,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight init (default: He for relu, Xavier otherwise)")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    train.add_argument("--momentum", type=float, default=0.0,
+                       help="momentum (sgd, rmsprop)")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="weight decay: L2 in the gradient (sgd, adam, rmsprop), decoupled "
+                            "for adamw (default 0, adamw 0.01)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--backend", choices=["auto", *backends.BACKENDS], default="auto")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import validation
-from .kernels import ADAM, MOMENTUM
+from .kernels import ADAM, ADAMW, MOMENTUM, RMSPROP
 from .kernels import SGD as SGD_RULE
 
 
@@ -65,47 +65,68 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-class SGD(Optimizer):
-    """Gradient descent w ← w − η ∂L/∂w; with momentum μ > 0: v ← μv + ∂L/∂w, w ← w − η v."""
+def _beta(value, name: str) -> float:
+    if not 0 <= validation.positive_float(value, name, allow_zero=True) < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0):
+
+class SGD(Optimizer):
+    """Gradient descent as ``torch.optim.SGD`` (dampening 0), step for step: with
+    g = ∂L/∂w + λw (``weight_decay`` λ, L2 added to the gradient), w ← w − η g; with momentum
+    μ > 0, v ← μv + g and w ← w − η v, or with ``nesterov`` w ← w − η (g + μv)."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
         super().__init__(lr)
         self.momentum = validation.positive_float(momentum, "momentum", allow_zero=True)
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        if nesterov and not self.momentum:
+            raise ValueError("nesterov=True needs a momentum > 0")
+        self.nesterov = nesterov
+        self.weight_decay = validation.positive_float(weight_decay, "weight_decay",
+                                                      allow_zero=True)
 
     def _init_state(self, params):
         self.velocity = np.zeros_like(params) if self.momentum else None
 
     def _step(self, kernels, params, grads):
         if self.momentum:
-            kernels.sgd_momentum(params, grads, self.velocity, self.lr, self.momentum)
+            kernels.sgd_momentum(params, grads, self.velocity, self.lr, self.momentum,
+                                 self.nesterov, self.weight_decay)
         else:
-            kernels.sgd(params, grads, self.lr)
+            kernels.sgd(params, grads, self.lr, self.weight_decay)
 
     def fused_rule(self, params):
         if type(self)._step is not SGD._step:
             return None
         self.ensure_state(params)
+        hyper = (self.lr, self.momentum, 0.0, 0.0, self.weight_decay, float(self.nesterov))
         if self.momentum:
-            return MOMENTUM, (self.lr, self.momentum, 0.0, 0.0), 0, self.velocity, None
-        return SGD_RULE, (self.lr, 0.0, 0.0, 0.0), 0, None, None
+            return MOMENTUM, hyper, 0, self.velocity, None
+        return SGD_RULE, hyper, 0, None, None
 
     def get_config(self):
-        return {"lr": self.lr, "momentum": self.momentum}
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
 
 class Adam(Optimizer):
-    """Adam: bias-corrected moving averages of the gradient and its square (Kingma & Ba)."""
+    """Adam as ``torch.optim.Adam``: bias-corrected moving averages of the gradient and its
+    square (Kingma & Ba); ``weight_decay`` λ adds L2 to the gradient (g = ∂L/∂w + λw)."""
+
+    _decoupled = False
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr)
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0 <= validation.positive_float(beta, name, allow_zero=True) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {beta}")
-        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.beta1, self.beta2 = _beta(beta1, "beta1"), _beta(beta2, "beta2")
         self.eps = validation.positive_float(eps, "eps")
+        self.weight_decay = validation.positive_float(weight_decay, "weight_decay",
+                                                      allow_zero=True)
 
     def _init_state(self, params):
         self.m = np.zeros_like(params)
@@ -114,21 +135,72 @@ class Adam(Optimizer):
 
     def _step(self, kernels, params, grads):
         self.t += 1
-        kernels.adam(params, grads, self.m, self.v, self.lr, self.beta1, self.beta2,
-                     self.eps, self.t)
+        step = kernels.adamw if self._decoupled else kernels.adam
+        step(params, grads, self.m, self.v, self.lr, self.beta1, self.beta2, self.eps, self.t,
+             self.weight_decay)
 
     def fused_rule(self, params):
         if type(self)._step is not Adam._step:
             return None
         self.ensure_state(params)
-        return ADAM, (self.lr, self.beta1, self.beta2, self.eps), self.t, self.m, self.v
+        return (ADAMW if self._decoupled else ADAM,
+                (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, 0.0), self.t,
+                self.m, self.v)
 
     def fused_steps_done(self, step: int) -> None:
         """Take the step count a fused trainer reached (bias correction continues from it)."""
         self.t = int(step)
 
     def get_config(self):
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay}
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """AdamW as ``torch.optim.AdamW``: decoupled weight decay, w ← w(1 − ηλ), then Adam's
+    step on the plain gradient (Loshchilov & Hutter)."""
+
+    _decoupled = True
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(lr, beta1, beta2, eps, weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as ``torch.optim.RMSprop`` with centered=False: g = ∂L/∂w + λw,
+    s ← αs + (1−α)g²; w ← w − η g/(√s + ε), or with momentum μ > 0 v ← μv + g/(√s + ε) and
+    w ← w − η v."""
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.alpha = _beta(alpha, "alpha")
+        self.eps = validation.positive_float(eps, "eps")
+        self.momentum = validation.positive_float(momentum, "momentum", allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        self.weight_decay = validation.positive_float(weight_decay, "weight_decay",
+                                                      allow_zero=True)
+
+    def _init_state(self, params):
+        self.square_avg = np.zeros_like(params)
+        self.velocity = np.zeros_like(params) if self.momentum else None
+
+    def _step(self, kernels, params, grads):
+        kernels.rmsprop(params, grads, self.square_avg, self.velocity, self.lr, self.alpha,
+                        self.eps, self.momentum, self.weight_decay)
+
+    def fused_rule(self, params):
+        if type(self)._step is not RMSprop._step:
+            return None
+        self.ensure_state(params)
+        return (RMSPROP, (self.lr, self.momentum, self.alpha, self.eps, self.weight_decay, 0.0),
+                0, self.square_avg, self.velocity)
+
+    def get_config(self):
+        return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
+                "weight_decay": self.weight_decay}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

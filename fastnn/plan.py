@@ -48,33 +48,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import (
-    ACT,
-    ADD,
-    AUX,
-    BACKWARD,
-    BATCHNORM,
-    DENSE,
-    DSKIP,
-    DX,
-    FORWARD,
-    GATHER,
-    GRAD_ADD,
-    GRAD_SKIP,
-    GRAD_WRITE,
-    IDENTITY,
-    IN,
-    KIND,
-    LOSS,
-    NIN,
-    NOUT,
-    OUT,
-    POFF,
-    ROWS,
-    SKIP,
-    SOFF,
-    WHOLE_BATCH,
-)
+from .kernels import (ACT, ADD, AUX, BACKWARD, BATCHNORM, DENSE, DSKIP, DX, FORWARD, GATHER,
+                      GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IDENTITY, IN, KIND, LOSS, N_HYPER, NIN,
+                      NOUT, OUT, POFF, ROWS, SKIP, SOFF, WHOLE_BATCH)
 from .layers import BatchNorm, Dense, Layer, Residual
 
 _COLUMNS = 12
@@ -109,7 +85,7 @@ class Plan:
         self.params, self.grads, self.state = model._params, model._grads, model._state
         self.actions, self.stages = _schedule(self.ops)
         self.rule = -1
-        self.hyper = np.zeros(4)
+        self.hyper = np.zeros(N_HYPER)
         self.step = np.zeros(1, np.int64)
         self.s1 = self.s2 = np.zeros(0, self.dtype)
         self.scratch: dict = {}

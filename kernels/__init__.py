@@ -45,6 +45,8 @@ INTERFACE = (
     "sgd",
     "sgd_momentum",
     "adam",
+    "adamw",
+    "rmsprop",
     "batchnorm_forward",
     "batchnorm_backward",
 )
@@ -68,6 +70,8 @@ ROWS, WHOLE_BATCH = range(2)
 #: loss codes (``plan.loss``)
 MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
 #: optimizer rule codes (``plan.rule``)
-SGD, MOMENTUM, ADAM = range(3)
-#: entries of ``plan.hyper`` (float64): learning rate, momentum or β₁, β₂, ε
-LR, MU_OR_BETA1, BETA2, OPT_EPS = range(4)
+SGD, MOMENTUM, ADAM, ADAMW, RMSPROP = range(5)
+#: entries of ``plan.hyper`` (float64): learning rate, momentum or β₁, β₂ (RMSprop: α), ε,
+#: weight decay, Nesterov (1.0 or 0.0)
+LR, MU_OR_BETA1, BETA2, OPT_EPS, WEIGHT_DECAY, NESTEROV = range(6)
+N_HYPER = 6

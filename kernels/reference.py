@@ -111,27 +111,59 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ):
     return float(np.sum(loss) / n)
 
 
-def sgd(params, grads, lr):
-    """Plain gradient descent, in place: w ← w − η ∂L/∂w."""
-    params -= lr * grads
+def sgd(params, grads, lr, weight_decay=0.0):
+    """Plain gradient descent, in place: w ← w − η (∂L/∂w + λw)."""
+    g = grads + weight_decay * params                        # L2 added to the gradient
+    params -= lr * g                                         # w ← w − η g
 
 
-def sgd_momentum(params, grads, velocity, lr, momentum):
-    """Heavy-ball momentum, in place: v ← μv + ∂L/∂w; w ← w − η v."""
+def sgd_momentum(params, grads, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
+    """Momentum, in place, as torch.optim.SGD (dampening 0): g = ∂L/∂w + λw; v ← μv + g;
+    w ← w − η v, or with Nesterov w ← w − η (g + μv)."""
+    g = grads + weight_decay * params
     velocity *= momentum                                     # μv
-    velocity += grads                                        # v = μv + g
-    params -= lr * velocity                                  # w ← w − η v
+    velocity += g                                            # v = μv + g
+    params -= lr * (g + momentum * velocity if nesterov else velocity)
 
 
-def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
-    """Adam (Kingma & Ba), in place; ``t`` is the 1-based step count for bias correction."""
+def _adam_moments(g, m, v, beta1, beta2, t):
+    """Update the moments in place; return the bias-corrected m̂, v̂."""
     m *= beta1
-    m += (1 - beta1) * grads                                 # m ← β₁m + (1−β₁)g
+    m += (1 - beta1) * g                                     # m ← β₁m + (1−β₁)g
     v *= beta2
-    v += (1 - beta2) * grads * grads                         # v ← β₂v + (1−β₂)g²
-    m_hat = m / (1 - beta1 ** t)                             # m̂ = m/(1−β₁ᵗ)
-    v_hat = v / (1 - beta2 ** t)                             # v̂ = v/(1−β₂ᵗ)
+    v += (1 - beta2) * g * g                                 # v ← β₂v + (1−β₂)g²
+    return m / (1 - beta1 ** t), v / (1 - beta2 ** t)        # m̂, v̂
+
+
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0):
+    """Adam (Kingma & Ba), in place, as torch.optim.Adam: L2 weight decay added to the
+    gradient; ``t`` is the 1-based step count for bias correction."""
+    m_hat, v_hat = _adam_moments(grads + weight_decay * params, m, v, beta1, beta2, t)
     params -= lr * m_hat / (np.sqrt(v_hat) + eps)            # w ← w − η m̂/(√v̂ + ε)
+
+
+def adamw(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay):
+    """AdamW (Loshchilov & Hutter), in place, as torch.optim.AdamW: decoupled weight decay
+    w ← w(1 − ηλ), then the Adam step on the plain gradient."""
+    m_hat, v_hat = _adam_moments(grads, m, v, beta1, beta2, t)
+    params *= 1 - lr * weight_decay                          # w ← w(1 − ηλ)
+    params -= lr * m_hat / (np.sqrt(v_hat) + eps)            # w ← w − η m̂/(√v̂ + ε)
+
+
+def rmsprop(params, grads, square_avg, velocity, lr, alpha, eps, momentum=0.0,
+            weight_decay=0.0):
+    """RMSprop, in place, as torch.optim.RMSprop (centered=False): g = ∂L/∂w + λw;
+    s ← αs + (1−α)g²; with momentum v ← μv + g/(√s + ε), w ← w − η v; else
+    w ← w − η g/(√s + ε). ``velocity`` is unused (may be None) without momentum."""
+    g = grads + weight_decay * params
+    square_avg *= alpha
+    square_avg += (1 - alpha) * g * g                        # s ← αs + (1−α)g²
+    step = g / (np.sqrt(square_avg) + eps)                   # g/(√s + ε)
+    if momentum:
+        velocity *= momentum
+        velocity += step                                     # v ← μv + g/(√s + ε)
+        step = velocity
+    params -= lr * step
 
 
 def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import layout, tolerance
-from fastnn import Adam, BatchNorm, Dense, Residual, SGD, Sequential
+from fastnn import Adam, AdamW, BatchNorm, Dense, Residual, RMSprop, SGD, Sequential
 from fastnn.backends import available_backends, resolve
 from fastnn.kernels import ACTIVATIONS
 from fastnn.losses import LOSSES
@@ -155,7 +155,7 @@ def assert_same_training(runs, dtype):
     close(m_gpu.parameters(), m_ref.parameters(), dtype, 1, "parameters")
     close(m_gpu.gradients(), m_ref.gradients(), dtype, 1, "gradients")
     close(m_gpu._state, m_ref._state, dtype, 1, "running statistics")
-    for name in ("m", "v", "velocity"):
+    for name in ("m", "v", "velocity", "square_avg"):
         if getattr(o_ref, name, None) is not None:
             close(getattr(o_gpu, name), getattr(o_ref, name), dtype, 1, name)
     assert getattr(o_gpu, "t", None) == getattr(o_ref, "t", None)
@@ -238,3 +238,18 @@ def test_a_schedule_and_restored_weights_reach_the_device(monkeypatch):
     assert h_gpu["lr"] == h_ref["lr"] and h_gpu.stopped_epoch == h_ref.stopped_epoch
     close(gpu.parameters(), ref.parameters(), np.dtype("float64"), 1, "parameters")
     close(gpu._state, ref._state, np.dtype("float64"), 1, "running statistics")
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda: SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda: Adam(1e-2, weight_decay=0.01), lambda: AdamW(1e-2, weight_decay=0.1),
+    lambda: RMSprop(1e-2), lambda: RMSprop(1e-2, momentum=0.8, weight_decay=0.01)],
+    ids=["nesterov_wd", "adam_wd", "adamw", "rmsprop", "rmsprop_momentum_wd"])
+def test_every_optimizer_rule_trains_on_the_device(optimizer, monkeypatch):
+    def build(backend):
+        return Sequential([Dense(3, 4, "tanh"), BatchNorm(4), Dense(4, 2)], backend=backend,
+                          seed=5, dtype="float64")
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((10, 3)), rng.integers(0, 2, 10)
+    runs, _ = fit_both(build, X, y, "cross_entropy", optimizer, 2, 4, monkeypatch)
+    assert_same_training(runs, np.dtype("float64"))

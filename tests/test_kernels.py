@@ -129,17 +129,29 @@ def test_optimizers(backend, reference, n, dtype, seed):
     def run(kernels, name):
         p, s1, s2 = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
         for t, g in enumerate(grads, start=1):
-            if name == "sgd":
-                kernels.sgd(p, g, 0.1)
-            elif name == "sgd_momentum":
-                kernels.sgd_momentum(p, g, s1, 0.1, 0.9)
-            else:
-                kernels.adam(p, g, s1, s2, 1e-2, 0.9, 0.999, 1e-8, t)
+            OPTIMIZER_CASES[name](kernels, p, g, s1, s2, t)
         return p, s1, s2
 
-    for name in ("sgd", "sgd_momentum", "adam"):
+    for name in OPTIMIZER_CASES:
         for got, want in zip(run(backend, name), run(reference, name)):
             np.testing.assert_allclose(got, want, err_msg=name, **tolerance(dtype))
+
+
+#: every optimizer kernel, and its options, as a call on (params, grads, state 1, state 2, t)
+OPTIMIZER_CASES = {
+    "sgd": lambda k, p, g, s1, s2, t: k.sgd(p, g, 0.1),
+    "sgd_weight_decay": lambda k, p, g, s1, s2, t: k.sgd(p, g, 0.1, 0.01),
+    "sgd_momentum": lambda k, p, g, s1, s2, t: k.sgd_momentum(p, g, s1, 0.1, 0.9),
+    "nesterov_weight_decay": lambda k, p, g, s1, s2, t: k.sgd_momentum(p, g, s1, 0.1, 0.9,
+                                                                       True, 0.01),
+    "adam": lambda k, p, g, s1, s2, t: k.adam(p, g, s1, s2, 1e-2, 0.9, 0.999, 1e-8, t),
+    "adam_weight_decay": lambda k, p, g, s1, s2, t: k.adam(p, g, s1, s2, 1e-2, 0.9, 0.999,
+                                                           1e-8, t, 0.01),
+    "adamw": lambda k, p, g, s1, s2, t: k.adamw(p, g, s1, s2, 1e-2, 0.9, 0.999, 1e-8, t, 0.1),
+    "rmsprop": lambda k, p, g, s1, s2, t: k.rmsprop(p, g, s1, None, 1e-2, 0.99, 1e-8),
+    "rmsprop_momentum": lambda k, p, g, s1, s2, t: k.rmsprop(p, g, s1, s2, 1e-2, 0.9, 1e-8,
+                                                             0.8, 0.01),
+}
 
 
 @CASES

@@ -111,6 +111,8 @@ cdef enum:
     SGD = 0
     SGD_MOMENTUM = 1
     ADAM = 2
+    ADAMW = 3
+    RMSPROP = 4
 cdef enum:
     DENSE = 0
     BATCHNORM = 1
@@ -149,7 +151,7 @@ def _check_codes():
     ours = {"IDENTITY": IDENTITY, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU,
             "LEAKY_RELU": LEAKY_RELU, "SOFTMAX": SOFTMAX, "MSE": MSE,
             "CROSS_ENTROPY": SOFTMAX_CE, "BINARY_CROSS_ENTROPY": SIGMOID_BCE, "SGD": SGD,
-            "MOMENTUM": SGD_MOMENTUM, "ADAM": ADAM, "DENSE": DENSE, "BATCHNORM": BATCHNORM,
+            "MOMENTUM": SGD_MOMENTUM, "ADAM": ADAM, "ADAMW": ADAMW, "RMSPROP": RMSPROP, "DENSE": DENSE, "BATCHNORM": BATCHNORM,
             "ADD": ADD, "KIND": KIND, "IN": IN, "OUT": OUT, "NIN": NIN, "NOUT": NOUT,
             "ACT": ACT, "POFF": POFF, "SOFF": SOFF, "AUX": AUX, "SKIP": SKIP, "DX": DX,
             "DSKIP": DSKIP, "GRAD_SKIP": GRAD_SKIP, "GRAD_WRITE": GRAD_WRITE,
@@ -457,38 +459,56 @@ cdef double _sigmoid_binary_cross_entropy(const floating* Z, const floating* Y, 
 
 
 cdef struct Step:
-    # one optimizer step: the rule's code and its hyperparameters (mu_or_beta1 is the momentum
-    # for SGD, β₁ for Adam); t is Adam's 1-based step count
+    # one optimizer step: the rule's code and its hyperparameters, as the plan's ``hyper``:
+    # mu_or_beta1 is the momentum (SGD, RMSprop) or β₁ (Adam), beta2 is β₂ or RMSprop's α;
+    # t is Adam's 1-based step count
     int rule
-    double lr, mu_or_beta1, beta2, eps
+    double lr, mu_or_beta1, beta2, eps, weight_decay
+    bint nesterov
     long t
 
 
 cdef void _update(const Step* step, floating* p, const floating* g, floating* s1, floating* s2,
                   Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """One optimizer step on entries lo..hi of the flat vectors, in place. s1, s2: the state.
-
-    sgd: w ← w − η g.  sgd_momentum: v ← μv + g; w ← w − η v.  adam: m ← β₁m + (1−β₁)g;
-    v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
+    """One optimizer step on entries lo..hi of the flat vectors, in place. s1, s2: the state
+    (velocity; Adam's m, v; RMSprop's mean square and velocity). With g = ∂L/∂w + λw (not for
+    AdamW): sgd: w ← w − η g. momentum: v ← μv + g; w ← w − η v (Nesterov: η (g + μv)).
+    adam: m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε), m̂ = m/(1−β₁ᵗ),
+    v̂ = v/(1−β₂ᵗ); adamw: the same on the plain gradient after w ← w(1 − ηλ). rmsprop:
+    s ← αs + (1−α)g²; w ← w − η g/(√s + ε), or with momentum through v ← μv + g/(√s + ε).
     """
     cdef Py_ssize_t i
     cdef floating lr = <floating> step.lr, b1 = <floating> step.mu_or_beta1
     cdef floating b2 = <floating> step.beta2, eps = <floating> step.eps
+    cdef floating wd = <floating> step.weight_decay, gi, d, one = 1
     cdef floating a1 = 1 - b1, a2 = 1 - b2
     cdef floating c1 = <floating> (1 - step.mu_or_beta1 ** step.t)
     cdef floating c2 = <floating> (1 - step.beta2 ** step.t)
+    cdef floating l2 = wd if step.rule == ADAM else 0
+    cdef floating shrink = one - lr * wd if step.rule == ADAMW else one
     if step.rule == SGD:
         for i in range(lo, hi):
-            p[i] -= lr * g[i]
+            p[i] -= lr * (g[i] + wd * p[i])
     elif step.rule == SGD_MOMENTUM:
         for i in range(lo, hi):
-            s1[i] = s1[i] * b1 + g[i]
-            p[i] -= lr * s1[i]
+            gi = g[i] + wd * p[i]
+            s1[i] = s1[i] * b1 + gi
+            p[i] -= lr * (gi + b1 * s1[i] if step.nesterov else s1[i])
+    elif step.rule == RMSPROP:
+        for i in range(lo, hi):
+            gi = g[i] + wd * p[i]
+            s1[i] = s1[i] * b2 + a2 * gi * gi
+            d = gi / (_sqrt(s1[i]) + eps)
+            if s2 != NULL:
+                s2[i] = s2[i] * b1 + d
+                d = s2[i]
+            p[i] -= lr * d
     else:
         for i in range(lo, hi):
-            s1[i] = s1[i] * b1 + a1 * g[i]
-            s2[i] = s2[i] * b2 + a2 * g[i] * g[i]
-            p[i] -= lr * (s1[i] / c1) / (_sqrt(s2[i] / c2) + eps)
+            gi = g[i] + l2 * p[i]
+            s1[i] = s1[i] * b1 + a1 * gi
+            s2[i] = s2[i] * b2 + a2 * gi * gi
+            p[i] = p[i] * shrink - lr * (s1[i] / c1) / (_sqrt(s2[i] / c2) + eps)
 
 
 cdef enum:
@@ -640,19 +660,19 @@ cdef double _loss_mv(int loss, const floating[:, ::1] Z, const floating[:, ::1] 
     return value
 
 
-cdef int _optimizer_mv(int rule, floating[::1] p, const floating[::1] g, floating[::1] s1,
-                       floating[::1] s2, double lr, double mu_or_beta1, double beta2,
-                       double eps, long t) except -1:
-    """Dispatch to an optimizer kernel over flat vectors; s1/s2 are its state (or None)."""
+cdef int _optimizer_mv(floating[::1] p, const floating[::1] g, floating[::1] s1,
+                       floating[::1] s2, Step step) except -1:
+    """Run one optimizer step over flat vectors; s1/s2 are its state (or None)."""
     cdef Py_ssize_t n = p.shape[0]
-    if (rule != SGD and s1 is None) or (rule == ADAM and s2 is None):
+    cdef bint needs_s2 = step.rule == ADAM or step.rule == ADAMW or (
+        step.rule == RMSPROP and step.mu_or_beta1 != 0)
+    if (step.rule != SGD and s1 is None) or (needs_s2 and s2 is None):
         raise TypeError("the optimizer state arrays must be NumPy arrays, got None")
     if g.shape[0] != n or (s1 is not None and s1.shape[0] != n) \
             or (s2 is not None and s2.shape[0] != n):
         raise ValueError("params, grads and the optimizer state must have the same size")
-    cdef Step step = Step(rule, lr, mu_or_beta1, beta2, eps, t)
     cdef floating* s1_ptr = &s1[0] if s1 is not None else NULL
-    cdef floating* s2_ptr = &s2[0] if s2 is not None else NULL
+    cdef floating* s2_ptr = &s2[0] if s2 is not None and needs_s2 else NULL
     cdef Py_ssize_t blk, n_blocks = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
     with nogil:
         for blk in prange(n_blocks, schedule="static", use_threads_if=n >= PARALLEL_MIN):
@@ -833,18 +853,15 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ):
     return _loss(SIGMOID_BCE, Z, Y, dZ)
 
 
-cdef int _optimize(int rule, params, grads, s1, s2, double lr, double mu_or_beta1,
-                   double beta2, double eps, long t) except -1:
-    """The three optimizers of the interface: convert the arguments, run the rule's code."""
+cdef int _optimize(params, grads, s1, s2, Step step) except -1:
+    """The optimizers of the interface: convert the arguments, run the rule's code."""
     dtype = _float_dtype(params, "params")
     bufs = [_output(a, dtype) if a is not None else None for a in (params, s1, s2)]
     flat = [_flat(b) for b in bufs]
     if dtype is _F32:
-        _optimizer_mv[float](rule, flat[0], _flat(_input(grads, dtype)), flat[1], flat[2], lr,
-                             mu_or_beta1, beta2, eps, t)
+        _optimizer_mv[float](flat[0], _flat(_input(grads, dtype)), flat[1], flat[2], step)
     else:
-        _optimizer_mv[double](rule, flat[0], _flat(_input(grads, dtype)), flat[1], flat[2], lr,
-                              mu_or_beta1, beta2, eps, t)
+        _optimizer_mv[double](flat[0], _flat(_input(grads, dtype)), flat[1], flat[2], step)
     for a, buf in zip((params, s1, s2), bufs):
         if a is not None:
             _write_back(a, buf)
@@ -856,19 +873,33 @@ cdef inline object _flat(object a):
     return a if a is None or a.ndim == 1 else a.reshape(-1)
 
 
-def sgd(params, grads, lr):
-    """Plain gradient descent, in place: w ← w − η ∂L/∂w."""
-    _optimize(SGD, params, grads, None, None, lr, 0, 0, 0, 0)
+def sgd(params, grads, lr, weight_decay=0.0):
+    """Plain gradient descent, in place: w ← w − η (∂L/∂w + λw)."""
+    _optimize(params, grads, None, None, Step(SGD, lr, 0, 0, 0, weight_decay, False, 0))
 
 
-def sgd_momentum(params, grads, velocity, lr, momentum):
-    """Heavy-ball momentum, in place: v ← μv + ∂L/∂w; w ← w − η v."""
-    _optimize(SGD_MOMENTUM, params, grads, velocity, None, lr, momentum, 0, 0, 0)
+def sgd_momentum(params, grads, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
+    """Momentum, in place: g = ∂L/∂w + λw; v ← μv + g; w ← w − η v (Nesterov: η (g + μv))."""
+    _optimize(params, grads, velocity, None,
+              Step(SGD_MOMENTUM, lr, momentum, 0, 0, weight_decay, nesterov, 0))
 
 
-def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
-    """Adam (Kingma & Ba), in place; ``t`` is the 1-based step count for bias correction."""
-    _optimize(ADAM, params, grads, m, v, lr, beta1, beta2, eps, t)
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0):
+    """Adam (Kingma & Ba), in place, L2 weight decay in the gradient; ``t`` is the 1-based
+    step count for bias correction."""
+    _optimize(params, grads, m, v, Step(ADAM, lr, beta1, beta2, eps, weight_decay, False, t))
+
+
+def adamw(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay):
+    """AdamW (decoupled weight decay), in place; ``t`` is the 1-based step count."""
+    _optimize(params, grads, m, v, Step(ADAMW, lr, beta1, beta2, eps, weight_decay, False, t))
+
+
+def rmsprop(params, grads, square_avg, velocity, lr, alpha, eps, momentum=0.0,
+            weight_decay=0.0):
+    """RMSprop (centered=False), in place; ``velocity`` is used only with momentum."""
+    _optimize(params, grads, square_avg, velocity if momentum else None,
+              Step(RMSPROP, lr, momentum, alpha, eps, weight_decay, False, 0))
 
 
 def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,
@@ -1213,7 +1244,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef double value, total = 0
     cdef double band_loss[MAX_BANDS]
     cdef Py_ssize_t band_right[MAX_BANDS]
-    cdef Step step = Step(plan.rule, hyper[0], hyper[1], hyper[2], hyper[3], t)
+    cdef Step step = Step(plan.rule, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
+                          hyper[5] != 0, t)
     for c in range(MAX_BANDS):
         band_loss[c], band_right[c] = 0, 0
     with nogil, parallel(num_threads=team, use_threads_if=team > 1):

@@ -16,14 +16,14 @@ except ImportError as exc:
     raise ImportError(f"scipy is not installed ({exc}): np.dot inside Numba reaches BLAS "
                       f"through it; pip install scipy") from exc
 
-from .interface import (adam, batchnorm_backward, batchnorm_forward, dense_backward,  # noqa
-                        dense_forward, mse, sgd, sgd_momentum, sigmoid_binary_cross_entropy,
-                        softmax_cross_entropy)
-from .cache import cache_status, drop_stale_cache
-from .trainer import make_trainer
+from .interface import (adam, adamw, batchnorm_backward, batchnorm_forward,  # noqa: E402
+                        dense_backward, dense_forward, mse, rmsprop, sgd, sgd_momentum,
+                        sigmoid_binary_cross_entropy, softmax_cross_entropy)
+from .cache import cache_status, drop_stale_cache  # noqa: E402
+from .trainer import make_trainer  # noqa: E402
 
 drop_stale_cache()
 
-__all__ = ["adam", "batchnorm_backward", "batchnorm_forward", "cache_status", "dense_backward",
-           "dense_forward", "make_trainer", "mse", "sgd", "sgd_momentum",
-           "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
+__all__ = ["adam", "adamw", "batchnorm_backward", "batchnorm_forward", "cache_status",
+           "dense_backward", "dense_forward", "make_trainer", "mse", "rmsprop", "sgd",
+           "sgd_momentum", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]

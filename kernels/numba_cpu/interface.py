@@ -12,15 +12,8 @@ import threading
 import numba
 import numpy as np
 
-from .. import (
-    ACTIVATIONS,
-    ADAM,
-    BINARY_CROSS_ENTROPY,
-    CROSS_ENTROPY,
-    MOMENTUM,
-    MSE,
-    SGD,
-)
+from .. import (ACTIVATIONS, ADAM, ADAMW, BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MOMENTUM, MSE,
+                RMSPROP, SGD)
 from .._threads import choose_numba_layer, kernel_blas_threads
 from ._split import BLAS_THREADS_WORK
 from .batchnorm import bn_backward_kernel, bn_forward_kernel
@@ -149,34 +142,50 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ):
     return _loss(BINARY_CROSS_ENTROPY, Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ)
 
 
-def _update(code, params, grads, s1, s2, lr, mu_or_b1=0.0, b2=0.0, eps=0.0, t=1):
+def _update(code, params, grads, s1, s2, lr, mu_or_b1=0.0, b2=0.0, eps=0.0, weight_decay=0.0,
+            nesterov=False, t=1):
     dt = _dtype(params)
     p = _output(params, dt)
     none = _EMPTY[dt][1]
     states = [none if s is None else _output(s, dt) for s in (s1, s2)]
-    update_kernel(code, p, _input(grads, dt), states[0], states[1], float(lr),
-                  float(mu_or_b1), float(b2), float(eps), int(t))
+    hyper = np.array([lr, mu_or_b1, b2, eps, weight_decay, float(nesterov)], np.float64)
+    update_kernel(code, p, _input(grads, dt), states[0], states[1], hyper, int(t))
     for target, result in ((params, p), (s1, states[0]), (s2, states[1])):
         if target is not None:
             _write_back(target, result)
 
 
 @serialised
-def sgd(params, grads, lr):
-    """w ← w − η ∂L/∂w, in place."""
-    _update(SGD, params, grads, None, None, lr)
+def sgd(params, grads, lr, weight_decay=0.0):
+    """w ← w − η (∂L/∂w + λw), in place."""
+    _update(SGD, params, grads, None, None, lr, weight_decay=weight_decay)
 
 
 @serialised
-def sgd_momentum(params, grads, velocity, lr, momentum):
-    """v ← μv + ∂L/∂w; w ← w − η v, in place."""
-    _update(MOMENTUM, params, grads, velocity, None, lr, momentum)
+def sgd_momentum(params, grads, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
+    """g = ∂L/∂w + λw; v ← μv + g; w ← w − η v (Nesterov: w ← w − η (g + μv)), in place."""
+    _update(MOMENTUM, params, grads, velocity, None, lr, momentum, weight_decay=weight_decay,
+            nesterov=nesterov)
 
 
 @serialised
-def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
-    """Adam, in place; ``t`` is the 1-based step count for bias correction."""
-    _update(ADAM, params, grads, m, v, lr, beta1, beta2, eps, t)
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0):
+    """Adam with L2 weight decay in the gradient, in place; ``t`` is the 1-based step."""
+    _update(ADAM, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t=t)
+
+
+@serialised
+def adamw(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay):
+    """AdamW (decoupled weight decay), in place; ``t`` is the 1-based step."""
+    _update(ADAMW, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t=t)
+
+
+@serialised
+def rmsprop(params, grads, square_avg, velocity, lr, alpha, eps, momentum=0.0,
+            weight_decay=0.0):
+    """RMSprop (centered=False), in place; ``velocity`` is used only with momentum."""
+    _update(RMSPROP, params, grads, square_avg, velocity if momentum else None, lr, momentum,
+            alpha, eps, weight_decay)
 
 
 @serialised

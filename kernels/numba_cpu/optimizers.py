@@ -2,45 +2,62 @@
 import numpy as np
 from numba import njit, prange
 
-from .. import MOMENTUM, SGD
+from .. import (ADAM, ADAMW, BETA2, LR, MOMENTUM, MU_OR_BETA1, NESTEROV, OPT_EPS, RMSPROP, SGD,
+                WEIGHT_DECAY)
 from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS
 
 
 @njit(inline="always", error_model="numpy")
-def update_range(code, params, grads, state1, state2, lo, hi, lr, mu, b2, eps, t):
-    """Update params[lo:hi] from grads. state1 is the velocity (momentum) or first moment
-    (Adam), state2 the second moment; mu the momentum or Adam's β₁; t the 1-based Adam step.
-    Hyperparameters are cast to the parameters' dtype. (Loops index views from 0 so Numba can
+def update_range(code, params, grads, state1, state2, lo, hi, hyper, t):
+    """Update params[lo:hi] from grads by the rule ``code`` with ``hyper`` (the plan's: lr,
+    momentum or β₁, β₂ or RMSprop's α, ε, weight decay λ, Nesterov) at the 1-based step t.
+    state1: the velocity (momentum), first moment (Adam) or mean square (RMSprop); state2:
+    the second moment (Adam) or RMSprop's velocity. Formulas: fastnn.kernels.reference.
+    Hyper-parameters are cast to the parameters' dtype. (Loops index views from 0 so Numba can
     drop its negative-index wraparound and vectorise.)"""
     dt = params.dtype.type
     p, g = params[lo:hi], grads[lo:hi]
-    lr_ = dt(lr)
+    lr, mu, b2, eps = dt(hyper[LR]), dt(hyper[MU_OR_BETA1]), dt(hyper[BETA2]), dt(hyper[OPT_EPS])
+    wd, one = dt(hyper[WEIGHT_DECAY]), dt(1)
     if code == SGD:
         for i in range(p.shape[0]):
-            p[i] -= lr_ * g[i]                            # w ← w − η g
+            p[i] -= lr * (g[i] + wd * p[i])               # w ← w − η (g + λw)
     elif code == MOMENTUM:
-        v, mu_ = state1[lo:hi], dt(mu)
+        v, nesterov = state1[lo:hi], hyper[NESTEROV] != 0
         for i in range(p.shape[0]):
-            v[i] = v[i] * mu_ + g[i]                      # v ← μv + g
-            p[i] -= lr_ * v[i]                            # w ← w − η v
-    else:
+            gi = g[i] + wd * p[i]
+            v[i] = v[i] * mu + gi                         # v ← μv + g
+            p[i] -= lr * (gi + mu * v[i] if nesterov else v[i])   # w ← w − η (g + μv | v)
+    elif code == RMSPROP:
+        s, v = state1[lo:hi], state2[lo:hi]
+        for i in range(p.shape[0]):
+            gi = g[i] + wd * p[i]
+            s[i] = s[i] * b2 + (one - b2) * gi * gi       # s ← αs + (1−α)g²
+            step = gi / (np.sqrt(s[i]) + eps)
+            if mu != 0:
+                v[i] = v[i] * mu + step                   # v ← μv + g/(√s + ε)
+                step = v[i]
+            p[i] -= lr * step
+    else:                                                 # Adam, AdamW
         m, v = state1[lo:hi], state2[lo:hi]
-        b1_, b2_, c1, c2, eps_ = dt(mu), dt(b2), dt(1 - mu), dt(1 - b2), dt(eps)
-        bc1, bc2 = dt(1 - mu ** t), dt(1 - b2 ** t)
+        c1, c2 = one - mu, one - b2
+        bc1, bc2 = dt(1 - hyper[MU_OR_BETA1] ** t), dt(1 - hyper[BETA2] ** t)
+        l2 = wd if code == ADAM else dt(0)                # Adam: λw in the gradient
+        shrink = one - lr * wd if code == ADAMW else one  # AdamW: w ← w(1 − ηλ) first
         for i in range(p.shape[0]):
-            m[i] = m[i] * b1_ + c1 * g[i]                 # m ← β₁m + (1−β₁)g
-            v[i] = v[i] * b2_ + c2 * g[i] * g[i]          # v ← β₂v + (1−β₂)g²
-            p[i] -= lr_ * (m[i] / bc1) / (np.sqrt(v[i] / bc2) + eps_)  # w ← w − η m̂/(√v̂+ε)
+            gi = g[i] + l2 * p[i]
+            m[i] = m[i] * mu + c1 * gi                    # m ← β₁m + (1−β₁)g
+            v[i] = v[i] * b2 + c2 * gi * gi               # v ← β₂v + (1−β₂)g²
+            p[i] = p[i] * shrink - lr * (m[i] / bc1) / (np.sqrt(v[i] / bc2) + eps)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def update_kernel(code, p, g, s1, s2, lr, mu, b2, eps, t):
+def update_kernel(code, p, g, s1, s2, hyper, t):
     """One optimizer step over all of p, block by block (in parallel for large p)."""
     n = p.shape[0]
     n_blocks = (n + BLOCK - 1) // BLOCK
     if n_blocks < PARALLEL_UPDATE_BLOCKS:
-        update_range(code, p, g, s1, s2, 0, n, lr, mu, b2, eps, t)
+        update_range(code, p, g, s1, s2, 0, n, hyper, t)
     else:
         for blk in prange(n_blocks):
-            update_range(code, p, g, s1, s2, blk * BLOCK, min(n, blk * BLOCK + BLOCK),
-                         lr, mu, b2, eps, t)
+            update_range(code, p, g, s1, s2, blk * BLOCK, min(n, blk * BLOCK + BLOCK), hyper, t)

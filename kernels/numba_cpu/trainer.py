@@ -37,7 +37,6 @@ from .. import (
     ACT,
     ADD,
     AUX,
-    BETA2,
     BN_EPS,
     BN_MOMENTUM,
     CROSS_ENTROPY,
@@ -50,11 +49,8 @@ from .. import (
     IN,
     KIND,
     LOSS,
-    LR,
-    MU_OR_BETA1,
     NIN,
     NOUT,
-    OPT_EPS,
     OUT,
     POFF,
     ROWS,
@@ -207,7 +203,7 @@ def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, da
 
 
 @njit(inline="always", error_model="numpy")
-def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu, b2, eps, t):
+def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper, t):
     """Sum the chunks' gradients over one block of the flat buffer, then update it."""
     lo, hi = blk * BLOCK, min(params.shape[0], blk * BLOCK + BLOCK)
     g = grads[lo:hi]
@@ -215,7 +211,7 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu
         part = partials[c - 1, lo:hi]
         for i in range(g.shape[0]):
             g[i] += part[i]
-    update_range(opt_code, params, grads, s1, s2, lo, hi, lr, mu, b2, eps, t)
+    update_range(opt_code, params, grads, s1, s2, lo, hi, hyper, t)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -227,9 +223,9 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
     Where the batch is too small to split (one chunk), every stage runs serially: a parallel
     region costs more than it saves there, and far more on a loaded machine.
     """
-    X, labels, Y, order, ops, fops, actions = (
+    X, labels, Y, order, ops, fops, actions, hyper = (
         _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(order), _borrowed(ops),
-        _borrowed(fops), _borrowed(actions))
+        _borrowed(fops), _borrowed(actions), _borrowed(hyper))
     params, grads, partials, state, s1, s2 = (
         _borrowed(params), _borrowed(grads), _borrowed(partials), _borrowed(state),
         _borrowed(s1), _borrowed(s2))
@@ -237,7 +233,6 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
         _borrowed(acts), _borrowed(dacts), _borrowed(aux), _borrowed(tmp), _borrowed(labels_b),
         _borrowed(Yb), _borrowed(lossp), _borrowed(corrp))
     n = order.shape[0]
-    lr, mu, b2, eps = hyper[LR], hyper[MU_OR_BETA1], hyper[BETA2], hyper[OPT_EPS]
     total, right = 0.0, 0
     n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
     for start in range(0, n, batch):
@@ -277,12 +272,12 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
         t = step[0]
         if threads == 1 or n_blocks < PARALLEL_UPDATE_BLOCKS:
             for blk in range(n_blocks):
-                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
-                              b2, eps, t)
+                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
+                              t)
         else:
             for blk in prange(n_blocks):
-                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, lr, mu,
-                              b2, eps, t)
+                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
+                              t)
     return total, right
 
 

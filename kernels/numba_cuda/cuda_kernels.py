@@ -12,7 +12,7 @@ import math
 
 from numba import cuda, float64
 
-from .. import MOMENTUM, SGD, SOFTMAX
+from .. import ADAMW, MOMENTUM, RMSPROP, SGD, SOFTMAX
 from .device import (accumulate_totals, activate, activation_grad, load_tile, sigmoid,
                      sum_over_y)
 
@@ -208,29 +208,42 @@ def mse(Yhat, Y, dYhat, totals):
 
 
 @cuda.jit
-def optimizer_step(rule, params, grads, s1, s2, lr, a, b, eps, c1, c2):
-    """One update of the flat parameter buffer, one thread per entry.
+def optimizer_step(rule, params, grads, s1, s2, lr, a, b, eps, wd, nesterov, c1, c2):
+    """One update of the flat parameter buffer, one thread per entry; the formulas are
+    fastnn.kernels.reference's. g = grad + wd·w except for ADAMW.
 
-    SGD: w ← w − η g (s1, s2, a, b, eps, c1, c2 unused).
-    MOMENTUM: s1 = v, a = μ: v ← μv + g; w ← w − η v.
-    ADAM: s1, s2 = m, v; a, b = β₁, β₂; c1, c2 = 1 − β₁ᵗ, 1 − β₂ᵗ:
-    m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η (m/c1)/(√(v/c2) + ε).
+    SGD: w ← w − η g. MOMENTUM: s1 = v, a = μ: v ← μv + g; w ← w − η v, or η (g + μv) with
+    ``nesterov``. ADAM / ADAMW: s1, s2 = m, v; a, b = β₁, β₂; c1, c2 = 1 − β₁ᵗ, 1 − β₂ᵗ:
+    m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η (m/c1)/(√(v/c2) + ε), AdamW after
+    w ← w(1 − η·wd). RMSPROP: s1 = mean square, s2 = velocity (read when a = μ > 0), b = α:
+    s ← αs + (1−α)g²; d = g/(√s + ε); with momentum v ← μv + d, d = v; w ← w − η d.
     """
     i = cuda.grid(1)
     if i < params.size:
-        g = grads[i]
+        w = params[i]
+        g = grads[i] if rule == ADAMW else grads[i] + wd * w
         if rule == SGD:
-            params[i] -= lr * g
+            params[i] = w - lr * g
         elif rule == MOMENTUM:
             v = a * s1[i] + g
             s1[i] = v
-            params[i] -= lr * v
+            params[i] = w - lr * (g + a * v if nesterov else v)
+        elif rule == RMSPROP:
+            s = b * s1[i] + (1 - b) * g * g
+            s1[i] = s
+            d = g / (math.sqrt(s) + eps)
+            if a != 0:
+                d = a * s2[i] + d
+                s2[i] = d
+            params[i] = w - lr * d
         else:
             m = a * s1[i] + (1 - a) * g
             v = b * s2[i] + (1 - b) * g * g
             s1[i] = m
             s2[i] = v
-            params[i] -= lr * (m / c1) / (math.sqrt(v / c2) + eps)
+            if rule == ADAMW:
+                w = w * (1 - lr * wd)
+            params[i] = w - lr * (m / c1) / (math.sqrt(v / c2) + eps)
 
 
 @cuda.jit

@@ -70,27 +70,42 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ):
     return _loss(BINARY_CROSS_ENTROPY, Z, Y, dZ)
 
 
-def sgd(params, grads, lr):
-    """w ← w − η g, in place."""
+def _optimize(step, params, grads, states, *hyper) -> None:
+    """Copy params and the state arrays in, run ``step`` (an ops optimizer), copy them out."""
     d_params = _in(params)
-    ops.sgd(d_params, _in(grads), lr)
-    _back(d_params, params)
+    d_states = [None if s is None else _in(s) for s in states]
+    step(d_params, _in(grads), *d_states, *hyper)
+    for device, host in ((d_params, params), *zip(d_states, states)):
+        if host is not None:
+            _back(device, host)
 
 
-def sgd_momentum(params, grads, velocity, lr, momentum):
-    """v ← μv + g; w ← w − η v, in place."""
-    d_params, d_velocity = _in(params), _in(velocity)
-    ops.sgd_momentum(d_params, _in(grads), d_velocity, lr, momentum)
-    _back(d_params, params)
-    _back(d_velocity, velocity)
+def sgd(params, grads, lr, weight_decay=0.0):
+    """w ← w − η (g + λw), in place."""
+    _optimize(ops.sgd, params, grads, (), lr, weight_decay)
 
 
-def adam(params, grads, m, v, lr, beta1, beta2, eps, t):
+def sgd_momentum(params, grads, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
+    """v ← μv + g; w ← w − η v (Nesterov: η (g + μv)), in place."""
+    _optimize(ops.sgd_momentum, params, grads, (velocity,), lr, momentum, nesterov,
+              weight_decay)
+
+
+def adam(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0):
     """Adam, in place; ``t`` is the 1-based step count."""
-    d_params, d_m, d_v = _in(params), _in(m), _in(v)
-    ops.adam(d_params, _in(grads), d_m, d_v, lr, beta1, beta2, eps, t)
-    for device, host in ((d_params, params), (d_m, m), (d_v, v)):
-        _back(device, host)
+    _optimize(ops.adam, params, grads, (m, v), lr, beta1, beta2, eps, t, weight_decay)
+
+
+def adamw(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay):
+    """AdamW, in place; ``t`` is the 1-based step count."""
+    _optimize(ops.adamw, params, grads, (m, v), lr, beta1, beta2, eps, t, weight_decay)
+
+
+def rmsprop(params, grads, square_avg, velocity, lr, alpha, eps, momentum=0.0,
+            weight_decay=0.0):
+    """RMSprop (centered=False), in place; ``velocity`` is used only with momentum."""
+    _optimize(ops.rmsprop, params, grads, (square_avg, velocity if momentum else None), lr,
+              alpha, eps, momentum, weight_decay)
 
 
 def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,

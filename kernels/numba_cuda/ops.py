@@ -12,7 +12,8 @@ import functools
 
 from numba import cuda
 
-from .. import ADAM, BINARY_CROSS_ENTROPY, CROSS_ENTROPY, IDENTITY, MOMENTUM, MSE, SGD, SOFTMAX
+from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CROSS_ENTROPY, IDENTITY, MOMENTUM, MSE,
+                RMSPROP, SGD, SOFTMAX)
 from . import cuda_kernels as K
 
 #: outputs per matmul thread along each axis: blocks compute (16·THREAD_TILE)² outputs
@@ -84,29 +85,49 @@ def loss(code: int, Z, targets, dZ, totals) -> None:
     LOSS_KERNELS[code][1, K.LOSS_BLOCK](Z, targets, dZ, totals)
 
 
-def _optimizer_step(rule, params, grads, s1, s2, lr, a=0.0, b=0.0, eps=0.0, c1=1.0, c2=1.0):
-    """Launch the one optimizer kernel over the flat buffer, scalars in the buffer's dtype."""
+def optimizer_step(rule: int, params, grads, s1, s2, lr: float, mu_or_beta1: float = 0.0,
+                   beta2: float = 0.0, eps: float = 0.0, weight_decay: float = 0.0,
+                   nesterov: bool = False, t: int = 1) -> None:
+    """Launch the one optimizer kernel over the flat buffer (the plan's rule and hyper-
+    parameters; unused state arrays may be None), scalars in the buffer's dtype."""
     scalar = params.dtype.type
+    s1 = grads if s1 is None else s1
+    s2 = grads if s2 is None else s2
     K.optimizer_step[_blocks(params.size, K.THREADS_1D), K.THREADS_1D](
-        rule, params, grads, s1, s2, scalar(lr), scalar(a), scalar(b), scalar(eps),
-        scalar(c1), scalar(c2))
+        rule, params, grads, s1, s2, scalar(lr), scalar(mu_or_beta1), scalar(beta2),
+        scalar(eps), scalar(weight_decay), bool(nesterov), scalar(1 - mu_or_beta1 ** t),
+        scalar(1 - beta2 ** t))
 
 
-def sgd(params, grads, lr: float) -> None:
-    """w ← w − η g."""
-    _optimizer_step(SGD, params, grads, grads, grads, lr)
+def sgd(params, grads, lr: float, weight_decay: float = 0.0) -> None:
+    """w ← w − η (g + λw)."""
+    optimizer_step(SGD, params, grads, None, None, lr, weight_decay=weight_decay)
 
 
-def sgd_momentum(params, grads, velocity, lr: float, momentum: float) -> None:
-    """v ← μv + g; w ← w − η v."""
-    _optimizer_step(MOMENTUM, params, grads, velocity, grads, lr, momentum)
+def sgd_momentum(params, grads, velocity, lr: float, momentum: float, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
+    """v ← μv + g; w ← w − η v (Nesterov: η (g + μv)); g includes λw."""
+    optimizer_step(MOMENTUM, params, grads, velocity, None, lr, momentum,
+                   weight_decay=weight_decay, nesterov=nesterov)
 
 
-def adam(params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
-         t: int) -> None:
-    """Adam with bias correction for the 1-based step ``t``."""
-    _optimizer_step(ADAM, params, grads, m, v, lr, beta1, beta2, eps,
-                    1 - beta1 ** t, 1 - beta2 ** t)
+def adam(params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float, t: int,
+         weight_decay: float = 0.0) -> None:
+    """Adam with bias correction for the 1-based step ``t``, L2 decay in the gradient."""
+    optimizer_step(ADAM, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t=t)
+
+
+def adamw(params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float, t: int,
+          weight_decay: float) -> None:
+    """AdamW: decoupled weight decay, then Adam's step."""
+    optimizer_step(ADAMW, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t=t)
+
+
+def rmsprop(params, grads, square_avg, velocity, lr: float, alpha: float, eps: float,
+            momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+    """RMSprop (centered=False); ``velocity`` is read only with momentum."""
+    optimizer_step(RMSPROP, params, grads, square_avg, velocity, lr, momentum, alpha, eps,
+                   weight_decay)
 
 
 def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum: float, eps: float,

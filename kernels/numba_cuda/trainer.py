@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import (ACT, ADAM, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, DSKIP, DX,
-                GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MOMENTUM, MSE, MU_OR_BETA1, NIN,
-                NOUT, OPT_EPS, OUT, POFF, SKIP, SOFF)
+from .. import (ACT, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, DSKIP, DX, GRAD_ADD,
+                GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MSE, MU_OR_BETA1, NESTEROV, NIN, NOUT,
+                OPT_EPS, OUT, POFF, SKIP, SOFF, WEIGHT_DECAY)
 from . import ops
 
 #: keep the training set on the device when it needs at most this fraction of free memory
@@ -158,16 +158,13 @@ class DeviceTrainer:
         return self.aux[start:start + n]
 
     def _update(self) -> None:
+        """One launch of the plan's optimizer rule over the flat buffer."""
         plan = self.plan
         h = plan.hyper
         plan.step[0] += 1
-        if plan.rule == ADAM:
-            ops.adam(self.params, self.grads, self.s1, self.s2, h[LR], h[MU_OR_BETA1],
-                     h[BETA2], h[OPT_EPS], int(plan.step[0]))
-        elif plan.rule == MOMENTUM:
-            ops.sgd_momentum(self.params, self.grads, self.s1, h[LR], h[MU_OR_BETA1])
-        else:
-            ops.sgd(self.params, self.grads, h[LR])
+        ops.optimizer_step(plan.rule, self.params, self.grads, self.s1, self.s2, h[LR],
+                           h[MU_OR_BETA1], h[BETA2], h[OPT_EPS], h[WEIGHT_DECAY],
+                           h[NESTEROV] != 0, int(plan.step[0]))
 
     def _resident(self, X, y, Y) -> bool:
         """Whether the training set is on the device, copying it there once when it fits."""
