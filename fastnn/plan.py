@@ -35,14 +35,17 @@ loss: a thread can carry its own rows through all of them) into ROWS stages, and
 BatchNorm pass, which needs the whole batch, a WHOLE_BATCH stage.
 
 Everything that changes between epochs is data: ``plan.hyper`` (learning rate, momentum or β₁,
-β₂, ε) and ``plan.step`` (Adam's step count) are refreshed from the optimizer before each epoch
-(:meth:`Plan.load_optimizer`), so a new learning rate recompiles and rebuilds nothing.
+β₂ or RMSprop's α, ε, weight decay, Nesterov) and ``plan.step`` (Adam's step count) are
+refreshed from the optimizer before each epoch (:meth:`Plan.load_optimizer`), so a new
+learning rate recompiles and rebuilds nothing.
 
 Adding a layer kind: one function in :data:`_OPS` below turning the layer into op rows (and a
 new KIND in ``fastnn.kernels`` if no existing op expresses it), then one case in each backend's
-interpreter (numba_cpu ``_row_action``/``_bn_stage``, cython ``_run_action``, numba_cuda
-``DeviceTrainer._forward``/``_backward``). A layer type with no entry here trains layer by
-layer, never wrongly.
+interpreter (numba_cpu ``_row_action``/``_bn_stage``, cython ``_band_actions``/
+``_batchnorm_block``, numba_cuda ``DeviceTrainer._forward``/``_backward``). A layer type with no
+entry here trains layer by layer, never wrongly. An optimizer rule is the same: a code in
+``fastnn.kernels``, its ``fused_rule`` in ``fastnn.optimizers``, one case in each backend's
+update (numba_cpu ``update_range``, cython ``_update``, numba_cuda ``optimizer_step``).
 """
 from __future__ import annotations
 
