@@ -13,6 +13,7 @@ TRAIN = [pytest.param(c, n, id=f"{c}-{n}") for c in bm.CONFIGS for n in CONTENDE
 PREDICT = [pytest.param(c, n, id=f"{c}-{n}") for c, cfg in bm.CONFIGS.items() if cfg.predict
            for n in CONTENDERS]
 needs_torch = pytest.mark.skipif(not bm.torch_installed(), reason="PyTorch is not installed")
+needs_jax = pytest.mark.skipif(not bm.jax_installed(), reason="JAX is not installed")
 
 
 @pytest.mark.parametrize("name, contender", TRAIN)
@@ -54,6 +55,20 @@ def test_torch_peer_computes_the_same_network(name):
         fast.train()                      # averages over outputs too: a scaled gradient)
         peer.train()
         np.testing.assert_allclose(peer.parameters(), fast.parameters(), rtol=1e-4, atol=1e-6)
+
+
+@needs_jax
+@pytest.mark.parametrize("name", list(bm.CONFIGS))
+def test_jax_peer_computes_the_same_network(name):
+    """The JAX peer holds fastnn's initial weights and takes fastnn's SGD step."""
+    config = bm.CONFIGS[name]
+    fast = bm.Contest(config, "reference", 1, predict_samples=64)
+    peer = bm.Contest(config, "jax_cpu", 1, predict_samples=64)
+    np.testing.assert_allclose(peer.parameters(), fast.parameters())
+    np.testing.assert_allclose(peer.predict(), fast.predict(), rtol=1e-4, atol=1e-5)
+    fast.train()
+    peer.train()
+    np.testing.assert_allclose(peer.parameters(), fast.parameters(), rtol=1e-4, atol=1e-6)
 
 
 FUSED = [c for c in CONTENDERS if c in ("numba_cpu", "cython", "numba_cuda")]

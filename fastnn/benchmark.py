@@ -86,11 +86,17 @@ TARGETS = {
 }
 
 TORCH_PEERS = ("torch_cpu", "torch_cuda")
+#: framework peers whose network is built from the reference backend's initial weights
+PEERS = (*TORCH_PEERS, "jax_cpu")
 
 
 # -- contenders ----------------------------------------------------------------------------
 def torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
+
+
+def jax_installed() -> bool:
+    return importlib.util.find_spec("jax") is not None
 
 
 def _cuda_simulated() -> bool:
@@ -115,7 +121,10 @@ def contenders() -> dict[str, str]:
                                "left out: needs a CUDA GPU and a usable numba_cuda")
     else:
         found["torch_cpu"] = found["torch_cuda"] = "not installed (pip install 'fastnn[bench]')"
-    order = ("reference", "torch_cpu", "cython", "numba_cpu", "torch_cuda", "numba_cuda")
+    found["jax_cpu"] = ("usable" if jax_installed()
+                        else "not installed (pip install 'fastnn[bench]')")
+    order = ("reference", "torch_cpu", "jax_cpu", "cython", "numba_cpu", "torch_cuda",
+             "numba_cuda")
     return {name: found[name] for name in sorted(found, key=lambda n: (
         order.index(n) if n in order else len(order)))}
 
@@ -195,25 +204,26 @@ class Contest:
         if predict_samples:
             self.X_predict = make_data(config, -(-predict_samples // config.batch), seed + 1)[0]
             self.X_predict = self.X_predict[:predict_samples]
-        # a PyTorch peer copies the initial weights of the reference backend's model
-        backend = "reference" if contender in TORCH_PEERS else contender
+        # a framework peer copies the initial weights of the reference backend's model
+        backend = "reference" if contender in PEERS else contender
         self.model = build_model(config, backend, seed)
         self.optimizer = SGD(LR)
-        self.torch = _TorchNet(self) if contender in TORCH_PEERS else None
+        self.peer = (_TorchNet(self) if contender in TORCH_PEERS else
+                     _JaxNet(self) if contender == "jax_cpu" else None)
 
     def train(self) -> None:
-        if self.torch is not None:
-            return self.torch.train()
+        if self.peer is not None:
+            return self.peer.train()
         self.model.fit(self.X, self.y, loss=self.config.loss, optimizer=self.optimizer,
                        epochs=1, batch_size=self.config.batch, shuffle=False, verbose=0)
 
     def predict(self) -> np.ndarray:
-        if self.torch is not None:
-            return self.torch.predict()
+        if self.peer is not None:
+            return self.peer.predict()
         return self.model.predict(self.X_predict, batch_size=PREDICT_BATCH)
 
     def parameters(self) -> np.ndarray:
-        return self.torch.parameters() if self.torch is not None \
+        return self.peer.parameters() if self.peer is not None \
             else self.model.parameters().copy()
 
 
@@ -271,6 +281,60 @@ class _TorchNet:
         return np.concatenate([np.concatenate([m.weight.detach().cpu().numpy().T.ravel(),
                                                m.bias.detach().cpu().numpy()])
                                for m in linears])
+
+
+class _JaxNet:
+    """The JAX peer: the same network, initial weights, data and SGD, with the whole timed call
+    (all of the contest's minibatches) as one ``jax.jit``-compiled ``lax.scan`` over
+    minibatches: the fastest form a JAX user writes, fused as fastnn's epoch is. The loss is
+    fastnn's (mse = ½Σ over outputs, averaged over the batch), so both take the same step.
+    XLA's CPU thread pool is sized by the cores (JAX has no setting for it)."""
+
+    def __init__(self, contest: Contest):
+        import jax
+        import jax.numpy as jnp
+        self.jax, self.config = jax, contest.config
+        config = contest.config
+        act = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[
+            config.activation]
+
+        def forward(params, x):
+            for W, b in params[:-1]:
+                x = act(x @ W + b)
+            W, b = params[-1]
+            return x @ W + b
+
+        def loss(params, x, y):
+            z = forward(params, x)
+            if config.loss == "cross_entropy":
+                return jnp.mean(jax.nn.logsumexp(z, axis=1)
+                                - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0])
+            return 0.5 * jnp.mean(jnp.sum((z - y) ** 2, axis=1))
+
+        def step(params, batch):
+            grads = jax.grad(loss)(params, *batch)
+            return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads), None
+
+        self.epoch = jax.jit(lambda params, X, Y: jax.lax.scan(step, params, (X, Y))[0])
+        self.forward = jax.jit(forward)
+        self.params = [(jnp.asarray(layer.weight), jnp.asarray(layer.bias))
+                       for layer in contest.model.layers]
+        B = config.batch
+        y = contest.y.astype(np.int32) if config.loss == "cross_entropy" else contest.y
+        self.X = jnp.asarray(contest.X.reshape(-1, B, contest.X.shape[1]))
+        self.Y = jnp.asarray(y.reshape(-1, B, *y.shape[1:]))
+        self.X_predict = jnp.asarray(contest.X_predict)
+
+    def train(self) -> None:
+        self.params = self.jax.block_until_ready(self.epoch(self.params, self.X, self.Y))
+
+    def predict(self) -> np.ndarray:
+        return np.asarray(self.jax.block_until_ready(self.forward(self.params,
+                                                                  self.X_predict)))
+
+    def parameters(self) -> np.ndarray:
+        return np.concatenate([np.concatenate([np.asarray(W).ravel(), np.asarray(b)])
+                               for W, b in self.params])
 
 
 def time_call(fn: Callable[[], object], rounds: int) -> float:
@@ -344,6 +408,7 @@ class Row:
     flops: int               # per step or batch
     vs_reference: float | None = None
     vs_torch: float | None = None
+    vs_jax: float | None = None
     peak_fraction: float | None = None
 
     @property
@@ -366,7 +431,8 @@ class Row:
         """The figures pytest-benchmark stores with the run."""
         return {"us_per_step": self.us, "samples_per_s": self.samples_per_s,
                 "gflops": self.gflops, "vs_reference": self.vs_reference,
-                "vs_torch": self.vs_torch, "peak_fraction": self.peak_fraction}
+                "vs_torch": self.vs_torch, "vs_jax": self.vs_jax,
+                "peak_fraction": self.peak_fraction}
 
 
 @dataclass
@@ -403,21 +469,24 @@ class Results:
             torch_time = times.get((r.config, r.task, peer))
             r.vs_reference = None if ref is None else ref / r.seconds
             r.vs_torch = None if torch_time is None else torch_time / r.seconds
+            jax_time = times.get((r.config, r.task, "jax_cpu"))
+            r.vs_jax = None if jax_time is None or device_of(r.contender) != "cpu" \
+                else jax_time / r.seconds
             peak = self.peaks.get(device_of(r.contender))
             r.peak_fraction = None if peak is None else r.gflops / peak
 
     def table(self) -> str:
         """Aligned text table, one line per row, with the issue targets where there are."""
-        head = ("config", "backend", "µs/step", "samples/s", "×ref", "×torch", "of peak",
-                "target ×ref / ×torch")
+        head = ("config", "backend", "µs/step", "samples/s", "×ref", "×torch", "×jax",
+                "of peak", "target ×ref / ×torch")
         lines = [head]
         for r in self.rows:
             lines.append((r.label, r.contender, f"{r.us:,.1f}", f"{r.samples_per_s:,.0f}",
-                          _ratio(r.vs_reference), _ratio(r.vs_torch),
+                          _ratio(r.vs_reference), _ratio(r.vs_torch), _ratio(r.vs_jax),
                           "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%",
                           _target(r)))
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-        text = ["  ".join(c.ljust(w) if i < 2 or i == 7 else c.rjust(w)
+        text = ["  ".join(c.ljust(w) if i < 2 or i == 8 else c.rjust(w)
                           for i, (c, w) in enumerate(zip(line, widths))).rstrip()
                 for line in lines]
         peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in self.peaks.items())
@@ -512,9 +581,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                         help="configurations to time (default: all)")
     parser.add_argument("--backends", nargs="+", metavar="NAME",
-                        choices=[*backends.BACKENDS, *TORCH_PEERS],
-                        help="fastnn backends and PyTorch peers (torch_cpu, torch_cuda) to time "
-                             "(default: every usable one)")
+                        choices=[*backends.BACKENDS, *PEERS],
+                        help="fastnn backends and framework peers (torch_cpu, torch_cuda, "
+                             "jax_cpu) to time (default: every usable one)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="threads for every contender (default: all cores: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3,

@@ -90,7 +90,8 @@ def cmd_train(args) -> int:
                         validation_data=None if held_out else (X_test, y_test),
                         validation_split=args.validation_split or 0.0,
                         early_stopping=False if args.early_stopping is None
-                        else args.early_stopping, callbacks=callbacks, verbose=args.verbose)
+                        else args.early_stopping, callbacks=callbacks,
+                        clip_norm=args.clip_norm, verbose=args.verbose)
     elapsed = time.perf_counter() - start
     result = model.evaluate(X_test, y_test, loss="cross_entropy")
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy {history['accuracy'][-1]:.4f}")
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", choices=["constant", *LR_SCHEDULES], default="constant",
                        help="cosine: to 0 over the epochs; step: ×0.1 every third of them; "
                             "exponential: ×0.95 per epoch")
+    train.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                       help="rescale each step's gradient to a global L2 norm of at most C")
     train.add_argument("--plot", metavar="FILE", help="plot the history to FILE (a .png; "
                                                       "needs matplotlib)")
     train.add_argument("--save", metavar="FILE", help="save the trained model here")

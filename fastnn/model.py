@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from . import backends, diagnostics, losses, training, validation
 from . import plan as plan_module
+from .kernels import CLIP_EPS, CLIP_NORM
 from .layers import Dense, Layer, bind_chain, check_chain
 from .optimizers import SGD, Optimizer
 
@@ -210,7 +211,8 @@ class Sequential:
     def fit(self, X, y, loss: str, optimizer: Optimizer | None = None, epochs: int = 10,
             batch_size: int = 32, shuffle: bool = True, validation_data=None,
             validation_split: float = 0.0, callbacks=None, early_stopping: bool | int = False,
-            verbose: int = 1, track_gradients: bool = False) -> History:
+            clip_norm: float | None = None, verbose: int = 1,
+            track_gradients: bool = False) -> History:
         """Train with minibatch gradient descent; return the per-epoch :class:`History`.
 
         ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
@@ -221,7 +223,9 @@ class Sequential:
         cross-entropy losses. ``callbacks`` is a list of :class:`fastnn.callbacks.Callback`
         (run between epochs); ``early_stopping=True`` adds ``EarlyStopping(patience=10)`` on
         val_loss, an int sets the patience, and then ``validation_split`` defaults to 0.1.
-        ``verbose=0`` silences the progress bar and the callbacks' messages.
+        ``clip_norm`` rescales each step's gradient to a global L2 norm of at most that, exactly
+        as ``torch.nn.utils.clip_grad_norm_`` (g ← g·min(1, clip_norm/(‖g‖₂ + 1e-6))), inside
+        the fused step. ``verbose=0`` silences the progress bar and the callbacks' messages.
         ``track_gradients=True`` records after each epoch the weight-gradient norm of every
         Dense layer (forward order), measured on a fixed batch of training rows, as
         history["gradient_norms"] (see :func:`fastnn.diagnostics.gradient_norms`).
@@ -235,6 +239,8 @@ class Sequential:
         if not isinstance(track_gradients, bool):
             raise TypeError(f"track_gradients must be True or False, got {track_gradients!r}")
         callbacks = training.callback_list(callbacks, early_stopping)
+        if clip_norm is not None:
+            clip_norm = validation.positive_float(clip_norm, "clip_norm")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
@@ -251,6 +257,8 @@ class Sequential:
         history = History()
         order = np.arange(len(X))
         plan = self._fused_plan(loss, optimizer, batch_size)
+        if plan is not None:
+            plan.hyper[CLIP_NORM] = clip_norm or 0.0
         trainer = None if plan is None else self._k.make_trainer(plan)
         with _told_if_slow(f"{self.backend}: compiling kernels for this model (once; cached "
                            f"on disk for later runs)", verbose):
@@ -278,7 +286,8 @@ class Sequential:
                     total, correct = trainer.run_epoch(X, y, order)
                     optimizer.fused_steps_done(plan.step[0])
                 else:
-                    total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size)
+                    total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size,
+                                                     clip_norm)
                 if not math.isfinite(total):
                     raise FloatingPointError(
                         f"the loss became {total} in epoch {epoch + 1}; lower the learning "
@@ -364,8 +373,9 @@ class Sequential:
         plan = self._fused_plan(loss, optimizer, batch_size)
         return None if plan is None else self._k.make_trainer(plan)
 
-    def _run_epoch(self, X, y, order, loss, optimizer, batch_size):
-        """One epoch layer by layer: per minibatch, forward, loss, backward, optimizer step."""
+    def _run_epoch(self, X, y, order, loss, optimizer, batch_size, clip_norm=None):
+        """One epoch layer by layer: per minibatch, forward, loss, backward, (clip,) optimizer
+        step."""
         total, correct = 0.0, 0
         for s in range(0, len(X), batch_size):
             idx = order[s:s + batch_size]
@@ -373,6 +383,9 @@ class Sequential:
             np.take(X, idx, axis=0, out=Xb)
             np.take(y, idx, axis=0, out=yb)
             value, out = self._loss_and_gradients(Xb, yb, loss)
+            if clip_norm is not None:                    # g ← g·min(1, c/(‖g‖ + ε))
+                norm = np.sqrt(np.dot(self._grads.astype(np.float64), self._grads))
+                self._grads *= self._grads.dtype.type(min(1.0, clip_norm / (norm + CLIP_EPS)))
             optimizer.step(self._k, self._params, self._grads)
             total += value * len(idx)
             n_right = loss.n_correct(out, yb, probabilities=not loss.on_logits)

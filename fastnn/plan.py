@@ -35,9 +35,9 @@ loss: a thread can carry its own rows through all of them) into ROWS stages, and
 BatchNorm pass, which needs the whole batch, a WHOLE_BATCH stage.
 
 Everything that changes between epochs is data: ``plan.hyper`` (learning rate, momentum or β₁,
-β₂ or RMSprop's α, ε, weight decay, Nesterov) and ``plan.step`` (Adam's step count) are
-refreshed from the optimizer before each epoch (:meth:`Plan.load_optimizer`), so a new
-learning rate recompiles and rebuilds nothing.
+β₂ or RMSprop's α, ε, weight decay, Nesterov; then the fit's ``clip_norm``, 0 for none) and
+``plan.step`` (Adam's step count) are refreshed before each epoch
+(:meth:`Plan.load_optimizer`), so a new learning rate recompiles and rebuilds nothing.
 
 Adding a layer kind: one function in :data:`_OPS` below turning the layer into op rows (and a
 new KIND in ``fastnn.kernels`` if no existing op expresses it), then one case in each backend's
@@ -52,8 +52,8 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import (ACT, ADD, AUX, BACKWARD, BATCHNORM, DENSE, DSKIP, DX, FORWARD, GATHER,
-                      GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IDENTITY, IN, KIND, LOSS, N_HYPER, NIN,
-                      NOUT, OUT, POFF, ROWS, SKIP, SOFF, WHOLE_BATCH)
+                      GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IDENTITY, IN, KIND, LOSS, N_HYPER,
+                      N_OPTIMIZER_HYPER, NIN, NOUT, OUT, POFF, ROWS, SKIP, SOFF, WHOLE_BATCH)
 from .layers import BatchNorm, Dense, Layer, Residual
 
 _COLUMNS = 12
@@ -100,7 +100,7 @@ class Plan:
         if fused is None:
             return False
         self.rule, hyper, self.step[0], s1, s2 = fused
-        self.hyper[:] = hyper
+        self.hyper[:N_OPTIMIZER_HYPER] = hyper
         empty = np.zeros(0, self.dtype)
         self.s1 = empty if s1 is None else s1
         self.s2 = empty if s2 is None else s2

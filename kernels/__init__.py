@@ -72,6 +72,9 @@ MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
 #: optimizer rule codes (``plan.rule``)
 SGD, MOMENTUM, ADAM, ADAMW, RMSPROP = range(5)
 #: entries of ``plan.hyper`` (float64): learning rate, momentum or β₁, β₂ (RMSprop: α), ε,
-#: weight decay, Nesterov (1.0 or 0.0)
-LR, MU_OR_BETA1, BETA2, OPT_EPS, WEIGHT_DECAY, NESTEROV = range(6)
-N_HYPER = 6
+#: weight decay, Nesterov (1.0 or 0.0) from the optimizer; then the fit's gradient-norm clip
+#: (0: off): each step's gradient is scaled by min(1, clip/(‖g‖₂ + CLIP_EPS)) before the update
+LR, MU_OR_BETA1, BETA2, OPT_EPS, WEIGHT_DECAY, NESTEROV, CLIP_NORM = range(7)
+N_OPTIMIZER_HYPER, N_HYPER = 6, 7
+#: added to the gradient norm before clipping, as torch.nn.utils.clip_grad_norm_ does
+CLIP_EPS = 1e-6

@@ -253,3 +253,18 @@ def test_every_optimizer_rule_trains_on_the_device(optimizer, monkeypatch):
     X, y = rng.standard_normal((10, 3)), rng.integers(0, 2, 10)
     runs, _ = fit_both(build, X, y, "cross_entropy", optimizer, 2, 4, monkeypatch)
     assert_same_training(runs, np.dtype("float64"))
+
+
+def test_clip_norm_on_the_device(monkeypatch):
+    def build(backend):
+        return Sequential([Dense(3, 6, "relu"), Dense(6, 2)], backend=backend, seed=1,
+                          dtype="float64")
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((12, 3)), rng.standard_normal((12, 2))
+    runs = []
+    for backend in ("reference", "numba_cuda"):
+        model, opt = build(backend), SGD(0.2, momentum=0.9)
+        history = model.fit(X, y, loss="mse", optimizer=opt, epochs=2, batch_size=4,
+                            clip_norm=0.1, verbose=0)
+        runs.append((model, history, opt))
+    assert_same_training(runs, np.dtype("float64"))

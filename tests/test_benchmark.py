@@ -26,7 +26,7 @@ def test_contenders_follow_the_registry_reference_first():
         assert name in found
         if not info.usable:
             assert found[name] == info.reason
-    assert set(bm.TORCH_PEERS) <= set(found)
+    assert set(bm.PEERS) <= set(found)
 
 
 def test_ratios_peak_fraction_and_targets():
@@ -37,6 +37,9 @@ def test_ratios_peak_fraction_and_targets():
     fast = results.add(tiny, "train", "numba_cpu", 10e-6)
     slow = results.add(bm.CONFIGS["deep"], "train", "numba_cpu", 1e-3)
     assert fast.vs_reference == pytest.approx(4.0) and fast.vs_torch == pytest.approx(16.0)
+    assert fast.vs_jax is None
+    results.add(tiny, "train", "jax_cpu", 20e-6)
+    assert fast.vs_jax == pytest.approx(2.0)
     assert fast.peak_fraction == pytest.approx(tiny.step_flops / 10e-6 / 1e9 / 100.0)
     assert slow.vs_reference is None and slow.vs_torch is None
     table = results.table()

@@ -121,3 +121,23 @@ def test_twenty_epochs_with_a_schedule_and_early_stopping(backend):
         assert history.stopped_epoch == ref_history.stopped_epoch
         np.testing.assert_allclose(model.parameters(), ref.parameters(), rtol=1e-8, atol=1e-9)
         np.testing.assert_allclose(model._state, ref._state, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "wide", "batchnorm_residual"])
+@pytest.mark.parametrize("backend", FUSED)
+def test_clip_norm_fused_equals_layer_path_and_reference(backend, kind):
+    """The global-norm clip inside the fused step (after the row chunks' gradients are summed)
+    gives what the layer path and the reference give."""
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((160, 12)), rng.standard_normal((160, 3))
+    runs = []
+    for name, fuse in (("reference", False), (backend, True), (backend, False)):
+        model = Sequential(network(kind, "identity"), backend=name, seed=2, dtype="float64")
+        model.fuse = fuse
+        model.fit(X, y, loss="mse", optimizer=SGD(0.1, momentum=0.9), epochs=2,
+                  batch_size=BATCH[kind], clip_norm=0.5, verbose=0)
+        runs.append(model)
+    ref = runs[0]
+    for model in runs[1:]:
+        np.testing.assert_allclose(model.parameters(), ref.parameters(), rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(model.gradients(), ref.gradients(), rtol=1e-9, atol=1e-11)

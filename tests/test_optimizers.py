@@ -107,3 +107,32 @@ def test_repr_and_the_cli_names():
     model = Sequential([Dense(2, 1)], backend="reference")
     model.fit(np.ones((4, 2)), np.ones(4), loss="mse", optimizer=RMSprop(), epochs=1,
               verbose=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("clip", [0.05, 1e6])
+def test_clip_norm_is_torch_clip_grad_norm(backend, clip):
+    """One SGD step on the whole batch: w ← w − η g·min(1, clip/(‖g‖₂ + 1e-6)), and the
+    model's gradient buffer holds the clipped gradient (clip_grad_norm_ scales p.grad)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 3)), rng.standard_normal((16, 2))
+    model = Sequential([Dense(3, 4, "tanh"), Dense(4, 2)], backend=backend, dtype="float64")
+    before = model.parameters().copy()
+    model.compute_gradients(X, y, "mse")
+    g = model.gradients().copy()
+    coef = min(1.0, clip / (np.linalg.norm(g) + 1e-6))
+    model.fit(X, y, loss="mse", optimizer=SGD(0.1), epochs=1, batch_size=16, shuffle=False,
+              clip_norm=clip, verbose=0)
+    np.testing.assert_allclose(model.gradients(), g * coef, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(model.parameters(), before - 0.1 * g * coef, rtol=1e-12,
+                               atol=1e-15)
+    assert (coef < 1) == (clip == 0.05)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "1"])
+def test_bad_clip_norm(bad):
+    model = Sequential([Dense(3, 2)], backend="reference")
+    before = model.parameters().copy()
+    with pytest.raises((ValueError, TypeError), match="clip_norm must be"):
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), loss="mse", clip_norm=bad, verbose=0)
+    np.testing.assert_array_equal(model.parameters(), before)

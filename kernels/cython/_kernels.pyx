@@ -26,6 +26,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
+from fastnn.kernels import CLIP_EPS as _CLIP_EPS
 from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
 from fastnn.kernels._threads import kernel_blas_threads
 
@@ -143,6 +144,8 @@ cdef enum:
 cdef enum:
     ROWS = 0
     WHOLE_BATCH = 1
+cdef enum:
+    CLIP_NORM = 6                # the entry of plan.hyper
 
 
 def _check_codes():
@@ -156,7 +159,7 @@ def _check_codes():
             "ACT": ACT, "POFF": POFF, "SOFF": SOFF, "AUX": AUX, "SKIP": SKIP, "DX": DX,
             "DSKIP": DSKIP, "GRAD_SKIP": GRAD_SKIP, "GRAD_WRITE": GRAD_WRITE,
             "GRAD_ADD": GRAD_ADD, "GATHER": GATHER, "FORWARD": FORWARD, "LOSS": LOSS,
-            "BACKWARD": BACKWARD, "ROWS": ROWS, "WHOLE_BATCH": WHOLE_BATCH}
+            "BACKWARD": BACKWARD, "ROWS": ROWS, "WHOLE_BATCH": WHOLE_BATCH, "CLIP_NORM": CLIP_NORM}
     wrong = [name for name, value in ours.items() if getattr(k, name) != value]
     if wrong:
         raise ImportError(f"the cython extension was built with other codes for "
@@ -171,6 +174,8 @@ cdef enum:
     BLOCK = 64
 
 cdef double LEAKY = _LEAKY_SLOPE
+# added to the gradient norm before clipping, as torch.nn.utils.clip_grad_norm_ does
+cdef double CLIP_EPS = _CLIP_EPS
 # an element-wise loop runs on several threads only from this many elements on (~1 ms of
 # work): waking the threads and the barrier after the loop cost more than they save below it
 cdef Py_ssize_t PARALLEL_MIN = 1 << 20
@@ -1238,6 +1243,10 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef Py_ssize_t n_blocks = (n_params + UPDATE_BLOCK - 1) // UPDATE_BLOCK
     cdef Py_ssize_t c, i, blk, lo, hi, jb, correct = 0
     cdef Py_ssize_t mb = 0, rows = 0, band = 0, bands = 0, st = 0, a = 0   # (per thread)
+    cdef Py_ssize_t summed = 0, each = 0
+    cdef double sq = 0, scale = 1, clip = hyper[CLIP_NORM]
+    cdef double[::1] BlockSq = np.zeros(max(n_blocks, 1))
+    cdef double* block_sq = &BlockSq[0]
     cdef Py_ssize_t work = plan.work_per_row
     cdef int team = _bands(batch, work, min(threads, MAX_BANDS))[0]
     cdef long t = plan.step[0]
@@ -1267,11 +1276,23 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                         _batchnorm_block(net, p, <int> actions[2 * a], op,
                                          net.fops + 2 * actions[2 * a + 1], rows, jb)
                 fastnn_barrier()                        # the stage is done for every row
+            summed, scale = bands, 1.0
+            if clip > 0:                                # the global norm: every band summed
+                for blk in prange(n_blocks, schedule="static"):
+                    lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
+                    _sum_bands(g, partials, n_params, bands, lo, hi)
+                    block_sq[blk] = _sum_squares(g, lo, hi)
+                fastnn_barrier()
+                sq = 0                                  # (each thread, in the same order)
+                for each in range(n_blocks):
+                    sq = sq + block_sq[each]
+                summed, scale = 1, min(1.0, clip / (sqrt(sq) + CLIP_EPS))
             for blk in prange(n_blocks, schedule="static"):   # Σ band gradients, then update
                 lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
-                for c in range(1, bands):
+                _sum_bands(g, partials, n_params, summed, lo, hi)
+                if scale != 1.0:
                     for i in range(lo, hi):
-                        g[i] += partials[(c - 1) * n_params + i]
+                        g[i] = g[i] * <floating> scale  # g ← g·min(1, c/(‖g‖ + ε))
                 _update_at(&step, t + mb + 1, p, g, s1, s2, lo, hi)
             fastnn_barrier()                            # the parameters are updated
     for c in range(MAX_BANDS):
@@ -1279,6 +1300,24 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
         correct += band_right[c]
     plan.step[0] = t + n_batches
     return total, correct
+
+
+cdef inline void _sum_bands(floating* g, const floating* partials, Py_ssize_t n_params,
+                            Py_ssize_t bands, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """g[lo:hi] += the gradients of bands 1..bands−1 (band 0 wrote g itself)."""
+    cdef Py_ssize_t c, i
+    for c in range(1, bands):
+        for i in range(lo, hi):
+            g[i] += partials[(c - 1) * n_params + i]
+
+
+cdef inline double _sum_squares(const floating* g, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Σ g[lo:hi]², in double."""
+    cdef Py_ssize_t i
+    cdef double sq = 0
+    for i in range(lo, hi):
+        sq += <double> g[i] * g[i]
+    return sq
 
 
 cdef inline void _update_at(const Step* step, long t, floating* p, const floating* g,

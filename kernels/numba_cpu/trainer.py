@@ -33,38 +33,11 @@ from numba.core import cgutils, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
-from .. import (
-    ACT,
-    ADD,
-    AUX,
-    BN_EPS,
-    BN_MOMENTUM,
-    CROSS_ENTROPY,
-    DSKIP,
-    DX,
-    FORWARD,
-    GATHER,
-    GRAD_ADD,
-    GRAD_WRITE,
-    IN,
-    KIND,
-    LOSS,
-    NIN,
-    NOUT,
-    OUT,
-    POFF,
-    ROWS,
-    SKIP,
-    SOFF,
-)
+from .. import (ACT, ADD, AUX, BN_EPS, BN_MOMENTUM, CLIP_EPS, CLIP_NORM, CROSS_ENTROPY, DSKIP,
+                DX, FORWARD, GATHER, GRAD_ADD, GRAD_WRITE, IN, KIND, LOSS, NIN, NOUT, OUT, POFF,
+                ROWS, SKIP, SOFF)
 from .._threads import choose_numba_layer, kernel_blas_threads
-from ._split import (
-    BLAS_THREADS_WORK,
-    BLOCK,
-    MIN_CHUNK_WORK,
-    PARALLEL_UPDATE_BLOCKS,
-    row_split,
-)
+from ._split import BLAS_THREADS_WORK, BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS, row_split
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .interface import LAUNCH_LOCK, writeable_input
@@ -203,14 +176,35 @@ def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, da
 
 
 @njit(inline="always", error_model="numpy")
-def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper, t):
-    """Sum the chunks' gradients over one block of the flat buffer, then update it."""
+def _sum_chunks(blk, nchunk, grads, partials):
+    """Add the chunks' gradients into grads over one block of the flat buffer; return the
+    block's Σg² (float64), for clipping by the global norm."""
+    lo, hi = blk * BLOCK, min(grads.shape[0], blk * BLOCK + BLOCK)
+    g = grads[lo:hi]
+    for c in range(1, nchunk):
+        part = partials[c - 1, lo:hi]
+        for i in range(g.shape[0]):
+            g[i] += part[i]
+    sq = 0.0
+    for i in range(g.shape[0]):
+        sq += float(g[i]) * float(g[i])
+    return sq
+
+
+@njit(inline="always", error_model="numpy")
+def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper, t, scale):
+    """Sum the chunks' gradients over one block of the flat buffer, scale them (a clipped
+    step), then update the block."""
     lo, hi = blk * BLOCK, min(params.shape[0], blk * BLOCK + BLOCK)
     g = grads[lo:hi]
     for c in range(1, nchunk):
         part = partials[c - 1, lo:hi]
         for i in range(g.shape[0]):
             g[i] += part[i]
+    if scale != 1.0:
+        factor = g.dtype.type(scale)
+        for i in range(g.shape[0]):
+            g[i] *= factor                                # g ← g·min(1, c/(‖g‖ + ε))
     update_range(opt_code, params, grads, s1, s2, lo, hi, hyper, t)
 
 
@@ -270,14 +264,25 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
             right += corrp[c]
         step[0] += 1
         t = step[0]
-        if threads == 1 or n_blocks < PARALLEL_UPDATE_BLOCKS:
-            for blk in range(n_blocks):
-                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
-                              t)
-        else:
+        parallel_update = threads > 1 and n_blocks >= PARALLEL_UPDATE_BLOCKS
+        scale, summed = 1.0, nchunk
+        if hyper[CLIP_NORM] > 0:                          # the global norm needs every chunk
+            sq = 0.0                                      # summed first
+            if parallel_update:
+                for blk in prange(n_blocks):
+                    sq += _sum_chunks(blk, nchunk, grads, partials)
+            else:
+                for blk in range(n_blocks):
+                    sq += _sum_chunks(blk, nchunk, grads, partials)
+            scale, summed = min(1.0, hyper[CLIP_NORM] / (np.sqrt(sq) + CLIP_EPS)), 1
+        if parallel_update:
             for blk in prange(n_blocks):
-                _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
-                              t)
+                _update_block(blk, summed, opt_code, params, grads, partials, s1, s2, hyper,
+                              t, scale)
+        else:
+            for blk in range(n_blocks):
+                _update_block(blk, summed, opt_code, params, grads, partials, s1, s2, hyper,
+                              t, scale)
     return total, right
 
 

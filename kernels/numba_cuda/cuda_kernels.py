@@ -247,6 +247,29 @@ def optimizer_step(rule, params, grads, s1, s2, lr, a, b, eps, wd, nesterov, c1,
 
 
 @cuda.jit
+def sum_squares(x, out):
+    """out[0] = Σ x² over a flat vector, in float64; one block of LOSS_BLOCK threads, reduced
+    in a fixed tree order."""
+    scratch = cuda.shared.array(LOSS_SCRATCH, float64)
+    s = 0.0
+    for i in range(cuda.threadIdx.y, x.size, cuda.blockDim.y):
+        s += x[i] * x[i]
+    total = sum_over_y(scratch, s)
+    if cuda.threadIdx.y == 0:
+        out[0] = total
+
+
+@cuda.jit
+def scale_to_norm(x, sq, max_norm, eps):
+    """x ← x·min(1, max_norm/(√sq[0] + eps)) (clip_grad_norm_), one thread per entry."""
+    i = cuda.grid(1)
+    if i < x.size:
+        coef = max_norm / (math.sqrt(sq[0]) + eps)
+        if coef < 1.0:
+            x[i] = x[i] * coef
+
+
+@cuda.jit
 def batchnorm_forward(X, gamma, beta, running_mean, running_var, momentum, eps, training,
                       out, xhat, inv_std):
     """y = γ x̂ + β with x̂ = (x − μ)/√(σ² + ε), per feature (column) of X (n, features).

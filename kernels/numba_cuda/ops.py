@@ -12,8 +12,8 @@ import functools
 
 from numba import cuda
 
-from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CROSS_ENTROPY, IDENTITY, MOMENTUM, MSE,
-                RMSPROP, SGD, SOFTMAX)
+from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CLIP_EPS, CROSS_ENTROPY, IDENTITY, MOMENTUM,
+                MSE, RMSPROP, SGD, SOFTMAX)
 from . import cuda_kernels as K
 
 #: outputs per matmul thread along each axis: blocks compute (16·THREAD_TILE)² outputs
@@ -97,6 +97,14 @@ def optimizer_step(rule: int, params, grads, s1, s2, lr: float, mu_or_beta1: flo
         rule, params, grads, s1, s2, scalar(lr), scalar(mu_or_beta1), scalar(beta2),
         scalar(eps), scalar(weight_decay), bool(nesterov), scalar(1 - mu_or_beta1 ** t),
         scalar(1 - beta2 ** t))
+
+
+def clip_grad_norm(grads, max_norm: float, scratch) -> None:
+    """grads ← grads·min(1, max_norm/(‖grads‖₂ + CLIP_EPS)) on the device; ``scratch`` is a
+    float64 device vector of 1 for the squared norm."""
+    K.sum_squares[1, K.LOSS_BLOCK](grads, scratch)
+    K.scale_to_norm[_blocks(grads.size, K.THREADS_1D), K.THREADS_1D](grads, scratch,
+                                                                      float(max_norm), CLIP_EPS)
 
 
 def sgd(params, grads, lr: float, weight_decay: float = 0.0) -> None:

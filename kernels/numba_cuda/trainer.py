@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import (ACT, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, DSKIP, DX, GRAD_ADD,
-                GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MSE, MU_OR_BETA1, NESTEROV, NIN, NOUT,
-                OPT_EPS, OUT, POFF, SKIP, SOFF, WEIGHT_DECAY)
+from .. import (ACT, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, CLIP_NORM, DSKIP, DX,
+                GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MSE, MU_OR_BETA1, NESTEROV, NIN,
+                NOUT, OPT_EPS, OUT, POFF, SKIP, SOFF, WEIGHT_DECAY)
 from . import ops
 
 #: keep the training set on the device when it needs at most this fraction of free memory
@@ -44,6 +44,7 @@ class DeviceTrainer:
         self.aux = cuda.device_array(plan.aux_size, dt)
         self.tmp = cuda.device_array(plan.batch * plan.width, dt)
         self.row_dot = cuda.device_array(plan.batch, dt)
+        self.norm2 = cuda.device_array(1, np.float64)      # clip_norm's squared norm
         self._data = None          # (host X, host y, device X, device Y) of the resident set
         self._staging = {}         # rows -> pinned host buffers for non-resident minibatches
 
@@ -158,10 +159,12 @@ class DeviceTrainer:
         return self.aux[start:start + n]
 
     def _update(self) -> None:
-        """One launch of the plan's optimizer rule over the flat buffer."""
+        """The plan's optimizer rule over the flat buffer (one launch; two more to clip)."""
         plan = self.plan
         h = plan.hyper
         plan.step[0] += 1
+        if h[CLIP_NORM] > 0:
+            ops.clip_grad_norm(self.grads, h[CLIP_NORM], self.norm2)
         ops.optimizer_step(plan.rule, self.params, self.grads, self.s1, self.s2, h[LR],
                            h[MU_OR_BETA1], h[BETA2], h[OPT_EPS], h[WEIGHT_DECAY],
                            h[NESTEROV] != 0, int(plan.step[0]))
