@@ -21,9 +21,14 @@ INITS = {
     "xavier_normal": "normal",
     "he_uniform": "uniform",
     "he_normal": "normal",
+    "lecun_normal": "normal",
     "normal": "normal",
 }
 NORMAL_STD = 0.01
+#: activation -> its default init: He for the rectifier family, LeCun normal (variance 1/fan_in)
+#: for SELU, whose self-normalisation assumes it; Xavier uniform otherwise
+DEFAULT_INITS = {"relu": "he_normal", "leaky_relu": "he_normal", "elu": "he_normal",
+                 "selu": "lecun_normal"}
 _INIT_ALIASES = {"xavier": "xavier_uniform", "he": "he_normal"}
 
 
@@ -67,9 +72,12 @@ class Layer:
 class Dense(Layer):
     """Fully connected layer a = f(x·W + b) with W (in, out) and b (out,).
 
-    ``init`` is one of "xavier_uniform", "xavier_normal", "he_uniform", "he_normal" or "normal"
-    (N(0, 0.01²) regardless of the widths: in deep sigmoid networks gradients vanish); by default
-    He for relu/leaky_relu and Xavier (uniform) otherwise. The bias starts at zero.
+    ``init`` is one of "xavier_uniform", "xavier_normal", "he_uniform", "he_normal",
+    "lecun_normal" or "normal" (N(0, 0.01²) regardless of the widths: in deep sigmoid networks
+    gradients vanish); by default He (normal) for relu/leaky_relu/elu, LeCun normal for selu
+    and Xavier (uniform) otherwise. The bias starts at zero. Activations: identity, sigmoid,
+    tanh, relu, leaky_relu (slope 0.01), softmax, elu (α = 1), selu (PyTorch's λ, α) and
+    softplus (β = 1, linear above 20, as PyTorch).
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str = "identity",
@@ -79,7 +87,7 @@ class Dense(Layer):
         self.out_features = validation.positive_int(out_features, "out_features")
         self.activation = validation.choice(activation, "activation", tuple(ACTIVATIONS))
         if init is None:
-            init = "he_normal" if activation in ("relu", "leaky_relu") else "xavier_uniform"
+            init = DEFAULT_INITS.get(activation, "xavier_uniform")
         init = _INIT_ALIASES.get(init, init)
         self.init = validation.choice(init, "init", tuple(INITS))
         self._code = ACTIVATIONS[activation]
@@ -98,6 +106,8 @@ class Dense(Layer):
             variance = NORMAL_STD ** 2
         elif self.init.startswith("he"):
             variance = 2 / fan_in
+        elif self.init == "lecun_normal":
+            variance = 1 / fan_in
         else:
             variance = 2 / (fan_in + fan_out)
         if INITS[self.init] == "uniform":

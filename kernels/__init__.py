@@ -20,9 +20,10 @@ Conventions shared by all backends
   the duration of its call (``._threads``).
 """
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = range(6)
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, ELU, SELU, SOFTPLUS = range(9)
 
-#: activation name -> integer code understood by every backend
+#: activation name -> integer code understood by every backend. Each derivative is computed
+#: from the layer's output a = f(z), so the forward pass saves only activations.
 ACTIVATIONS = {
     "identity": IDENTITY,
     "sigmoid": SIGMOID,
@@ -30,10 +31,18 @@ ACTIVATIONS = {
     "relu": RELU,
     "leaky_relu": LEAKY_RELU,
     "softmax": SOFTMAX,
+    "elu": ELU,
+    "selu": SELU,
+    "softplus": SOFTPLUS,
 }
 
 #: slope of leaky ReLU for z < 0
 LEAKY_SLOPE = 0.01
+#: SELU's constants, PyTorch's: a = λz for z > 0, λα(e^z − 1) otherwise (ELU has α = 1)
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+#: softplus is z itself above this (PyTorch's threshold with β = 1): log(1 + e^z) = z there
+SOFTPLUS_THRESHOLD = 20.0
 
 #: the functions every backend module must define
 INTERFACE = (

@@ -8,7 +8,8 @@ Shapes: ``X (batch, in)``, ``W (in, out)``, ``b (out,)``, ``A``/``Z`` ``(batch, 
 """
 import numpy as np
 
-from . import IDENTITY, LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, SOFTMAX, TANH
+from . import (ELU, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID,
+               SOFTMAX, SOFTPLUS, SOFTPLUS_THRESHOLD, TANH)
 
 
 def _sigmoid(Z):
@@ -27,6 +28,13 @@ def _activate(Z, act):
         np.maximum(Z, 0, out=Z)                              # a = max(0, z)
     elif act == LEAKY_RELU:
         np.multiply(Z, np.where(Z > 0, 1.0, LEAKY_SLOPE).astype(Z.dtype), out=Z)  # a = z or 0.01 z
+    elif act == ELU:
+        Z[...] = np.where(Z > 0, Z, np.expm1(np.minimum(Z, 0)))             # z or e^z − 1
+    elif act == SELU:
+        Z[...] = SELU_SCALE * np.where(Z > 0, Z, SELU_ALPHA * np.expm1(np.minimum(Z, 0)))
+    elif act == SOFTPLUS:                                    # log(1 + e^z), z above 20
+        Z[...] = np.where(Z > SOFTPLUS_THRESHOLD, Z,
+                          np.log1p(np.exp(np.minimum(Z, SOFTPLUS_THRESHOLD))))
     elif act == SOFTMAX:
         Z -= Z.max(axis=1, keepdims=True)                    # softmax(z) = softmax(z − max z)
         np.exp(Z, out=Z)                                     # e^(z_j − max z)
@@ -48,6 +56,12 @@ def _activation_grad(dA, A, act):
         return dA * (A > 0)                                  # ReLU′ = [a > 0]
     if act == LEAKY_RELU:
         return dA * np.where(A > 0, 1.0, LEAKY_SLOPE)        # leaky′ = 1 or 0.01
+    if act == ELU:
+        return dA * np.where(A > 0, 1.0, A + 1)              # ELU′ = 1 or e^z = a + 1
+    if act == SELU:                                          # λ or λα e^z = a + λα
+        return dA * np.where(A > 0, SELU_SCALE, A + SELU_SCALE * SELU_ALPHA)
+    if act == SOFTPLUS:                                      # σ(z) = 1 − e^−a, 1 above 20
+        return dA * np.where(A > SOFTPLUS_THRESHOLD, 1.0, -np.expm1(-A))
     if act == SOFTMAX:
         # ∂L/∂z_j = a_j(∂L/∂a_j − Σ_k a_k ∂L/∂a_k)
         return A * (dA - (dA * A).sum(axis=1, keepdims=True))

@@ -268,3 +268,13 @@ def test_clip_norm_on_the_device(monkeypatch):
                             clip_norm=0.1, verbose=0)
         runs.append((model, history, opt))
     assert_same_training(runs, np.dtype("float64"))
+
+
+def test_elu_selu_softplus_on_the_device(monkeypatch):
+    def build(backend):
+        return Sequential([Dense(3, 5, "elu"), Dense(5, 4, "selu"), Dense(4, 2, "softplus")],
+                          backend=backend, seed=3, dtype="float64")
+    rng = np.random.default_rng(8)
+    X, y = 2 * rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
+    runs, _ = fit_both(build, X, y, "mse", lambda: SGD(0.1), 2, 4, monkeypatch)
+    assert_same_training(runs, np.dtype("float64"))

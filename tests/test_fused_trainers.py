@@ -141,3 +141,19 @@ def test_clip_norm_fused_equals_layer_path_and_reference(backend, kind):
     for model in runs[1:]:
         np.testing.assert_allclose(model.parameters(), ref.parameters(), rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(model.gradients(), ref.gradients(), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", FUSED)
+def test_elu_selu_softplus_train_fused_as_on_the_reference(backend, dtype):
+    rng = np.random.default_rng(7)
+    X, y = 2 * rng.standard_normal((96, 12)), rng.standard_normal((96, 3))
+    runs = []
+    for name, fuse in (("reference", False), (backend, True), (backend, False)):
+        model = Sequential([Dense(12, 16, "elu"), Dense(16, 16, "selu"),
+                            Dense(16, 3, "softplus")], backend=name, seed=1, dtype=dtype)
+        model.fuse = fuse
+        model.fit(X, y, loss="mse", optimizer=SGD(0.05), epochs=2, batch_size=16, verbose=0)
+        runs.append(model.parameters())
+    for params in runs[1:]:
+        np.testing.assert_allclose(params, runs[0], **tolerance(dtype, 16))

@@ -143,7 +143,9 @@ def test_weights_are_writable_views_into_the_flat_buffer(model):
 @pytest.mark.parametrize("activation, init", [("relu", "he_normal"), ("leaky_relu", "he_normal"),
                                               ("sigmoid", "xavier_uniform"),
                                               ("tanh", "xavier_uniform"),
-                                              ("identity", "xavier_uniform")])
+                                              ("identity", "xavier_uniform"),
+                                              ("elu", "he_normal"), ("selu", "lecun_normal"),
+                                              ("softplus", "xavier_uniform")])
 def test_default_init_follows_the_activation(activation, init):
     assert fastnn.Dense(3, 3, activation).init == init
 
@@ -151,7 +153,8 @@ def test_default_init_follows_the_activation(activation, init):
 @pytest.mark.parametrize("init, std", [("xavier_uniform", np.sqrt(2 / 700)),
                                        ("xavier_normal", np.sqrt(2 / 700)),
                                        ("he_uniform", np.sqrt(2 / 400)),
-                                       ("he_normal", np.sqrt(2 / 400))])
+                                       ("he_normal", np.sqrt(2 / 400)),
+                                       ("lecun_normal", np.sqrt(1 / 400))])
 def test_init_scale(init, std):
     model = fastnn.Sequential([fastnn.Dense(400, 300, init=init)], backend="reference",
                               dtype="float64")

@@ -18,7 +18,8 @@ how many bands there were (same seed and thread count, same weights).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, log, logf, log1p, log1pf, sqrt, sqrtf, tanh, tanhf
+from libc.math cimport (exp, expf, expm1, expm1f, log, logf, log1p, log1pf, sqrt, sqrtf, tanh,
+                        tanhf)
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -28,6 +29,9 @@ import numpy as np
 
 from fastnn.kernels import CLIP_EPS as _CLIP_EPS
 from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
+from fastnn.kernels import SELU_ALPHA as _SELU_ALPHA
+from fastnn.kernels import SELU_SCALE as _SELU_SCALE
+from fastnn.kernels import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
 from fastnn.kernels._threads import kernel_blas_threads
 
 cdef extern from *:
@@ -101,6 +105,9 @@ cdef enum:
     RELU = 3
     LEAKY_RELU = 4
     SOFTMAX = 5
+    ELU = 6
+    SELU = 7
+    SOFTPLUS = 8
 
 # The training plan's codes (fastnn.kernels; fastnn.plan documents them): loss and optimizer
 # codes, op kinds, op-table columns, gradient modes, action phases, stage kinds.
@@ -152,7 +159,8 @@ def _check_codes():
     """Fail at import if a code above differs from fastnn.kernels' (the plan's numbers)."""
     import fastnn.kernels as k
     ours = {"IDENTITY": IDENTITY, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU,
-            "LEAKY_RELU": LEAKY_RELU, "SOFTMAX": SOFTMAX, "MSE": MSE,
+            "LEAKY_RELU": LEAKY_RELU, "SOFTMAX": SOFTMAX, "ELU": ELU, "SELU": SELU,
+            "SOFTPLUS": SOFTPLUS, "MSE": MSE,
             "CROSS_ENTROPY": SOFTMAX_CE, "BINARY_CROSS_ENTROPY": SIGMOID_BCE, "SGD": SGD,
             "MOMENTUM": SGD_MOMENTUM, "ADAM": ADAM, "ADAMW": ADAMW, "RMSPROP": RMSPROP, "DENSE": DENSE, "BATCHNORM": BATCHNORM,
             "ADD": ADD, "KIND": KIND, "IN": IN, "OUT": OUT, "NIN": NIN, "NOUT": NOUT,
@@ -174,6 +182,8 @@ cdef enum:
     BLOCK = 64
 
 cdef double LEAKY = _LEAKY_SLOPE
+cdef double SELU_L = _SELU_SCALE, SELU_LA = _SELU_SCALE * _SELU_ALPHA
+cdef double SOFTPLUS_CUT = _SOFTPLUS_THRESHOLD
 # added to the gradient norm before clipping, as torch.nn.utils.clip_grad_norm_ does
 cdef double CLIP_EPS = _CLIP_EPS
 # an element-wise loop runs on several threads only from this many elements on (~1 ms of
@@ -196,6 +206,20 @@ cdef inline floating _exp_neg(floating x) noexcept nogil:
         return fastnn_exp_neg_f(x)
     else:
         return exp(x)
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _expm1(floating x) noexcept nogil:
+    if floating is float:
+        return expm1f(x)
+    else:
+        return expm1(x)
 
 
 cdef inline floating _log(floating x) noexcept nogil:
@@ -309,6 +333,19 @@ cdef void _bias_activate(floating* z, const floating* b, int act,
         for j in range(cols):
             v = z[j] + b[j]
             z[j] = v * (one if v > 0 else slope)             # a = z or 0.01 z
+    elif act == ELU:
+        for j in range(cols):
+            v = z[j] + b[j]
+            z[j] = v if v > 0 else _expm1(v if v < 0 else 0)  # z or e^z − 1
+    elif act == SELU:
+        for j in range(cols):
+            v = z[j] + b[j]
+            z[j] = (<floating> SELU_L * v if v > 0              # λz or λα(e^z − 1)
+                    else <floating> SELU_LA * _expm1(v if v < 0 else 0))
+    elif act == SOFTPLUS:
+        for j in range(cols):
+            v = z[j] + b[j]                                  # log(1 + e^z), z above 20
+            z[j] = v if v > <floating> SOFTPLUS_CUT else _log1p(_exp(v))
     elif act == SOFTMAX:
         top = z[0] + b[0]
         for j in range(cols):
@@ -353,6 +390,15 @@ cdef void _activation_grad(floating* dA, const floating* A, int act,
     elif act == LEAKY_RELU:
         for j in range(n):
             dA[j] = dA[j] * (one if A[j] > 0 else slope)
+    elif act == ELU:
+        for j in range(n):                                   # ELU′ = 1 or a + 1
+            dA[j] = dA[j] * (one if A[j] > 0 else A[j] + one)
+    elif act == SELU:
+        for j in range(n):                                   # SELU′ = λ or a + λα
+            dA[j] = dA[j] * (<floating> SELU_L if A[j] > 0 else A[j] + <floating> SELU_LA)
+    elif act == SOFTPLUS:
+        for j in range(n):                                   # σ(z) = 1 − e^−a, 1 above 20
+            dA[j] = dA[j] * (one if A[j] > <floating> SOFTPLUS_CUT else -_expm1(-A[j]))
 
 
 cdef void _softmax_grad_row(floating* dA, const floating* A, Py_ssize_t cols) noexcept nogil:
@@ -783,7 +829,7 @@ cdef inline void _write_back(object a, object buf):
 
 
 cdef inline int _check_act(int act) except -1:
-    if act < IDENTITY or act > SOFTMAX:
+    if act < IDENTITY or act > SOFTPLUS:
         raise ValueError(f"unknown activation code {act}")
     return 0
 

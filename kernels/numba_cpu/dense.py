@@ -18,7 +18,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, SOFTMAX, TANH
+from .. import (ELU, LEAKY_RELU, LEAKY_SLOPE, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SOFTMAX,
+                SOFTPLUS, SOFTPLUS_THRESHOLD, TANH)
 from ._exp import exp_neg
 from ._split import row_split
 
@@ -33,6 +34,8 @@ def bias_activate_rows(Z, b, act, r0, r1):
     """
     one, zero = Z.dtype.type(1), Z.dtype.type(0)
     slope = Z.dtype.type(LEAKY_SLOPE)
+    lam, lam_alpha = Z.dtype.type(SELU_SCALE), Z.dtype.type(SELU_SCALE * SELU_ALPHA)
+    cut = Z.dtype.type(SOFTPLUS_THRESHOLD)
     n = Z.shape[1]
     for i in range(r0, r1):
         if act == SIGMOID:
@@ -51,6 +54,18 @@ def bias_activate_rows(Z, b, act, r0, r1):
             for j in range(n):
                 v = Z[i, j] + b[j]
                 Z[i, j] = v * (one if v > zero else slope)
+        elif act == ELU:
+            for j in range(n):
+                v = Z[i, j] + b[j]
+                Z[i, j] = v if v > zero else math.expm1(min(v, zero))   # z or e^z − 1
+        elif act == SELU:
+            for j in range(n):
+                v = Z[i, j] + b[j]
+                Z[i, j] = lam * v if v > zero else lam_alpha * math.expm1(min(v, zero))
+        elif act == SOFTPLUS:
+            for j in range(n):
+                v = Z[i, j] + b[j]                        # log(1 + e^z), z above 20
+                Z[i, j] = v if v > cut else math.log1p(math.exp(v))
         elif act == SOFTMAX:
             m = Z[i, 0] + b[0]
             for j in range(n):
@@ -72,6 +87,8 @@ def activation_grad_rows(dA, A, act, r0, r1):
     """dA[r0:r1] ← dA ⊙ f′, f′ from the saved output a (σ′ = a(1−a), tanh′ = 1−a², …)."""
     one, zero = dA.dtype.type(1), dA.dtype.type(0)
     slope = dA.dtype.type(LEAKY_SLOPE)
+    lam, lam_alpha = dA.dtype.type(SELU_SCALE), dA.dtype.type(SELU_SCALE * SELU_ALPHA)
+    cut = dA.dtype.type(SOFTPLUS_THRESHOLD)
     n = dA.shape[1]
     for i in range(r0, r1):
         if act == SIGMOID:
@@ -86,6 +103,15 @@ def activation_grad_rows(dA, A, act, r0, r1):
         elif act == LEAKY_RELU:
             for j in range(n):
                 dA[i, j] = dA[i, j] * (one if A[i, j] > zero else slope)
+        elif act == ELU:
+            for j in range(n):                            # ELU′ = 1 or a + 1
+                dA[i, j] = dA[i, j] * (one if A[i, j] > zero else A[i, j] + one)
+        elif act == SELU:
+            for j in range(n):                            # SELU′ = λ or a + λα
+                dA[i, j] = dA[i, j] * (lam if A[i, j] > zero else A[i, j] + lam_alpha)
+        elif act == SOFTPLUS:
+            for j in range(n):                            # σ(z) = 1 − e^−a, 1 above 20
+                dA[i, j] = dA[i, j] * (one if A[i, j] > cut else -math.expm1(-A[i, j]))
         elif act == SOFTMAX:                              # ∂L/∂z_j = a_j(∂L/∂a_j − Σ a_k ∂L/∂a_k)
             s = zero
             for j in range(n):

@@ -8,7 +8,8 @@ import math
 
 from numba import cuda
 
-from .. import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, SOFTMAX, TANH
+from .. import (ELU, LEAKY_RELU, LEAKY_SLOPE, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SOFTMAX,
+                SOFTPLUS, SOFTPLUS_THRESHOLD, TANH)
 
 #: Numba IR-level inlining: the helpers are tiny and called from inner loops
 inline = cuda.jit(device=True, inline="always")
@@ -34,6 +35,12 @@ def activate(z, act):
         return z if z > 0 else 0.0                         # a = max(0, z)
     if act == LEAKY_RELU:
         return z if z > 0 else LEAKY_SLOPE * z             # a = z or 0.01 z
+    if act == ELU:
+        return z if z > 0 else math.expm1(min(z, 0.0))     # a = z or e^z − 1
+    if act == SELU:                                        # a = λz or λα(e^z − 1)
+        return SELU_SCALE * z if z > 0 else SELU_SCALE * SELU_ALPHA * math.expm1(min(z, 0.0))
+    if act == SOFTPLUS:                                    # a = log(1 + e^z), z above 20
+        return z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))
     return z
 
 
@@ -51,6 +58,12 @@ def activation_grad(dA, a, act, row_dot):
         return dA if a > 0 else 0.0                        # ReLU′ = [a > 0]
     if act == LEAKY_RELU:
         return dA if a > 0 else LEAKY_SLOPE * dA           # leaky′ = 1 or 0.01
+    if act == ELU:
+        return dA if a > 0 else dA * (a + 1.0)             # ELU′ = 1 or a + 1
+    if act == SELU:                                        # SELU′ = λ or a + λα
+        return dA * SELU_SCALE if a > 0 else dA * (a + SELU_SCALE * SELU_ALPHA)
+    if act == SOFTPLUS:                                    # σ(z) = 1 − e^−a, 1 above 20
+        return dA if a > SOFTPLUS_THRESHOLD else -dA * math.expm1(-a)
     if act == SOFTMAX:
         return a * (dA - row_dot)                          # a_j(dA_j − Σ_k a_k dA_k)
     return dA
