@@ -176,15 +176,23 @@ def _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts, da
 
 
 @njit(inline="always", error_model="numpy")
-def _sum_chunks(blk, nchunk, grads, partials):
-    """Add the chunks' gradients into grads over one block of the flat buffer; return the
-    block's Σg² (float64), for clipping by the global norm."""
+def _add_chunks(blk, nchunk, grads, partials):
+    """Add the chunks' gradients into grads over one block of the flat buffer (chunk 0 wrote
+    grads itself); return the block as a view."""
     lo, hi = blk * BLOCK, min(grads.shape[0], blk * BLOCK + BLOCK)
     g = grads[lo:hi]
     for c in range(1, nchunk):
         part = partials[c - 1, lo:hi]
         for i in range(g.shape[0]):
             g[i] += part[i]
+    return g
+
+
+@njit(inline="always", error_model="numpy")
+def _sum_chunks(blk, nchunk, grads, partials):
+    """:func:`_add_chunks`, returning the block's Σg² (float64), for clipping by the global
+    norm."""
+    g = _add_chunks(blk, nchunk, grads, partials)
     sq = 0.0
     for i in range(g.shape[0]):
         sq += float(g[i]) * float(g[i])
@@ -195,17 +203,13 @@ def _sum_chunks(blk, nchunk, grads, partials):
 def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper, t, scale):
     """Sum the chunks' gradients over one block of the flat buffer, scale them (a clipped
     step), then update the block."""
-    lo, hi = blk * BLOCK, min(params.shape[0], blk * BLOCK + BLOCK)
-    g = grads[lo:hi]
-    for c in range(1, nchunk):
-        part = partials[c - 1, lo:hi]
-        for i in range(g.shape[0]):
-            g[i] += part[i]
+    g = _add_chunks(blk, nchunk, grads, partials)
     if scale != 1.0:
         factor = g.dtype.type(scale)
         for i in range(g.shape[0]):
             g[i] *= factor                                # g ← g·min(1, c/(‖g‖ + ε))
-    update_range(opt_code, params, grads, s1, s2, lo, hi, hyper, t)
+    lo = blk * BLOCK
+    update_range(opt_code, params, grads, s1, s2, lo, lo + g.shape[0], hyper, t)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
