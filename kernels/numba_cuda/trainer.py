@@ -46,7 +46,8 @@ class DeviceTrainer:
         self.row_dot = cuda.device_array(plan.batch, dt)
         self.norm2 = cuda.device_array(1, np.float64)      # clip_norm's squared norm
         self._data = None          # (host X, host y, device X, device Y) of the resident set
-        self._staging = {}         # rows -> pinned host buffers for non-resident minibatches
+        self._staging = {}         # rows -> pinned host buffers for non-resident minibatches,
+        #                            (columns, dtype) -> the device targets of a minibatch
 
     @staticmethod
     def _rows(buffer, offset: int, rows: int, cols: int):
@@ -65,7 +66,7 @@ class DeviceTrainer:
         resident = self._resident(X, y, Y)
         d_order = cuda.to_device(np.ascontiguousarray(order, np.int64)) if resident else None
         totals = cuda.to_device(np.zeros(2))
-        yb = cuda.device_array((plan.batch, Y.shape[1]), Y.dtype)
+        yb = self._targets(Y)
         for start in range(0, len(X), plan.batch):
             nb = min(plan.batch, len(X) - start)
             Xb, Yb = self._rows(self.acts, 0, nb, X.shape[1]), yb[:nb]
@@ -180,6 +181,13 @@ class DeviceTrainer:
         self._data = (X, y, cuda.to_device(np.ascontiguousarray(X)),
                       cuda.to_device(np.ascontiguousarray(Y)))
         return True
+
+    def _targets(self, Y):
+        """The device buffer minibatch targets are gathered into, allocated once per layout."""
+        key = (Y.shape[1], Y.dtype)
+        if key not in self._staging:
+            self._staging[key] = cuda.device_array((self.plan.batch, Y.shape[1]), Y.dtype)
+        return self._staging[key]
 
     def _staged(self, rows: int, X, Y):
         """Pinned host buffers for minibatches of ``rows`` rows, allocated once."""
