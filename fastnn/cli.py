@@ -1,4 +1,5 @@
-"""The ``fastnn`` command: ``fastnn info``, ``fastnn train``, ``fastnn bench`` and
+"""The ``fastnn`` command: ``fastnn info``, ``fastnn train`` (on digits, or on a CSV file),
+``fastnn predict``, ``fastnn evaluate``, ``fastnn export``, ``fastnn bench`` and
 ``fastnn vanishing``."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import statistics
 import sys
 import time
 
-from . import __version__, backends, benchmark, schedules, vanishing
+from . import __version__, backends, benchmark, cli_tabular, schedules, vanishing
 from .callbacks import LearningRateScheduler
 from .layers import ACTIVATIONS, INITS
 from .optimizers import OPTIMIZERS
@@ -71,18 +72,24 @@ def cmd_train(args) -> int:
 
     from .datasets import load_digits_split
 
+    optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    callbacks = [] if args.lr_schedule == "constant" else [
+        LearningRateScheduler(lr_schedule(args.lr_schedule, args.epochs))]
+    if args.data is not None:
+        return cli_tabular.cmd_train_csv(args, optimizer, callbacks)
+    for option in ("target", "ignore", "numeric", "categorical"):
+        if getattr(args, option):
+            raise ValueError(f"--{option} applies to training on a CSV file: fastnn train "
+                             f"DATA.csv --target COLUMN ...")
     X_train, X_test, y_train, y_test = load_digits_split(seed=args.seed)
     widths = [X_train.shape[1], *args.hidden]
     layers = [fastnn.Dense(i, o, args.activation, init=args.init)
               for i, o in zip(widths[:-1], widths[1:])]
     layers.append(fastnn.Dense(widths[-1], 10))
     model = fastnn.Sequential(layers, backend=args.backend, seed=args.seed, dtype=args.dtype)
-    optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
     print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
           f"backend {model.backend}, {optimizer!r}")
-    callbacks = [] if args.lr_schedule == "constant" else [
-        LearningRateScheduler(lr_schedule(args.lr_schedule, args.epochs))]
     held_out = args.validation_split is not None or args.early_stopping is not None
     start = time.perf_counter()
     history = model.fit(X_train, y_train, loss="cross_entropy", optimizer=optimizer,
@@ -145,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="version, backends and threads").set_defaults(run=cmd_info)
 
-    train = sub.add_parser("train", help="train an MLP on scikit-learn's digits dataset")
+    train = sub.add_parser("train", help="train an MLP on a CSV file, or on scikit-learn's "
+                                         "digits dataset")
+    cli_tabular.add_train_arguments(train)
     train.add_argument("--hidden", type=int, nargs="+", default=[128],
                        help="hidden layer widths (default: 128)")
     train.add_argument("--activation", choices=[a for a in ACTIVATIONS if a != "softmax"],
@@ -166,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--validation-split", type=float, default=None, metavar="FRACTION",
                        help="hold out this fraction of the training rows for validation "
-                            "(default: validate on the test split)")
+                            "(default: digits validate on the test split, a CSV holds out "
+                            "0.2)")
     train.add_argument("--early-stopping", type=int, nargs="?", const=10, default=None,
                        metavar="PATIENCE", help="stop when val_loss has not improved for "
                        "PATIENCE epochs (default 10) and keep the best weights; validates on "
@@ -178,9 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rescale each step's gradient to a global L2 norm of at most C")
     train.add_argument("--plot", metavar="FILE", help="plot the history to FILE (a .png; "
                                                       "needs matplotlib)")
-    train.add_argument("--save", metavar="FILE", help="save the trained model here")
+    train.add_argument("--save", "--out", dest="save", metavar="FILE",
+                       help="save the trained model here (a .fnn file)")
     train.add_argument("--verbose", type=int, default=1, help="0 hides the progress bar")
     train.set_defaults(run=cmd_train)
+
+    cli_tabular.add_commands(sub)
 
     bench = sub.add_parser("bench", help="time a training step on every usable backend and "
                                          "PyTorch; print the table")
@@ -198,6 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
         print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,14 @@
 """Saving and loading models in a safe format: a .npz archive of plain arrays, no pickle.
 
 The archive holds ``params`` (the flat parameter vector), ``state`` (BatchNorm running
-statistics) and ``architecture`` (a JSON string). It is read with ``allow_pickle=False``, so a
-file carrying a pickled object is refused instead of executed.
+statistics, Standardize's mean and std) and ``architecture`` (a JSON string). It is read with
+``allow_pickle=False``, so a file carrying a pickled object is refused instead of executed.
+
+The architecture carries the format name and version. Version 2 added layer types (Standardize,
+Dropout), activations, and the optional ``"tabular"`` entry of a model trained from a CSV file
+(its columns, their encoding and the target's labels: see :mod:`fastnn.tabular`). Every
+version up to :data:`VERSION` is read; a newer file is refused with an error naming both
+versions, since an older reader cannot know what the new entries mean.
 """
 from __future__ import annotations
 
@@ -12,22 +18,36 @@ import zipfile
 
 import numpy as np
 
+from . import __version__
 from .layers import from_config
 
 FORMAT = "fastnn.Sequential"
-VERSION = 1
+#: the format version this fastnn writes; it reads versions 1 to VERSION
+VERSION = 2
 
 
-def save(model, path: str | os.PathLike) -> None:
-    """Write ``model`` to ``path`` exactly (no extension is added)."""
+def save(model, path: str | os.PathLike, tabular: dict | None = None) -> None:
+    """Write ``model`` to ``path`` exactly (no extension is added); ``tabular`` is the JSON
+    description of a CSV model's encoding (see :mod:`fastnn.tabular`)."""
     architecture = {"format": FORMAT, "version": VERSION, **model.get_config()}
+    if tabular is not None:
+        architecture["tabular"] = tabular
     with open(path, "wb") as fh:
         np.savez(fh, params=model.parameters(), state=model._state,
                  architecture=np.array(json.dumps(architecture)))
 
 
 def load(path: str | os.PathLike, backend: str = "auto"):
-    """Read a model written by ``model.save``; raise ValueError for anything else."""
+    """Read a model written by ``model.save``; raise ValueError for anything else.
+
+    For a model trained from a CSV file this is its network, which takes the encoded rows
+    (``fastnn.tabular.load`` gives the whole model, encoding included)."""
+    return read(path, backend)[0]
+
+
+def read(path: str | os.PathLike, backend: str = "auto"):
+    """(model, tabular): the model written to ``path`` and its ``"tabular"`` entry (None for
+    a model not trained from a CSV file)."""
     from .model import Sequential
 
     with open(path, "rb") as fh:               # FileNotFoundError stays what it is
@@ -52,9 +72,13 @@ def load(path: str | os.PathLike, backend: str = "auto"):
                          f"truncated?): {exc}") from None
     if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a fastnn model file")
-    if architecture.get("version") != VERSION:
-        raise ValueError(f"{os.fspath(path)!r} has format version "
-                         f"{architecture.get('version')}; this fastnn reads {VERSION}")
+    version = architecture.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{os.fspath(path)!r} has a malformed format version {version!r}")
+    if version > VERSION:
+        raise ValueError(f"{os.fspath(path)!r} has format version {version}, written by a "
+                         f"newer fastnn; this fastnn ({__version__}) reads format versions 1 "
+                         f"to {VERSION}: upgrade fastnn to load it")
     try:
         model = Sequential([from_config(c) for c in architecture["layers"]], backend=backend,
                            seed=architecture["seed"], dtype=architecture["dtype"])
@@ -67,4 +91,4 @@ def load(path: str | os.PathLike, backend: str = "auto"):
                              f"{stored.dtype}, but the architecture needs {target.shape} "
                              f"{target.dtype}")
         target[...] = stored
-    return model
+    return model, architecture.get("tabular")
