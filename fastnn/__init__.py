@@ -23,8 +23,10 @@ from .layers import BatchNorm, Dense, Residual
 from .model import History, Sequential
 from .optimizers import SGD, Adam, AdamW, RMSprop
 from .plots import plot_history
+from .preprocessing import Standardize
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["Adam", "AdamW", "BatchNorm", "Dense", "History", "Residual", "SGD", "Sequential",
            "available_backends", "callbacks", "diagnostics", "get_num_threads", "load",
-           "plot_history", "RMSprop", "schedules", "set_backend", "set_num_threads", "__version__"]
+           "plot_history", "RMSprop", "schedules", "set_backend", "set_num_threads", "__version__",
+           "Standardize"]

@@ -308,4 +308,7 @@ def from_config(config: dict) -> Layer:
         return BatchNorm(**args)
     if kind == "Residual":
         return Residual([from_config(c) for c in args["block"]])
+    if kind == "Standardize":
+        from .preprocessing import Standardize        # it imports this module
+        return Standardize(**args)
     raise ValueError(f"unknown layer type {kind!r} in architecture")

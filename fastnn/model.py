@@ -435,6 +435,12 @@ class Sequential:
         from .io import save
         save(self, path)
 
+    def to_onnx(self, path, opset: int = 17) -> None:
+        """Write the model as ONNX (input ``input``, output ``output`` = :meth:`predict`,
+        float32); needs the onnx extra. See :mod:`fastnn.onnx_export`."""
+        from .onnx_export import export_model
+        export_model(self, path, opset)
+
 
 def _unpickle(config: dict, backend: str, params: np.ndarray, state: np.ndarray, fits: int,
               fuse: bool) -> Sequential:
