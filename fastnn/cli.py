@@ -211,6 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError, ArithmeticError) as exc:
         print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -124,6 +124,15 @@ def test_regressor_with_three_outputs(tmp_path):
     assert graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 3
 
 
+def test_a_float64_model_exports_in_float32(tmp_path):
+    model = fastnn.Sequential([fastnn.Dense(6, 16, "tanh"), fastnn.Dense(16, 2)],
+                              backend="reference", seed=0, dtype="float64")
+    model.to_onnx(tmp_path / "m.onnx")
+    got = run(tmp_path / "m.onnx", {"input": X})[0]
+    assert got.dtype == np.float32
+    assert_parity(got, model.predict(X))
+
+
 def test_ir_version_is_the_oldest_that_carries_the_opset(tmp_path):
     model = seq([fastnn.Dense(6, 2)])
     for opset, ir in ((17, 8), (20, 9)):
