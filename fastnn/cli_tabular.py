@@ -10,7 +10,6 @@ import warnings
 
 from . import io, tabular
 from .csvfile import read_csv, write_csv
-from .onnx_export import export_model
 
 
 def add_train_arguments(train) -> None:
@@ -145,6 +144,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .onnx_export import export_model
+
     network, table_config = io.read(args.model, backend="reference")
     if table_config is None:
         export_model(network, args.onnx, opset=args.opset)
