@@ -79,6 +79,7 @@ def cmd_train_csv(args, optimizer, callbacks) -> int:
     table = read_csv(args.data)
     print(f"{args.data}: {len(table)} rows, {len(table.columns)} columns")
     split = 0.2 if args.validation_split is None else args.validation_split
+    chosen = repr(optimizer)                    # before a schedule changes its learning rate
     start = time.perf_counter()
     with _warnings_to_stderr("train"):
         model = tabular.train(
@@ -95,11 +96,14 @@ def cmd_train_csv(args, optimizer, callbacks) -> int:
     network, history = model.network, model.history
     widths = [layer.out_features for layer in network.layers]
     print(f"model: {' -> '.join(map(str, [network.in_features, *widths[1:]]))} "
-          f"({args.activation}), backend {network.backend}, {optimizer!r}")
+          f"({args.activation}), backend {network.backend}, {chosen}")
     train_scores = ", ".join(f"{k} {history[k][-1]:.4f}" for k in ("loss", "accuracy")
                              if k in history.history)
     scale = "" if model.task == "classification" else " (of the standardised target)"
     print(f"train {train_scores}{scale}; {elapsed:.2f} s for {len(history['loss'])} epochs")
+    if history.stopped_epoch is not None:
+        print(f"stopped early after epoch {history.stopped_epoch + 1}; best epoch "
+              f"{history.best_epoch + 1} (val_loss {history['val_loss'][history.best_epoch]:.4f})")
     if model.validation is not None:
         print(f"held-out {model.rows['held_out']} rows: {format_scores(model.validation)}")
     if args.plot:

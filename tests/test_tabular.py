@@ -186,6 +186,15 @@ def test_integer_labels_keep_their_values(tmp_path):
     assert set(preds.tolist()) <= {0, 1, 2} and preds.dtype == np.int64
 
 
+def test_training_options_apply_to_a_csv(iris_csv, capsys):
+    assert main(["train", str(iris_csv), "--target", "species", *TRAIN, "--epochs", "300",
+                 "--early-stopping", "3", "--lr-schedule", "cosine", "--validation-split",
+                 "0.3", "--optimizer", "sgd", "--momentum", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "rows: 105 train, 45 held out" in out and "SGD(lr=0.01" in out
+    assert "stopped early after epoch" in out and "held-out 45 rows: loss" in out
+
+
 @pytest.fixture(scope="module")
 def diabetes_csv(tmp_path_factory):
     X, y = load_diabetes(return_X_y=True, scaled=False)
