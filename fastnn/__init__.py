@@ -19,14 +19,14 @@ __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 from . import callbacks, diagnostics, schedules
 from .backends import available_backends, set_backend
 from .io import load
-from .layers import BatchNorm, Dense, Residual
+from .layers import BatchNorm, Dense, Dropout, Residual
 from .model import History, Sequential
 from .optimizers import SGD, Adam, AdamW, RMSprop
 from .plots import plot_history
 from .preprocessing import Standardize
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["Adam", "AdamW", "BatchNorm", "Dense", "History", "Residual", "SGD", "Sequential",
-           "available_backends", "callbacks", "diagnostics", "get_num_threads", "load",
-           "plot_history", "RMSprop", "schedules", "set_backend", "set_num_threads", "__version__",
-           "Standardize"]
+__all__ = ["Adam", "AdamW", "BatchNorm", "Dense", "Dropout", "History", "Residual", "SGD",
+           "Sequential", "Standardize", "available_backends", "callbacks", "diagnostics",
+           "get_num_threads", "load", "plot_history", "RMSprop", "schedules", "set_backend",
+           "set_num_threads", "__version__"]

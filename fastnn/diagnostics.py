@@ -82,9 +82,9 @@ class _SignalRecorder:
     def __getattr__(self, name):
         return getattr(self._kernels, name)
 
-    def dense_backward(self, dA, X, W, A, act, dX, dW, db):
+    def dense_backward(self, dA, X, W, A, act, dX, dW, db, Z=None):
         self.norms.append(_norm(dA))
-        self._kernels.dense_backward(dA, X, W, A, act, dX, dW, db)
+        self._kernels.dense_backward(dA, X, W, A, act, dX, dW, db, Z)
 
 
 def gradient_norms(model: Sequential, X, y, loss: str) -> GradientNorms:

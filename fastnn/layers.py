@@ -1,4 +1,4 @@
-"""Layers: Dense, BatchNorm and Residual.
+"""Layers: Dense, BatchNorm, Residual and Dropout.
 
 A layer owns no memory of its own. When a model is built it hands each layer views into the
 model's flat parameter and gradient buffers (``_bind``); a layer's forward and backward passes
@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from . import validation
-from .kernels import ACTIVATIONS, IDENTITY
+from .kernels import ACTIVATIONS, IDENTITY, NEEDS_PREACTIVATION, dropout_key
 
 #: init name -> (distribution, fan): weights ~ U(±√(3·gain/fan)) or N(0, gain/fan);
 #: "normal" is N(0, NORMAL_STD²) whatever the fan: the small random weights of early networks
@@ -28,6 +28,7 @@ NORMAL_STD = 0.01
 #: activation -> its default init: He for the rectifier family, LeCun normal (variance 1/fan_in)
 #: for SELU, whose self-normalisation assumes it; Xavier uniform otherwise
 DEFAULT_INITS = {"relu": "he_normal", "leaky_relu": "he_normal", "elu": "he_normal",
+                 "gelu": "he_normal", "gelu_tanh": "he_normal", "silu": "he_normal",
                  "selu": "lecun_normal"}
 _INIT_ALIASES = {"xavier": "xavier_uniform", "he": "he_normal"}
 
@@ -74,10 +75,13 @@ class Dense(Layer):
 
     ``init`` is one of "xavier_uniform", "xavier_normal", "he_uniform", "he_normal",
     "lecun_normal" or "normal" (N(0, 0.01²) regardless of the widths: in deep sigmoid networks
-    gradients vanish); by default He (normal) for relu/leaky_relu/elu, LeCun normal for selu
-    and Xavier (uniform) otherwise. The bias starts at zero. Activations: identity, sigmoid,
-    tanh, relu, leaky_relu (slope 0.01), softmax, elu (α = 1), selu (PyTorch's λ, α) and
-    softplus (β = 1, linear above 20, as PyTorch).
+    gradients vanish); by default He (normal) for relu/leaky_relu/elu/gelu/gelu_tanh/silu,
+    LeCun normal for selu and Xavier (uniform) otherwise. The bias starts at zero.
+    Activations: identity, sigmoid, tanh, relu, leaky_relu (slope 0.01), softmax, elu (α = 1),
+    selu (PyTorch's λ, α), softplus (β = 1, linear above 20), gelu (the exact z·Φ(z)),
+    gelu_tanh (the tanh approximation) and silu (z·σ(z)), each as PyTorch defines it. GELU
+    and SiLU layers keep their pre-activation z for the backward pass (batch × out more
+    memory); the others do not.
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str = "identity",
@@ -149,18 +153,27 @@ class Dense(Layer):
         self._require_bound()
         return self._db
 
+    @property
+    def keeps_preactivation(self) -> bool:
+        """Whether the backward pass needs z (GELU, SiLU), so the forward pass keeps it."""
+        return self._code in NEEDS_PREACTIVATION
+
     def _workspace(self, batch, dtype):
-        return {"out": np.empty((batch, self.out_features), dtype),
-                "dX": np.empty((batch, self.in_features), dtype)}
+        ws = {"out": np.empty((batch, self.out_features), dtype),
+              "dX": np.empty((batch, self.in_features), dtype)}
+        if self.keeps_preactivation:
+            ws["Z"] = np.empty((batch, self.out_features), dtype)
+        return ws
 
     def _forward(self, k, X, ws, training, logits=False):
         ws["X"], ws["code"] = X, IDENTITY if logits else self._code  # saved for backward
-        k.dense_forward(X, self._W, self._b, ws["code"], ws["out"])
+        k.dense_forward(X, self._W, self._b, ws["code"], ws["out"], ws.get("Z"))
         return ws["out"]
 
     def _backward(self, k, dOut, ws, need_dX):
         dX = ws["dX"] if need_dX else None
-        k.dense_backward(dOut, ws["X"], self._W, ws["out"], ws["code"], dX, self._dW, self._db)
+        k.dense_backward(dOut, ws["X"], self._W, ws["out"], ws["code"], dX, self._dW, self._db,
+                         ws.get("Z"))
         return dX
 
     def get_config(self):
@@ -279,8 +292,86 @@ class Residual(Layer):
         return f"Residual([{', '.join(map(repr, self.block))}])"
 
 
+class Dropout(Layer):
+    """Inverted dropout: in training each unit is zeroed with probability ``p`` and the
+    survivors are scaled by 1/(1 − p), so the expected output equals the input; in predict and
+    evaluate it is the identity. As ``torch.nn.Dropout``.
+
+    The masks come from the model's seed and its count of training steps, through a
+    counter-based hash (``fastnn.kernels.dropout_key``) that every backend computes the same
+    way: the same seed and data order give the same run, on one backend and across backends.
+    ``compute_gradients`` uses the masks of the model's next training step, so repeated calls
+    see the same masks (finite-difference checks rely on it). ``p = 0`` is the identity.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        p = validation.positive_float(p, "p", allow_zero=True)
+        if p >= 1:
+            raise ValueError(f"p must be in [0, 1) (the probability of dropping a unit), "
+                             f"got {p}")
+        self.p = p
+        self.in_features = self.out_features = None       # its neighbours' (check_chain)
+        #: set by the model: its seed, its training-step counter and this layer's stream
+        self._seed, self._steps, self.stream = 0, None, 0
+
+    def _workspace(self, batch, dtype):
+        return {"out": np.empty((batch, self.out_features), dtype),
+                "dX": np.empty((batch, self.out_features), dtype)}
+
+    def _key(self) -> int:
+        return dropout_key(self._seed, int(self._steps[0]), self.stream)
+
+    def _forward(self, k, X, ws, training, logits=False):
+        ws["training"] = training and self.p > 0
+        if not ws["training"]:
+            return X
+        k.dropout(X, self.p, self._key(), ws["out"])
+        return ws["out"]
+
+    def _backward(self, k, dOut, ws, need_dX):
+        if not ws["training"]:
+            return dOut
+        k.dropout(dOut, self.p, self._key(), ws["dX"])    # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
+        return ws["dX"]
+
+    def get_config(self):
+        return {"type": "Dropout", "p": self.p}
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+def dropout_layers(layers) -> list[Dropout]:
+    """The Dropout layers in forward order (Residual blocks included): their streams."""
+    found = []
+    for layer in layers:
+        if isinstance(layer, Dropout):
+            found.append(layer)
+        elif isinstance(layer, Residual):
+            found += dropout_layers(layer.block)
+    return found
+
+
+def _infer_widths(layers, what: str) -> None:
+    """Give each Dropout its width: the previous layer's output, or for a leading Dropout the
+    next sized layer's input."""
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Dropout) or layer.in_features is not None:
+            continue
+        if i > 0:
+            width = layers[i - 1].out_features
+        else:
+            width = next((l.in_features for l in layers if l.in_features is not None), None)
+        if width is None:
+            raise ValueError(f"{what}: the width of {layer!r} cannot be inferred; put it "
+                             f"next to a sized layer such as Dense")
+        layer.in_features = layer.out_features = width
+
+
 def check_chain(layers, what: str) -> None:
     """Raise ValueError unless each layer's input width equals the previous one's output."""
+    _infer_widths(layers, what)
     for i in range(1, len(layers)):
         prev, cur = layers[i - 1], layers[i]
         if cur.in_features != prev.out_features:
@@ -308,6 +399,8 @@ def from_config(config: dict) -> Layer:
         return BatchNorm(**args)
     if kind == "Residual":
         return Residual([from_config(c) for c in args["block"]])
+    if kind == "Dropout":
+        return Dropout(**args)
     if kind == "Standardize":
         from .preprocessing import Standardize        # it imports this module
         return Standardize(**args)

@@ -68,17 +68,55 @@ class Loss:
             raise ValueError(f"{name} must hold only 0 and 1 for loss='binary_cross_entropy'")
         return np.ascontiguousarray(arr, dtype=dtype)
 
-    def n_correct(self, out: np.ndarray, y: np.ndarray, probabilities: bool) -> int | None:
-        """Correct predictions in a batch, or None when accuracy does not apply (mse).
-
-        ``out`` is the last layer's output: logits, or probabilities when ``probabilities``.
-        """
+    def correct(self, out: np.ndarray, y: np.ndarray, probabilities: bool) -> np.ndarray | None:
+        """Per row, whether the prediction is right, or None when accuracy does not apply
+        (mse). ``out`` is the last layer's output: logits, or probabilities when
+        ``probabilities``."""
         if self.name == "cross_entropy":
-            return int((out.argmax(axis=1) == y).sum())
+            return out.argmax(axis=1) == y
         if self.name == "binary_cross_entropy":
             threshold = 0.5 if probabilities else 0.0
-            return int(((out > threshold) == (y > 0.5)).all(axis=1).sum())
+            return ((out > threshold) == (y > 0.5)).all(axis=1)
         return None
+
+    def n_correct(self, out: np.ndarray, y: np.ndarray, probabilities: bool) -> int | None:
+        """Correct predictions in a batch, or None when accuracy does not apply (mse)."""
+        right = self.correct(out, y, probabilities)
+        return None if right is None else int(right.sum())
+
+    def class_weights(self, y: np.ndarray, class_weight, n_outputs: int) -> np.ndarray:
+        """Per-row weights (float64) from ``class_weight``: a dict {label: weight} (labels
+        not named weigh 1) or "balanced", n / (n_classes · count) over the classes present,
+        as scikit-learn computes it. For the cross-entropy losses with one label per row."""
+        if self.name == "mse":
+            raise ValueError("class_weight applies to the cross-entropy losses only, not "
+                             "loss='mse'; use sample_weight")
+        if self.name == "binary_cross_entropy" and n_outputs != 1:
+            raise ValueError(f"class_weight needs one label per row; with "
+                             f"loss='binary_cross_entropy' and {n_outputs} outputs use "
+                             f"sample_weight")
+        labels = y.reshape(-1).astype(np.int64)
+        classes = range(n_outputs) if self.name == "cross_entropy" else (0, 1)
+        if isinstance(class_weight, str):
+            validation.choice(class_weight, "class_weight", ("balanced",))
+            present, counts = np.unique(labels, return_counts=True)
+            table = dict(zip(present.tolist(), len(labels) / (len(present) * counts)))
+        elif isinstance(class_weight, dict):
+            table = {}
+            for label, weight in class_weight.items():
+                if isinstance(label, bool) or label not in classes:
+                    raise ValueError(f"class_weight names label {label!r}, which is not among "
+                                     f"the classes {list(classes)}")
+                weight = validation.positive_float(weight, f"class_weight[{label!r}]",
+                                                   allow_zero=True)
+                table[int(label)] = weight
+        else:
+            raise TypeError(f"class_weight must be a dict {{label: weight}} or 'balanced', got "
+                            f"{type(class_weight).__name__}")
+        lookup = np.ones(len(classes))
+        for label, weight in table.items():
+            lookup[label] = weight
+        return lookup[labels]
 
 
 LOSSES = {

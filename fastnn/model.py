@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from . import backends, diagnostics, losses, training, validation
 from . import plan as plan_module
 from .kernels import CLIP_EPS, CLIP_NORM
-from .layers import Dense, Layer, bind_chain, check_chain
+from .layers import Dense, Layer, bind_chain, check_chain, dropout_layers
 from .optimizers import SGD, Optimizer
 
 DTYPES = ("float32", "float64")
@@ -108,6 +108,10 @@ class Sequential:
         self._grads = np.zeros(n_params, self.dtype)
         self._state = np.zeros(n_state, self.dtype)
         bind_chain(layers, self._params, self._grads, self._state)
+        #: minibatches trained so far, over all fits: with the seed, it keys Dropout's masks
+        self._steps = np.zeros(1, np.int64)
+        for stream, layer in enumerate(dropout_layers(layers)):
+            layer._seed, layer._steps, layer.stream = self.seed, self._steps, stream
         rng = np.random.default_rng(self.seed)
         for layer in layers:
             layer._reset_parameters(rng)
@@ -150,7 +154,7 @@ class Sequential:
         cannot run there). For in-process tools (joblib, multiprocessing, scikit-learn's
         cloning); files are for :meth:`save`, which never pickles."""
         return (_unpickle, (self.get_config(), self.backend, self._params.copy(),
-                            self._state.copy(), self._fits, self.fuse))
+                            self._state.copy(), self._fits, self.fuse, int(self._steps[0])))
 
     def __repr__(self):
         inner = ",\n    ".join(map(repr, self.layers))
@@ -182,13 +186,26 @@ class Sequential:
         for i in range(len(self.layers) - 1, -1, -1):
             d = self.layers[i]._backward(self._k, d, ws[i], need_dX=i > 0)
 
-    def _loss_and_gradients(self, X, y, loss: losses.Loss):
-        """Forward in training mode, loss kernel, backward: fills the gradient buffer."""
+    def _loss_and_gradients(self, X, y, loss: losses.Loss, w=None):
+        """Forward in training mode, loss kernel (weighted by rows ``w`` if given), backward:
+        fills the gradient buffer."""
         out = self._forward(X, training=True, logits=loss.on_logits)
         dout = self._workspace(len(X))["dout"]
-        value = getattr(self._k, loss.kernel)(out, y, dout)
+        value = getattr(self._k, loss.kernel)(out, y, dout, w)
         self._backward(dout)
         return value, out
+
+    def _row_weights(self, y, loss, sample_weight, class_weight):
+        """The fit's per-row weights (float64), or None when every row weighs 1."""
+        w = None
+        if sample_weight is not None:
+            w = validation.sample_weights(sample_weight, len(y))
+        if class_weight is not None:
+            cw = loss.class_weights(y, class_weight, self.out_features)
+            w = cw if w is None else w * cw
+            if not w.any():
+                raise ValueError("class_weight (with sample_weight) gives every row weight 0")
+        return w
 
     def _prepare(self, X, y, loss, x_name="X", y_name="y"):
         loss = losses.get(loss)
@@ -199,20 +216,23 @@ class Sequential:
         return X, y, loss
 
     # -- public API ------------------------------------------------------------------------
-    def compute_gradients(self, X, y, loss: str) -> float:
-        """Loss of (X, y) as one batch in training mode; fills :meth:`gradients`.
+    def compute_gradients(self, X, y, loss: str, sample_weight=None) -> float:
+        """Loss of (X, y) as one batch in training mode (weighted by ``sample_weight``);
+        fills :meth:`gradients`.
 
         Parameters are not changed (BatchNorm's running statistics are, as in any training
-        forward pass).
+        forward pass); Dropout draws the masks of the next training step, the same on every
+        call until the model trains.
         """
         X, y, loss = self._prepare(X, y, loss)
-        return self._loss_and_gradients(X, y, loss)[0]
+        w = None if sample_weight is None else validation.sample_weights(sample_weight, len(y))
+        return self._loss_and_gradients(X, y, loss, w)[0]
 
     def fit(self, X, y, loss: str, optimizer: Optimizer | None = None, epochs: int = 10,
             batch_size: int = 32, shuffle: bool = True, validation_data=None,
             validation_split: float = 0.0, callbacks=None, early_stopping: bool | int = False,
-            clip_norm: float | None = None, verbose: int = 1,
-            track_gradients: bool = False) -> History:
+            clip_norm: float | None = None, sample_weight=None, class_weight=None,
+            verbose: int = 1, track_gradients: bool = False) -> History:
         """Train with minibatch gradient descent; return the per-epoch :class:`History`.
 
         ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
@@ -225,7 +245,17 @@ class Sequential:
         val_loss, an int sets the patience, and then ``validation_split`` defaults to 0.1.
         ``clip_norm`` rescales each step's gradient to a global L2 norm of at most that, exactly
         as ``torch.nn.utils.clip_grad_norm_`` (g ← g·min(1, clip_norm/(‖g‖₂ + 1e-6))), inside
-        the fused step. ``verbose=0`` silences the progress bar and the callbacks' messages.
+        the fused step.
+
+        ``sample_weight`` (n,), non-negative and finite, and ``class_weight`` (a dict {label:
+        weight}, labels not named weighing 1, or "balanced": n / (n_classes · count); the
+        cross-entropy losses only, with one label per row) weight the rows: a minibatch's loss
+        is Σ wᵢ lᵢ / Σ wᵢ, the reduction of ``torch.nn.CrossEntropyLoss(weight=…)`` (and of
+        ``np.average`` for the other losses), so weight 2 on a row equals that row twice in
+        its minibatch. Both weights multiply. A minibatch whose weights sum to 0 is skipped
+        (no update, no optimizer step). history["loss"] is the weighted mean; accuracy and
+        the validation figures are unweighted. ``verbose=0`` silences the progress bar and
+        the callbacks' messages.
         ``track_gradients=True`` records after each epoch the weight-gradient norm of every
         Dense layer (forward order), measured on a fixed batch of training rows, as
         history["gradient_norms"] (see :func:`fastnn.diagnostics.gradient_norms`).
@@ -241,14 +271,18 @@ class Sequential:
         callbacks = training.callback_list(callbacks, early_stopping)
         if clip_norm is not None:
             clip_norm = validation.positive_float(clip_norm, "clip_norm")
+        w = self._row_weights(y, loss, sample_weight, class_weight)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             X_val, y_val, _ = self._prepare(*validation_data, loss.name, "X_val", "y_val")
         else:
             fraction = training.split_fraction(validation_split, early_stopping)
-            X, y, X_val, y_val = training.split(X, y, fraction, loss.name != "mse",
-                                                 np.random.default_rng((self.seed, 1 << 20)))
+            X, y, w, X_val, y_val = training.split(X, y, fraction, loss.name != "mse",
+                                                    np.random.default_rng((self.seed, 1 << 20)),
+                                                    w)
+            if w is not None and not w.any():
+                raise ValueError("every training row left after validation_split has weight 0")
         batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
         training.check_monitors(callbacks, X_val is not None, loss.name != "mse")
 
@@ -283,16 +317,16 @@ class Sequential:
                     rng.shuffle(order)
                 if trainer is not None:
                     plan.load_optimizer(optimizer)      # this epoch's learning rate & co.
-                    total, correct = trainer.run_epoch(X, y, order)
+                    total, correct = trainer.run_epoch(X, y, order, w)
                     optimizer.fused_steps_done(plan.step[0])
                 else:
                     total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size,
-                                                     clip_norm)
+                                                     clip_norm, w)
                 if not math.isfinite(total):
                     raise FloatingPointError(
                         f"the loss became {total} in epoch {epoch + 1}; lower the learning "
                         f"rate (the weights have diverged)")
-                logs = {"loss": total / len(X),
+                logs = {"loss": float(total / (len(X) if w is None else w.sum())),
                         "accuracy": None if correct is None else correct / len(X)}
                 if trainer is not None and (X_val is not None or track_gradients or callbacks):
                     trainer.sync()          # evaluation, probes and callbacks read host weights
@@ -349,9 +383,11 @@ class Sequential:
         form or the optimizer no fused rule.
 
         A backend's ``make_trainer(plan)`` returns an object with ``prepare(X, y)`` (compile
-        whatever these arrays need, train nothing), ``run_epoch(X, y, order) -> (sum of batch
-        loss × batch rows, n_correct or None)`` training the minibatches
-        ``order[i:i + batch_size]`` with no Python between layers, ``sync()`` writing
+        whatever these arrays need, train nothing), ``run_epoch(X, y, order, w) -> (Σ wᵢ lᵢ
+        over the rows trained, n_correct or None)`` training the minibatches
+        ``order[i:i + batch_size]`` with no Python between layers (``w``: float64 row weights
+        in data order, or None for all 1; a minibatch whose weights sum to 0 is skipped) and
+        advancing ``plan.train_steps`` by the minibatches trained, ``sync()`` writing
         parameters, BatchNorm statistics and optimizer state back to the host buffers, and
         ``push()`` taking parameters and statistics a callback wrote on the host. Plans
         are kept per (batch size, loss), at most four.
@@ -373,21 +409,25 @@ class Sequential:
         plan = self._fused_plan(loss, optimizer, batch_size)
         return None if plan is None else self._k.make_trainer(plan)
 
-    def _run_epoch(self, X, y, order, loss, optimizer, batch_size, clip_norm=None):
+    def _run_epoch(self, X, y, order, loss, optimizer, batch_size, clip_norm=None, w=None):
         """One epoch layer by layer: per minibatch, forward, loss, backward, (clip,) optimizer
-        step."""
+        step; returns (Σ wᵢ lᵢ, n right or None), skipping minibatches of weight 0."""
         total, correct = 0.0, 0
         for s in range(0, len(X), batch_size):
             idx = order[s:s + batch_size]
+            wb, mass = (None, len(idx)) if w is None else (w[idx], w[idx].sum())
+            if mass == 0:
+                continue
             Xb, yb = self._batch_buffers(len(idx), X, y)
             np.take(X, idx, axis=0, out=Xb)
             np.take(y, idx, axis=0, out=yb)
-            value, out = self._loss_and_gradients(Xb, yb, loss)
+            value, out = self._loss_and_gradients(Xb, yb, loss, wb)
             if clip_norm is not None:                    # g ← g·min(1, c/(‖g‖ + ε))
                 norm = np.sqrt(np.dot(self._grads.astype(np.float64), self._grads))
                 self._grads *= self._grads.dtype.type(min(1.0, clip_norm / (norm + CLIP_EPS)))
             optimizer.step(self._k, self._params, self._grads)
-            total += value * len(idx)
+            self._steps[0] += 1
+            total += value * mass
             n_right = loss.n_correct(out, yb, probabilities=not loss.on_logits)
             correct = None if n_right is None else correct + n_right
         return total, correct
@@ -411,23 +451,29 @@ class Sequential:
                                                   logits=False)
         return out
 
-    def evaluate(self, X, y, loss: str, batch_size: int = 1024) -> dict:
-        """{"loss": mean loss, "accuracy": fraction correct (cross-entropies only)} on (X, y)."""
+    def evaluate(self, X, y, loss: str, batch_size: int = 1024, sample_weight=None) -> dict:
+        """{"loss": mean loss, "accuracy": fraction correct (cross-entropies only)} on (X, y);
+        with ``sample_weight`` both are weighted means (Σ wᵢ lᵢ / Σ wᵢ, Σ wᵢ [right] / Σ wᵢ)."""
         X, y, loss = self._prepare(X, y, loss)
-        return self._evaluate(X, y, loss, validation.positive_int(batch_size, "batch_size"))
+        w = None if sample_weight is None else validation.sample_weights(sample_weight, len(y))
+        return self._evaluate(X, y, loss, validation.positive_int(batch_size, "batch_size"), w)
 
-    def _evaluate(self, X, y, loss, batch_size=1024) -> dict:
-        total, correct = 0.0, 0
+    def _evaluate(self, X, y, loss, batch_size=1024, w=None) -> dict:
+        total, correct = 0.0, 0.0
         for s in range(0, len(X), batch_size):
             Xc, yc = X[s:s + batch_size], y[s:s + batch_size]
+            wc = None if w is None else w[s:s + batch_size]
+            mass = len(Xc) if w is None else wc.sum()
             out = self._forward(Xc, training=False, logits=loss.on_logits)
-            total += getattr(self._k, loss.kernel)(out, yc, self._workspace(len(Xc))["dout"]) \
-                * len(Xc)
-            n_right = loss.n_correct(out, yc, probabilities=not loss.on_logits)
-            correct = None if n_right is None else correct + n_right
-        result = {"loss": total / len(X)}
+            total += getattr(self._k, loss.kernel)(out, yc, self._workspace(len(Xc))["dout"],
+                                                   wc) * mass
+            right = loss.correct(out, yc, probabilities=not loss.on_logits)
+            correct = None if right is None else correct + (
+                right.sum() if w is None else np.dot(wc, right))
+        mass = len(X) if w is None else w.sum()
+        result = {"loss": total / mass}
         if correct is not None:
-            result["accuracy"] = correct / len(X)
+            result["accuracy"] = float(correct / mass)
         return result
 
     def save(self, path) -> None:
@@ -443,7 +489,7 @@ class Sequential:
 
 
 def _unpickle(config: dict, backend: str, params: np.ndarray, state: np.ndarray, fits: int,
-              fuse: bool) -> Sequential:
+              fuse: bool, steps: int = 0) -> Sequential:
     """Rebuild a pickled :class:`Sequential` (see ``Sequential.__reduce__``)."""
     from .layers import from_config
 
@@ -452,4 +498,5 @@ def _unpickle(config: dict, backend: str, params: np.ndarray, state: np.ndarray,
     model._params[...] = params
     model._state[...] = state
     model._fits, model.fuse = fits, fuse
+    model._steps[0] = steps
     return model

@@ -9,7 +9,8 @@ and column numbers live in ``fastnn.kernels`` so that both sides share them.
 The op table ``plan.ops`` (int64, one row per op, in forward order):
 
 ======  ====================================================================================
-KIND    DENSE (a = f(x·W + b)), BATCHNORM (training-mode batch normalisation), ADD (y = x + h)
+KIND    DENSE (a = f(x·W + b)), BATCHNORM (training-mode batch normalisation), ADD (y = x + h),
+        DROPOUT (y = x ⊙ mask / (1 − p), the counter-based mask of ``fastnn.kernels``)
 IN      offset in ``acts``/``dacts`` of the op's input, a (rows, NIN) block
 OUT     offset of its output, a (rows, NOUT) block (``dacts`` holds ∂L/∂output there)
 NIN     input width; NOUT output width
@@ -17,17 +18,19 @@ ACT     Dense: activation code (identity for the last layer when the loss takes 
 POFF    offset of its parameters in the flat parameter and gradient buffers
         (Dense: W (NIN×NOUT) row-major then b; BatchNorm: γ then β)
 SOFF    BatchNorm: offset of its running mean then running variance in ``state``
-AUX     BatchNorm: offset in ``aux`` of x̂ (batch×NIN) then 1/σ (NIN)
+AUX     BatchNorm: offset in ``aux`` of x̂ (batch×NIN) then 1/σ (NIN); Dense with an
+        activation in NEEDS_PREACTIVATION (GELU, SiLU): offset in ``aux`` of its
+        pre-activation z (batch×NOUT; other Dense layers keep none); Dropout: its stream
 SKIP    ADD: offset of the skip input x (IN is the block's output h)
 DX      how ∂L/∂input is produced: GRAD_SKIP (the input is the data), GRAD_WRITE (first
         writer walking backwards), GRAD_ADD (the buffer also receives another gradient)
 DSKIP   ADD: the same for the skip input
 ======  ====================================================================================
 
-``plan.fops`` (float64, per op) holds BatchNorm's (momentum, eps). Offsets are laid out for
-``plan.batch`` rows; a shorter last minibatch of ``nb`` rows uses the first ``nb`` rows of each
-block with the same row stride (a (nb, n) view at the same offset). Buffer 0 of ``acts`` is the
-gathered minibatch.
+``plan.fops`` (float64, per op) holds BatchNorm's (momentum, eps) and Dropout's p. Offsets
+are laid out for ``plan.batch`` rows; a shorter last minibatch of ``nb`` rows uses the first
+``nb`` rows of each block with the same row stride (a (nb, n) view at the same offset).
+Buffer 0 of ``acts`` is the gathered minibatch.
 
 A step is ``plan.actions`` (phase, op) in order: GATHER, FORWARD of every op, LOSS, BACKWARD of
 every op in reverse; ``plan.stages`` groups consecutive row-local actions (Dense, ADD, gather,
@@ -38,6 +41,11 @@ Everything that changes between epochs is data: ``plan.hyper`` (learning rate, m
 β₂ or RMSprop's α, ε, weight decay, Nesterov; then the fit's ``clip_norm``, 0 for none) and
 ``plan.step`` (Adam's step count) are refreshed before each epoch
 (:meth:`Plan.load_optimizer`), so a new learning rate recompiles and rebuilds nothing.
+``plan.train_steps`` is the model's own count of minibatches trained (all fits), which a
+trainer advances per minibatch: with ``plan.seed`` it keys Dropout's masks
+(``fastnn.kernels.dropout_key(seed, train_steps, stream)``), so fused, layer-by-layer and
+every backend draw the same masks. Row weights (``fit(sample_weight=…)``) are not part of the
+plan: they are an argument of each epoch, like the data.
 
 Adding a layer kind: one function in :data:`_OPS` below turning the layer into op rows (and a
 new KIND in ``fastnn.kernels`` if no existing op expresses it), then one case in each backend's
@@ -51,10 +59,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import (ACT, ADD, AUX, BACKWARD, BATCHNORM, DENSE, DSKIP, DX, FORWARD, GATHER,
-                      GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IDENTITY, IN, KIND, LOSS, N_HYPER,
-                      N_OPTIMIZER_HYPER, NIN, NOUT, OUT, POFF, ROWS, SKIP, SOFF, WHOLE_BATCH)
-from .layers import BatchNorm, Dense, Layer, Residual
+from .kernels import (ACT, ADD, AUX, BACKWARD, BATCHNORM, DENSE, DROPOUT, DSKIP, DX, FORWARD,
+                      GATHER, GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IDENTITY, IN, KIND, LOSS, N_HYPER,
+                      N_OPTIMIZER_HYPER, NEEDS_PREACTIVATION, NIN, NOUT, OUT, POFF, ROWS, SKIP,
+                      SOFF, WHOLE_BATCH)
+from .layers import BatchNorm, Dense, Dropout, Layer, Residual
 
 _COLUMNS = 12
 
@@ -66,7 +75,8 @@ class Plan:
     ``ops``, ``fops``, ``actions``, ``stages``; ``act_size``, ``aux_size``, ``width`` (widest
     op), ``work_per_row`` (multiply-adds of one row's forward pass), ``max_layer_work``
     (multiply-adds per row of the biggest Dense); ``loss`` (code); ``params``, ``grads``,
-    ``state`` (the model's flat buffers); ``rule``, ``hyper``, ``step``, ``s1``, ``s2`` (the
+    ``state`` (the model's flat buffers); ``seed`` and ``train_steps`` (Dropout's keys);
+    ``rule``, ``hyper``, ``step``, ``s1``, ``s2`` (the
     optimizer's code, hyper-parameters, step count and state buffers); ``scratch``, a dict in
     which a backend may keep the buffers it allocated for this plan.
     """
@@ -86,6 +96,7 @@ class Plan:
         self.max_layer_work = int(work.max()) if len(work) else 0
         self.loss = loss.code
         self.params, self.grads, self.state = model._params, model._grads, model._state
+        self.seed, self.train_steps = _low_int64(model.seed), model._steps
         self.actions, self.stages = _schedule(self.ops)
         self.rule = -1
         self.hyper = np.zeros(N_HYPER)
@@ -176,7 +187,18 @@ class _Builder:
 
 def _dense_ops(b: _Builder, layer: Dense, src: int, logits: bool) -> int:
     act = IDENTITY if logits else layer._code            # the loss kernel applies the output f
-    return b.op(DENSE, src, layer.in_features, layer.out_features, act, params=layer._W)
+    aux = 0
+    if act in NEEDS_PREACTIVATION:                       # z kept for f′(z): these layers only
+        aux, b.aux_size = b.aux_size, b.aux_size + b.batch * layer.out_features
+    return b.op(DENSE, src, layer.in_features, layer.out_features, act, params=layer._W,
+                aux=aux)
+
+
+def _dropout_ops(b: _Builder, layer: Dropout, src: int, logits: bool) -> int:
+    if layer.p == 0:                                     # the identity: no op
+        return src
+    n = layer.in_features
+    return b.op(DROPOUT, src, n, n, aux=layer.stream, fop=(layer.p, 0.0))
 
 
 def _batchnorm_ops(b: _Builder, layer: BatchNorm, src: int, logits: bool) -> int:
@@ -195,7 +217,15 @@ def _residual_ops(b: _Builder, layer: Residual, src: int, logits: bool) -> int |
 
 
 #: layer type -> the function appending its ops: the one place a layer kind enters the plan
-_OPS = {Dense: _dense_ops, BatchNorm: _batchnorm_ops, Residual: _residual_ops}
+_OPS = {Dense: _dense_ops, BatchNorm: _batchnorm_ops, Residual: _residual_ops,
+        Dropout: _dropout_ops}
+
+
+def _low_int64(value: int) -> int:
+    """The low 64 bits of a non-negative int as a signed int64 (what compiled code can take;
+    dropout_key reads only those bits)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _offset(view: np.ndarray, base: np.ndarray) -> int:

@@ -64,12 +64,13 @@ def split_fraction(validation_split, early_stopping) -> float:
     return fraction
 
 
-def split(X, y, fraction: float, stratify: bool, rng: np.random.Generator):
-    """(X_train, y_train, X_val, y_val) holding out ``fraction`` of the rows at random
-    (X_val None for 0). Stratified: each class (each distinct target row) gives its share,
-    rounded, so the validation set has the training set's class balance."""
+def split(X, y, fraction: float, stratify: bool, rng: np.random.Generator, w=None):
+    """(X_train, y_train, w_train, X_val, y_val) holding out ``fraction`` of the rows at
+    random (X_val None for 0); ``w`` (row weights or None) follows the training rows.
+    Stratified: each class (each distinct target row) gives its share, rounded, so the
+    validation set has the training set's class balance."""
     if fraction == 0:
-        return X, y, None, None
+        return X, y, w, None, None
     n = len(X)
     n_val = int(round(fraction * n))
     if n_val < 1 or n - n_val < 1:
@@ -89,7 +90,7 @@ def split(X, y, fraction: float, stratify: bool, rng: np.random.Generator):
     keep = np.ones(n, bool)
     keep[val] = False
     val = np.sort(val)
-    return X[keep], y[keep], X[val], y[val]
+    return X[keep], y[keep], None if w is None else w[keep], X[val], y[val]
 
 
 def best_epoch(history, callbacks) -> int | None:

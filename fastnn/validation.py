@@ -72,3 +72,18 @@ def choice(value, name: str, options) -> str:
         raise ValueError(f"unknown {name} {value!r}; choose one of "
                          f"{', '.join(map(repr, options))}")
     return value
+
+
+def sample_weights(w, n_rows: int, name: str = "sample_weight") -> np.ndarray:
+    """Validate per-row weights: (n_rows,), finite, non-negative, not all zero; float64."""
+    arr = as_numeric_array(w, name)
+    if arr.shape != (n_rows,):
+        raise ValueError(f"{name} must have shape ({n_rows},), one weight per row, got "
+                         f"{arr.shape}")
+    check_finite(arr, name)
+    if (arr < 0).any():
+        i = int(np.argmax(arr < 0))
+        raise ValueError(f"{name} must be non-negative, got {arr[i]} at index {i}")
+    if not arr.any():
+        raise ValueError(f"{name} is all zero: no row would count")
+    return np.ascontiguousarray(arr, dtype=np.float64)

@@ -13,6 +13,17 @@ Conventions shared by all backends
   scalars (a loss value).
 * ``dense_backward`` overwrites its ``dA`` argument with ``dZ = dA * f'(Z)``: the buffer is
   scratch the caller no longer needs, so no backend allocates inside a training step.
+* Pre-activations: ``dense_forward(X, W, b, act, out, Z=None)`` and ``dense_backward(dA, X,
+  W, A, act, dX, dW, db, Z=None)`` take the pre-activation z = X·W + b as an optional last
+  argument, which they write (forward) and read (backward) for the activations in
+  :data:`NEEDS_PREACTIVATION` (GELU, SiLU) only; it is required for those and ignored for the
+  others, whose derivatives come from the output a.
+* Weighted losses: every loss kernel takes optional per-row ``weights`` (batch,) and returns
+  the weighted mean Σ wᵢ lᵢ / Σ wᵢ, its gradient scaled to match (a batch whose weights sum
+  to 0 has loss 0 and gradient 0); without weights, the plain mean.
+* ``dropout(X, p, key, out)``: out = X ⊙ mask / (1 − p) with the counter-based mask of
+  :func:`dropout_key` (the same on every backend); the backward pass is the same call on
+  ∂L/∂out.
 * Kernels are leaves: nothing here imports fastnn's model-level modules. A compiled backend's
   ``make_trainer(plan)`` takes a training plan (built by ``fastnn.plan``: plain arrays and the
   codes defined below) and returns a fused trainer for it.
@@ -20,10 +31,12 @@ Conventions shared by all backends
   the duration of its call (``._threads``).
 """
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, ELU, SELU, SOFTPLUS = range(9)
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, ELU, SELU, SOFTPLUS, GELU, GELU_TANH, SILU = \
+    range(12)
 
 #: activation name -> integer code understood by every backend. Each derivative is computed
-#: from the layer's output a = f(z), so the forward pass saves only activations.
+#: from the layer's output a = f(z), so the forward pass saves only activations, except for
+#: the activations in :data:`NEEDS_PREACTIVATION`.
 ACTIVATIONS = {
     "identity": IDENTITY,
     "sigmoid": SIGMOID,
@@ -34,7 +47,17 @@ ACTIVATIONS = {
     "elu": ELU,
     "selu": SELU,
     "softplus": SOFTPLUS,
+    "gelu": GELU,
+    "gelu_tanh": GELU_TANH,
+    "silu": SILU,
 }
+
+#: activations whose derivative cannot be computed from a = f(z) (f is not invertible):
+#: ``dense_forward`` then also writes the pre-activation z into its ``Z`` argument and
+#: ``dense_backward`` reads f′(z) from it. Only layers with these activations keep z, so a
+#: relu/sigmoid/tanh network needs no more memory than before. (A design change of the
+#: kernel interface: ``Z`` is an optional last argument of both dense kernels.)
+NEEDS_PREACTIVATION = frozenset({GELU, GELU_TANH, SILU})
 
 #: slope of leaky ReLU for z < 0
 LEAKY_SLOPE = 0.01
@@ -43,6 +66,52 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 #: softplus is z itself above this (PyTorch's threshold with β = 1): log(1 + e^z) = z there
 SOFTPLUS_THRESHOLD = 20.0
+
+#: gelu_tanh: 0.5 z (1 + tanh(√(2/π) (z + 0.044715 z³))), PyTorch's approximate="tanh"
+GELU_TANH_C, GELU_TANH_K = 0.7978845608028654, 0.044715
+
+# -- dropout's random numbers: counter-based, so every backend draws the same masks --------
+# Element j of row i of a minibatch (n units wide) is kept when
+#     hash32(((i·n + j)·GOLDEN mod 2³²) XOR key) ≥ dropout_threshold(p),
+# with key = dropout_key(seed, step, stream): the model's seed, its training-step count (one
+# per minibatch trained, over all fits) and the Dropout layer's stream (its rank among the
+# model's Dropout layers). No state, no generator per thread: any thread computes any
+# element's draw, a backward pass recomputes its mask instead of storing it, and the masks do
+# not depend on the thread count. (Python ints, NumPy uint64 arrays and compiled int64 code
+# all compute the same values: every product is reduced mod 2³² before the next step.)
+MASK32 = 0xFFFFFFFF
+GOLDEN = 0x9E3779B9
+HASH_M1, HASH_M2 = 0x7FEB352D, 0x846CA68B
+
+
+def hash32(x):
+    """A 32-bit integer hash (C. Wellons' lowbias32): a bijection of [0, 2³²) whose output
+    bits each depend on every input bit."""
+    x = x & MASK32
+    x = x ^ (x >> 16)
+    x = (x * HASH_M1) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * HASH_M2) & MASK32
+    return x ^ (x >> 16)
+
+
+def _mix(k, v):
+    """One round of the key: the hash of (k XOR v) + GOLDEN (the offset keeps 0 from being a
+    fixed point, as hash32(0) = 0)."""
+    return hash32((k ^ v) + GOLDEN)
+
+
+def dropout_key(seed, step, stream):
+    """The key of one Dropout layer's masks at one training step (see above)."""
+    k = _mix(_mix(0, seed & MASK32), (seed >> 32) & MASK32)
+    k = _mix(k, step & MASK32)
+    return _mix(k, ((step >> 32) & MASK32) ^ ((stream * GOLDEN) & MASK32))
+
+
+def dropout_threshold(p: float) -> int:
+    """Draws below this are dropped: P(drop) = threshold / 2³² = p to within 2⁻³²."""
+    return int(p * 4294967296.0)
+
 
 #: the functions every backend module must define
 INTERFACE = (
@@ -58,17 +127,20 @@ INTERFACE = (
     "rmsprop",
     "batchnorm_forward",
     "batchnorm_backward",
+    "dropout",
 )
 
 # -- the training plan (built by fastnn.plan, executed by each backend's fused trainer) -------
 # Kept here, in the package every backend may import, so the plan's numbers have one home.
 
 #: op kinds of the plan's op table
-DENSE, BATCHNORM, ADD = range(3)
+DENSE, BATCHNORM, ADD, DROPOUT = range(4)
 #: columns of the op table (``plan.ops``, int64, one row per op); see fastnn.plan
 KIND, IN, OUT, NIN, NOUT, ACT, POFF, SOFF, AUX, SKIP, DX, DSKIP = range(12)
-#: columns of ``plan.fops`` (float64, one row per op): BatchNorm's momentum and eps
+#: columns of ``plan.fops`` (float64, one row per op): BatchNorm's momentum and eps; Dropout's
+#: p in the first
 BN_MOMENTUM, BN_EPS = range(2)
+DROPOUT_P = 0
 #: values of the DX / DSKIP columns: how an op's input gradient is produced
 GRAD_SKIP, GRAD_WRITE, GRAD_ADD = range(3)
 #: phases of a step's actions (``plan.actions`` rows are (phase, op))

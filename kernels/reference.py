@@ -7,9 +7,15 @@ module favours clarity over speed: it may allocate temporaries, the compiled bac
 Shapes: ``X (batch, in)``, ``W (in, out)``, ``b (out,)``, ``A``/``Z`` ``(batch, out)``.
 """
 import numpy as np
+from scipy.special import erf
 
-from . import (ELU, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID,
-               SOFTMAX, SOFTPLUS, SOFTPLUS_THRESHOLD, TANH)
+from . import (ELU, GELU, GELU_TANH, GELU_TANH_C, GELU_TANH_K, GOLDEN, IDENTITY, LEAKY_RELU,
+               LEAKY_SLOPE, MASK32, NEEDS_PREACTIVATION, RELU, SELU, SELU_ALPHA, SELU_SCALE,
+               SIGMOID, SILU, SOFTMAX, SOFTPLUS, SOFTPLUS_THRESHOLD, TANH, dropout_threshold,
+               hash32)
+
+_SQRT_HALF = np.sqrt(0.5)
+_INV_SQRT_2PI = 1 / np.sqrt(2 * np.pi)
 
 
 def _sigmoid(Z):
@@ -35,6 +41,12 @@ def _activate(Z, act):
     elif act == SOFTPLUS:                                    # log(1 + e^z), z above 20
         Z[...] = np.where(Z > SOFTPLUS_THRESHOLD, Z,
                           np.log1p(np.exp(np.minimum(Z, SOFTPLUS_THRESHOLD))))
+    elif act == GELU:
+        Z[...] = 0.5 * Z * (1 + erf(Z * _SQRT_HALF))          # a = z Φ(z)
+    elif act == GELU_TANH:                                   # a = ½z(1 + tanh(c(z + k z³)))
+        Z[...] = 0.5 * Z * (1 + np.tanh(GELU_TANH_C * (Z + GELU_TANH_K * Z ** 3)))
+    elif act == SILU:
+        Z[...] = Z * _sigmoid(Z)                             # a = z σ(z)
     elif act == SOFTMAX:
         Z -= Z.max(axis=1, keepdims=True)                    # softmax(z) = softmax(z − max z)
         np.exp(Z, out=Z)                                     # e^(z_j − max z)
@@ -44,8 +56,18 @@ def _activate(Z, act):
     return Z
 
 
-def _activation_grad(dA, A, act):
-    """dZ = dA ⊙ f′(z), with f′ written in terms of the saved output a = f(z)."""
+def _activation_grad(dA, A, act, Z=None):
+    """dZ = dA ⊙ f′(z), with f′ written in terms of the saved output a = f(z), or of the
+    saved pre-activation z for the activations that need it."""
+    if act == GELU:                                          # Φ(z) + z φ(z)
+        return dA * (0.5 * (1 + erf(Z * _SQRT_HALF)) + Z * _INV_SQRT_2PI * np.exp(-0.5 * Z * Z))
+    if act == GELU_TANH:                                     # ½(1 + t) + ½z(1 − t²) c(1 + 3k z²)
+        t = np.tanh(GELU_TANH_C * (Z + GELU_TANH_K * Z ** 3))
+        return dA * (0.5 * (1 + t)
+                     + 0.5 * Z * (1 - t * t) * GELU_TANH_C * (1 + 3 * GELU_TANH_K * Z * Z))
+    if act == SILU:                                          # σ(z)(1 + z(1 − σ(z)))
+        s = _sigmoid(Z)
+        return dA * s * (1 + Z * (1 - s))
     if act == IDENTITY:
         return dA                                            # f′ = 1
     if act == SIGMOID:
@@ -68,20 +90,31 @@ def _activation_grad(dA, A, act):
     raise ValueError(f"unknown activation code {act}")
 
 
-def dense_forward(X, W, b, act, out):
-    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+def _require_z(act, Z, kernel):
+    if act in NEEDS_PREACTIVATION and Z is None:
+        raise ValueError(f"{kernel}: activation code {act} needs the pre-activation buffer Z")
+
+
+def dense_forward(X, W, b, act, out, Z=None):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out). For the
+    activations in NEEDS_PREACTIVATION, Z (batch, out) receives z = X @ W + b."""
+    _require_z(act, Z, "dense_forward")
     np.matmul(X, W, out=out)                                 # z = W·x, one row per sample
     out += b                                                 # z = W·x + b
+    if act in NEEDS_PREACTIVATION:
+        Z[...] = out                                         # kept for f′(z)
     _activate(out, act)                                      # a = f(z)
 
 
-def dense_backward(dA, X, W, A, act, dX, dW, db):
+def dense_backward(dA, X, W, A, act, dX, dW, db, Z=None):
     """Gradients of a dense layer from ∂L/∂a; dA is overwritten with dZ = ∂L/∂z.
 
     dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None (the
-    first layer does not need it).
+    first layer does not need it). Z is the forward pass's pre-activation, needed by the
+    activations in NEEDS_PREACTIVATION only.
     """
-    dA[...] = _activation_grad(dA, A, act)                   # dZ = ∂L/∂a ⊙ f′(z)
+    _require_z(act, Z, "dense_backward")
+    dA[...] = _activation_grad(dA, A, act, Z)                # dZ = ∂L/∂a ⊙ f′(z)
     dZ = dA
     np.matmul(X.T, dZ, out=dW)                               # ∂L/∂W = Xᵀ dZ
     dZ.sum(axis=0, out=db)                                   # ∂L/∂b = Σ_batch dZ
@@ -89,40 +122,69 @@ def dense_backward(dA, X, W, A, act, dX, dW, db):
         np.matmul(dZ, W.T, out=dX)                           # ∂L/∂x = dZ Wᵀ
 
 
-def mse(Yhat, Y, dYhat):
-    """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = ∂L/∂ŷ = (ŷ − y)/batch."""
-    n = Yhat.shape[0]
+def _row_weights(weights, n):
+    """(w (n, 1), 1/Σw) of a batch's rows: ones and 1/n without weights; 1/Σw is 0 when the
+    weights sum to 0, so such a batch has loss 0 and gradient 0."""
+    if weights is None:
+        return np.ones((n, 1)), 1.0 / n
+    w = np.asarray(weights, np.float64).reshape(n, 1)
+    mass = w.sum()
+    return w, (1.0 / mass if mass > 0 else 0.0)
+
+
+def mse(Yhat, Y, dYhat, weights=None):
+    """L = Σ_rows wᵢ Σ_outputs ½(ŷ − y)² / Σ wᵢ (wᵢ = 1 without weights: the mean over the
+    batch); writes dYhat = ∂L/∂ŷ = wᵢ(ŷ − y)/Σw."""
+    w, inv_mass = _row_weights(weights, Yhat.shape[0])
     R = Yhat - Y                                             # residual ŷ − y
-    dYhat[...] = R / n                                       # ∂L/∂ŷ = (ŷ − y)/n
-    return float(0.5 * np.sum(R * R) / n)                    # L = (1/n) Σ ½(ŷ − y)²
+    dYhat[...] = R * (w * inv_mass)                          # ∂L/∂ŷ = w(ŷ − y)/Σw
+    return float(0.5 * np.sum(w * R * R) * inv_mass)         # L = Σ w ½(ŷ − y)² / Σw
 
 
-def softmax_cross_entropy(Z, labels, dZ):
-    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes
-    dZ = (softmax(z) − onehot(y))/batch.
+def softmax_cross_entropy(Z, labels, dZ, weights=None):
+    """L = Σ wᵢ (log Σ_k e^z_k − z_y) / Σ wᵢ over logits Z (the batch mean without weights);
+    writes dZ = wᵢ(softmax(z) − onehot(y))/Σw.
 
     ``labels`` are integers in [0, Z.shape[1]).
     """
     n = Z.shape[0]
+    w, inv_mass = _row_weights(weights, n)
     rows = np.arange(n)
     m = Z.max(axis=1, keepdims=True)                         # shift by max z for stability
     lse = m[:, 0] + np.log(np.exp(Z - m).sum(axis=1))        # log Σ e^z = m + log Σ e^(z−m)
     dZ[...] = np.exp(Z - lse[:, None])                       # p = softmax(z) = e^(z − lse)
     dZ[rows, labels] -= 1                                    # p − onehot(y)
-    dZ /= n                                                  # ∂L/∂z = (p − onehot(y))/n
-    return float(np.mean(lse - Z[rows, labels]))             # L = mean(lse − z_y)
+    dZ *= w * inv_mass                                       # ∂L/∂z = w(p − onehot(y))/Σw
+    return float(np.sum(w[:, 0] * (lse - Z[rows, labels])) * inv_mass)   # Σ w(lse − z_y)/Σw
 
 
-def sigmoid_binary_cross_entropy(Z, Y, dZ):
-    """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))] over logits Z (batch, k).
+def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
+    """L = Σ wᵢ Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))] / Σ wᵢ over logits Z (batch, k)
+    (the batch mean without weights).
 
     Written in the form that is stable for any |z|: max(z, 0) − z·y + log(1 + e^−|z|).
-    Writes dZ = (σ(z) − y)/batch.
+    Writes dZ = wᵢ(σ(z) − y)/Σw.
     """
-    n = Z.shape[0]
-    dZ[...] = (_sigmoid(Z) - Y) / n                          # ∂L/∂z = (σ(z) − y)/n
+    w, inv_mass = _row_weights(weights, Z.shape[0])
+    dZ[...] = (_sigmoid(Z) - Y) * (w * inv_mass)             # ∂L/∂z = w(σ(z) − y)/Σw
     loss = np.maximum(Z, 0) - Z * Y + np.log1p(np.exp(-np.abs(Z)))  # −y log σ − (1−y) log(1−σ)
-    return float(np.sum(loss) / n)
+    return float(np.sum(w * loss) * inv_mass)
+
+
+def dropout_mask(shape, p, key):
+    """The keep mask (rows, n) of a minibatch's Dropout draws (see fastnn.kernels): element
+    (i, j) is kept when hash32(((i·n + j)·GOLDEN mod 2³²) XOR key) ≥ p·2³²."""
+    rows, n = shape
+    index = np.arange(rows * n, dtype=np.uint64).reshape(rows, n)
+    draws = hash32(((index * np.uint64(GOLDEN)) & np.uint64(MASK32)) ^ np.uint64(key))
+    return draws >= np.uint64(dropout_threshold(p))
+
+
+def dropout(X, p, key, out):
+    """Inverted dropout with the counter-based mask of ``key``: out = X ⊙ mask / (1 − p).
+    Its backward pass is the same call on ∂L/∂out (the mask is recomputed, not stored)."""
+    keep = dropout_mask(X.shape, p, key)
+    out[...] = np.where(keep, X / (1 - p), 0)                # survivors scaled by 1/(1−p)
 
 
 def sgd(params, grads, lr, weight_decay=0.0):

@@ -33,17 +33,21 @@ def examples(dtype):
     """(kernel, example arguments) for every kernel, typed as ops launches them."""
     m, v, s = np.zeros((2, 2), dtype), np.zeros(2, dtype), dtype(0)
     labels, order, totals = np.zeros((2, 1), np.int64), np.zeros(2, np.int64), np.zeros(2)
-    matmul = (m, m, True, False, v, True, 3, m)
+    matmul = (m, m, True, False, v, True, 3, m, m)
+    weights = np.zeros(2)
     return [
         (K.matmul_kernel(ops.THREAD_TILE), matmul),
         (K.matmul_kernel(8), matmul),
         (K.softmax_rows, (m,)),
         (K.row_dots, (m, m, v)),
-        (K.activation_backward, (m, m, 3, v, v)),
-        (K.softmax_cross_entropy, (m, labels, m, totals)),
-        (K.sigmoid_binary_cross_entropy, (m, m, m, totals)),
-        (K.mse, (m, m, m, totals)),
-        (K.optimizer_step, (K.ADAM, v, v, v, v, s, s, s, s, s, s)),
+        (K.activation_backward, (m, m, 9, v, v, m)),
+        (K.softmax_cross_entropy, (m, labels, m, totals, weights, True, 0.5)),
+        (K.sigmoid_binary_cross_entropy, (m, m, m, totals, weights, True, 0.5)),
+        (K.mse, (m, m, m, totals, weights, False, 0.5)),
+        (K.optimizer_step, (K.ADAM, v, v, v, v, s, s, s, s, s, False, s, s)),
+        (K.sum_squares, (v, totals)),
+        (K.scale_to_norm, (v, totals, 1.0, 1e-6)),
+        (K.dropout, (m, 1 << 31, s, 12345, 1, m)),
         (K.batchnorm_forward, (m, v, v, v, v, 0.1, 1e-5, True, m, m, v)),
         (K.batchnorm_backward, (m, m, v, v, m, v, v)),
         (K.add, (m, m, m)),

@@ -169,7 +169,9 @@ def test_bad_shapes_raise_instead_of_reading_out_of_bounds():
         k.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]), np.empty((2, 3)))
     with pytest.raises(TypeError, match="out must be float32 or float64"):
         k.dense_forward(X, W[:3], b, 0, np.empty((4, 2), np.int32))
-    with pytest.raises(ValueError, match="unknown activation code 9"):
+    with pytest.raises(ValueError, match="unknown activation code 12"):
+        k.dense_forward(X, W[:3], b, 12, np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="needs the pre-activation buffer Z"):
         k.dense_forward(X, W[:3], b, 9, np.empty((4, 2), np.float32))
     with pytest.raises(TypeError, match="optimizer state"):
         k.sgd_momentum(np.ones(3), np.ones(3), None, 0.1, 0.9)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import COMPILED_BACKENDS, EXAMPLES, MAX_BATCH, MAX_WIDTH, layout, tolerance
 from fastnn.backends import resolve
-from fastnn.kernels import ACTIVATIONS, INTERFACE
+from fastnn.kernels import ACTIVATIONS, INTERFACE, NEEDS_PREACTIVATION, dropout_key
 
 pytestmark = pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend is usable")
 
@@ -48,11 +48,26 @@ def test_dense_forward(backend, reference, batch, n_in, n_out, act, dtype, kind,
     X = rand(rng, (batch, n_in), dtype)
     W = rand(rng, (n_in, n_out), dtype, 1 / np.sqrt(n_in))
     b = rand(rng, n_out, dtype)
-    expected = np.empty((batch, n_out), dtype)
-    reference.dense_forward(X, W, b, ACTIVATIONS[act], expected)
-    out = np.full((batch, n_out), np.nan, dtype)
-    backend.dense_forward(layout(X, kind), layout(W, kind), b, ACTIVATIONS[act], out)
+    keeps_z = ACTIVATIONS[act] in NEEDS_PREACTIVATION
+    expected, z_want = np.empty((batch, n_out), dtype), np.empty((batch, n_out), dtype)
+    reference.dense_forward(X, W, b, ACTIVATIONS[act], expected, z_want)
+    out, z_got = np.full((batch, n_out), np.nan, dtype), np.full((batch, n_out), np.nan, dtype)
+    backend.dense_forward(layout(X, kind), layout(W, kind), b, ACTIVATIONS[act], out, z_got)
     np.testing.assert_allclose(out, expected, **tolerance(dtype, n_in))
+    if keeps_z:                                          # z is kept for GELU and SiLU only
+        np.testing.assert_allclose(z_got, z_want, **tolerance(dtype, n_in))
+    else:
+        assert np.isnan(z_got).all()
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS[a] for a in ("gelu", "gelu_tanh", "silu")))
+def test_activations_that_need_z_refuse_to_run_without_it(backend, act):
+    X, W, b = np.ones((2, 3)), np.ones((3, 2)), np.zeros(2)
+    with pytest.raises(ValueError, match="pre-activation"):
+        backend.dense_forward(X, W, b, act, np.empty((2, 2)))
+    with pytest.raises(ValueError, match="pre-activation"):
+        backend.dense_backward(np.ones((2, 2)), X, W, np.ones((2, 2)), act, None,
+                               np.empty((3, 2)), np.empty(2))
 
 
 @CASES
@@ -63,8 +78,8 @@ def test_dense_backward(backend, reference, batch, n_in, n_out, act, dtype, kind
     rng = np.random.default_rng(seed)
     X = rand(rng, (batch, n_in), dtype)
     W = rand(rng, (n_in, n_out), dtype, 1 / np.sqrt(n_in))
-    A = np.empty((batch, n_out), dtype)
-    reference.dense_forward(X, W, rand(rng, n_out, dtype), ACTIVATIONS[act], A)
+    A, Z = np.empty((batch, n_out), dtype), np.empty((batch, n_out), dtype)
+    reference.dense_forward(X, W, rand(rng, n_out, dtype), ACTIVATIONS[act], A, Z)
     dA = rand(rng, (batch, n_out), dtype)
 
     def run(kernels, kind):
@@ -73,7 +88,7 @@ def test_dense_backward(backend, reference, batch, n_in, n_out, act, dtype, kind
         dW = np.full((n_in, n_out), np.nan, dtype)
         db = np.full(n_out, np.nan, dtype)
         kernels.dense_backward(dZ, layout(X, kind), layout(W, kind), layout(A, kind),
-                               ACTIVATIONS[act], dX, dW, db)
+                               ACTIVATIONS[act], dX, dW, db, layout(Z, kind))
         return dZ, dX, dW, db
 
     want = run(reference, "C")
@@ -85,10 +100,12 @@ def test_dense_backward(backend, reference, batch, n_in, n_out, act, dtype, kind
 
 @CASES
 @given(batch=batches, n_out=st.integers(1, MAX_WIDTH), dtype=dtypes, seed=st.integers(0, 2**16),
-       scale=st.sampled_from([1.0, 30.0]))
-def test_losses(backend, reference, batch, n_out, dtype, seed, scale):
+       scale=st.sampled_from([1.0, 30.0]), weighting=st.sampled_from(["none", "random", "zeros"]))
+def test_losses(backend, reference, batch, n_out, dtype, seed, scale, weighting):
     rng = np.random.default_rng(seed)
     Z = rand(rng, (batch, n_out), dtype, scale)
+    weights = {"none": None, "random": rng.uniform(0, 3, batch) * (rng.random(batch) < 0.8),
+               "zeros": np.zeros(batch)}[weighting]
     targets = {
         "mse": rand(rng, (batch, n_out), dtype),
         "sigmoid_binary_cross_entropy": rng.integers(0, 2, (batch, n_out)).astype(dtype),
@@ -96,8 +113,8 @@ def test_losses(backend, reference, batch, n_out, dtype, seed, scale):
     }
     for kernel, y in targets.items():
         dZ_want, dZ_got = np.empty_like(Z), np.full_like(Z, np.nan)
-        want = getattr(reference, kernel)(Z, y, dZ_want)
-        got = getattr(backend, kernel)(Z.copy(), y, dZ_got)
+        want = getattr(reference, kernel)(Z, y, dZ_want, weights)
+        got = getattr(backend, kernel)(Z.copy(), y, dZ_got, weights)
         tol = tolerance(dtype, batch * n_out)
         assert isinstance(got, float)
         np.testing.assert_allclose(got, want, err_msg=kernel, rtol=tol["rtol"] * 10,
@@ -176,3 +193,30 @@ def test_batchnorm(backend, reference, batch, n, dtype, training, kind, seed):
     names = ("out", "xhat", "inv_std", "running_mean", "running_var", "dX", "dgamma", "dbeta")
     for name, got, want in zip(names, run(backend, kind), run(reference, "C")):
         np.testing.assert_allclose(got, want, err_msg=name, **tolerance(dtype, batch))
+
+
+@CASES
+@given(batch=batches, n=widths, p=st.sampled_from([0.0, 0.1, 0.5, 0.9]), dtype=dtypes,
+       kind=layouts, key=st.integers(0, 2**32 - 1))
+def test_dropout(backend, reference, batch, n, p, dtype, kind, key):
+    X = rand(np.random.default_rng(key % 1000), (batch, n), dtype)
+    want, got = np.empty_like(X), np.full_like(X, np.nan)
+    reference.dropout(X, p, key, want)
+    backend.dropout(layout(X, kind), p, key, got)
+    # the same counter-based mask on every backend, not just the same statistics
+    np.testing.assert_array_equal(got == 0, want == 0)
+    np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+def test_dropout_keeps_one_minus_p_and_preserves_the_mean(backend):
+    """On a large batch the kept fraction is within 4σ of 1 − p (σ of a binomial) and the
+    output's mean is the input's."""
+    rows, n, p = 1000, 500, 0.3
+    X = np.ones((rows, n))
+    out = np.empty_like(X)
+    backend.dropout(X, p, dropout_key(0, 0, 0), out)
+    kept = (out != 0).mean()
+    sigma = np.sqrt(p * (1 - p) / X.size)
+    assert abs(kept - (1 - p)) < 4 * sigma
+    assert abs(out.mean() - 1) < 4 * sigma / (1 - p)
+    np.testing.assert_allclose(out[out != 0], 1 / (1 - p))

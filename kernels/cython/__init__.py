@@ -71,14 +71,16 @@ def _one_blas_thread(function):
     return call
 
 
-(adam, adamw, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward, mse, rmsprop,
- sgd, sgd_momentum, sigmoid_binary_cross_entropy, softmax_cross_entropy) = map(_one_blas_thread, (
+(adam, adamw, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward, dropout, mse,
+ rmsprop, sgd, sgd_momentum, sigmoid_binary_cross_entropy,
+ softmax_cross_entropy) = map(_one_blas_thread, (
     _kernels.adam, _kernels.adamw, _kernels.batchnorm_backward, _kernels.batchnorm_forward,
-    _kernels.dense_backward, _kernels.dense_forward, _kernels.mse, _kernels.rmsprop,
+    _kernels.dense_backward, _kernels.dense_forward, _kernels.dropout, _kernels.mse,
+    _kernels.rmsprop,
     _kernels.sgd, _kernels.sgd_momentum, _kernels.sigmoid_binary_cross_entropy,
     _kernels.softmax_cross_entropy))
 make_trainer = _kernels.make_trainer
 
 __all__ = ["BUILD", "OPENMP", "adam", "adamw", "batchnorm_backward", "batchnorm_forward",
-           "dense_backward", "dense_forward", "make_trainer", "mse", "rmsprop", "sgd",
+           "dense_backward", "dense_forward", "dropout", "make_trainer", "mse", "rmsprop", "sgd",
            "sgd_momentum", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]

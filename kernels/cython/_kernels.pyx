@@ -18,9 +18,9 @@ how many bands there were (same seed and thread count, same weights).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport (exp, expf, expm1, expm1f, log, logf, log1p, log1pf, sqrt, sqrtf, tanh,
-                        tanhf)
-from libc.stdint cimport int64_t
+from libc.math cimport (erf, erff, exp, expf, expm1, expm1f, log, logf, log1p, log1pf, sqrt,
+                        sqrtf, tanh, tanhf)
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
@@ -28,6 +28,8 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from fastnn.kernels import CLIP_EPS as _CLIP_EPS
+from fastnn.kernels import GELU_TANH_C as _GELU_TANH_C
+from fastnn.kernels import GELU_TANH_K as _GELU_TANH_K
 from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
 from fastnn.kernels import SELU_ALPHA as _SELU_ALPHA
 from fastnn.kernels import SELU_SCALE as _SELU_SCALE
@@ -108,6 +110,9 @@ cdef enum:
     ELU = 6
     SELU = 7
     SOFTPLUS = 8
+    GELU = 9
+    GELU_TANH = 10
+    SILU = 11
 
 # The training plan's codes (fastnn.kernels; fastnn.plan documents them): loss and optimizer
 # codes, op kinds, op-table columns, gradient modes, action phases, stage kinds.
@@ -125,6 +130,7 @@ cdef enum:
     DENSE = 0
     BATCHNORM = 1
     ADD = 2
+    DROPOUT = 3
 cdef enum:
     KIND = 0
     IN = 1
@@ -160,10 +166,11 @@ def _check_codes():
     import fastnn.kernels as k
     ours = {"IDENTITY": IDENTITY, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU,
             "LEAKY_RELU": LEAKY_RELU, "SOFTMAX": SOFTMAX, "ELU": ELU, "SELU": SELU,
-            "SOFTPLUS": SOFTPLUS, "MSE": MSE,
+            "SOFTPLUS": SOFTPLUS, "GELU": GELU, "GELU_TANH": GELU_TANH, "SILU": SILU, "MSE": MSE,
             "CROSS_ENTROPY": SOFTMAX_CE, "BINARY_CROSS_ENTROPY": SIGMOID_BCE, "SGD": SGD,
             "MOMENTUM": SGD_MOMENTUM, "ADAM": ADAM, "ADAMW": ADAMW, "RMSPROP": RMSPROP, "DENSE": DENSE, "BATCHNORM": BATCHNORM,
-            "ADD": ADD, "KIND": KIND, "IN": IN, "OUT": OUT, "NIN": NIN, "NOUT": NOUT,
+            "ADD": ADD, "DROPOUT": DROPOUT, "MASK32": 0xFFFFFFFF, "GOLDEN": 0x9E3779B9,
+            "HASH_M1": 0x7FEB352D, "HASH_M2": 0x846CA68B, "KIND": KIND, "IN": IN, "OUT": OUT, "NIN": NIN, "NOUT": NOUT,
             "ACT": ACT, "POFF": POFF, "SOFF": SOFF, "AUX": AUX, "SKIP": SKIP, "DX": DX,
             "DSKIP": DSKIP, "GRAD_SKIP": GRAD_SKIP, "GRAD_WRITE": GRAD_WRITE,
             "GRAD_ADD": GRAD_ADD, "GATHER": GATHER, "FORWARD": FORWARD, "LOSS": LOSS,
@@ -184,6 +191,8 @@ cdef enum:
 cdef double LEAKY = _LEAKY_SLOPE
 cdef double SELU_L = _SELU_SCALE, SELU_LA = _SELU_SCALE * _SELU_ALPHA
 cdef double SOFTPLUS_CUT = _SOFTPLUS_THRESHOLD
+cdef double GELU_C = _GELU_TANH_C, GELU_K = _GELU_TANH_K
+cdef double SQRT_HALF = 0.7071067811865476, INV_SQRT_2PI = 0.3989422804014327
 # added to the gradient norm before clipping, as torch.nn.utils.clip_grad_norm_ does
 cdef double CLIP_EPS = _CLIP_EPS
 # an element-wise loop runs on several threads only from this many elements on (~1 ms of
@@ -250,6 +259,13 @@ cdef inline floating _tanh(floating x) noexcept nogil:
         return tanh(x)
 
 
+cdef inline floating _erf(floating x) noexcept nogil:
+    if floating is float:
+        return erff(x)
+    else:
+        return erf(x)
+
+
 cdef inline floating _exp_neg_abs(floating z) noexcept nogil:
     """e^−|z|, which never overflows."""
     return _exp_neg(-z if z >= 0 else z)
@@ -260,6 +276,70 @@ cdef inline floating _sigmoid(floating z) noexcept nogil:
     select, no branch, so that loops over it vectorise)."""
     cdef floating e = _exp_neg_abs(z), one = 1
     return (one if z >= 0 else e) / (one + e)
+
+
+cdef inline floating _gelu_tanh_inner(floating z) noexcept nogil:
+    """tanh(c(z + k z³)), the tanh approximation of GELU's 2Φ(z) − 1."""
+    return _tanh(<floating> GELU_C * (z + <floating> GELU_K * z * z * z))
+
+
+cdef inline floating _preactivation_grad(floating z, int act) noexcept nogil:
+    """f′(z) of the activations that keep z: GELU Φ(z) + zφ(z), its tanh form, SiLU
+    σ(z)(1 + z(1 − σ(z)))."""
+    cdef floating half = 0.5, one = 1, t, s
+    if act == GELU:
+        return (half * (one + _erf(z * <floating> SQRT_HALF))
+                + z * <floating> INV_SQRT_2PI * _exp_neg(-half * z * z))
+    if act == GELU_TANH:
+        t = _gelu_tanh_inner(z)
+        return half * (one + t) + half * z * (one - t * t) * <floating> GELU_C * (
+            one + 3 * <floating> GELU_K * z * z)
+    s = _sigmoid(z)
+    return s * (one + z * (one - s))
+
+
+# dropout's counter-based mask (fastnn.kernels documents it), in 32-bit unsigned arithmetic
+cdef inline uint32_t _hash32(uint32_t x) noexcept nogil:
+    """lowbias32, as fastnn.kernels.hash32."""
+    x ^= x >> 16
+    x *= 0x7FEB352DU
+    x ^= x >> 15
+    x *= 0x846CA68BU
+    return x ^ (x >> 16)
+
+
+cdef inline uint32_t _mix(uint32_t k, uint32_t v) noexcept nogil:
+    return _hash32((k ^ v) + 0x9E3779B9U)
+
+
+cdef inline uint32_t _dropout_key(int64_t seed, int64_t step, int64_t stream) noexcept nogil:
+    """fastnn.kernels.dropout_key: the key of one Dropout op's masks at one training step."""
+    cdef uint64_t s = <uint64_t> seed, t = <uint64_t> step
+    cdef uint32_t k = _mix(_mix(0, <uint32_t> s), <uint32_t> (s >> 32))
+    k = _mix(k, <uint32_t> t)
+    return _mix(k, (<uint32_t> (t >> 32)) ^ (<uint32_t> stream * 0x9E3779B9U))
+
+
+cdef inline uint32_t _dropout_threshold(double p) noexcept nogil:
+    return <uint32_t> (p * 4294967296.0)
+
+
+cdef void _dropout_rows(const floating* X, floating* out, Py_ssize_t r0, Py_ssize_t r1,
+                        Py_ssize_t n, uint32_t threshold, floating scale, uint32_t key,
+                        int mode) noexcept nogil:
+    """Rows r0..r1 (of a minibatch; X and out point at its row 0) of out = X ⊙ mask · scale,
+    or += with mode GRAD_ADD: element (i, j) is kept when
+    hash32(((i·n + j)·GOLDEN) XOR key) ≥ threshold."""
+    cdef Py_ssize_t i, j
+    cdef floating v
+    for i in range(r0, r1):
+        for j in range(n):
+            v = X[i * n + j] * scale if _hash32(
+                (<uint32_t> (i * n + j)) * 0x9E3779B9U ^ key) >= threshold else 0
+            if mode == GRAD_ADD:
+                out[i * n + j] += v
+            else:
+                out[i * n + j] = v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,10 +393,11 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
                    ldb, C + i0 * ldc, ldc)
 
 
-cdef void _bias_activate(floating* z, const floating* b, int act,
-                         Py_ssize_t cols) noexcept nogil:
+cdef void _bias_activate(floating* z, const floating* b, int act, Py_ssize_t cols,
+                         floating* zs) noexcept nogil:
     """One row of a = f(z + b), in place. One loop per activation, so that the compiler
-    vectorises each; softmax is row-wise: a_j = e^(z_j − max z) / Σ_k e^(z_k − max z)."""
+    vectorises each; softmax is row-wise: a_j = e^(z_j − max z) / Σ_k e^(z_k − max z). GELU
+    and SiLU also write z + b to zs (their row of the saved pre-activation)."""
     cdef Py_ssize_t j
     cdef floating v, top, total, one = 1, slope = <floating> LEAKY
     if act == SIGMOID:
@@ -346,6 +427,21 @@ cdef void _bias_activate(floating* z, const floating* b, int act,
         for j in range(cols):
             v = z[j] + b[j]                                  # log(1 + e^z), z above 20
             z[j] = v if v > <floating> SOFTPLUS_CUT else _log1p(_exp(v))
+    elif act == GELU:
+        for j in range(cols):
+            v = z[j] + b[j]
+            zs[j] = v                                        # a = z Φ(z)
+            z[j] = <floating> 0.5 * v * (one + _erf(v * <floating> SQRT_HALF))
+    elif act == GELU_TANH:
+        for j in range(cols):
+            v = z[j] + b[j]
+            zs[j] = v                                        # a = ½z(1 + tanh(c(z + k z³)))
+            z[j] = <floating> 0.5 * v * (one + _gelu_tanh_inner(v))
+    elif act == SILU:
+        for j in range(cols):
+            v = z[j] + b[j]
+            zs[j] = v
+            z[j] = v * _sigmoid(v)                           # a = z σ(z)
     elif act == SOFTMAX:
         top = z[0] + b[0]
         for j in range(cols):
@@ -363,19 +459,22 @@ cdef void _bias_activate(floating* z, const floating* b, int act,
 
 
 cdef void _dense_forward(const floating* X, const floating* W, const floating* b, int act,
-                         floating* out, Py_ssize_t batch, Py_ssize_t n_in,
-                         Py_ssize_t n_out) noexcept nogil:
-    """out = f(X·W + b): one BLAS gemm, then bias and activation while each row is in cache."""
+                         floating* out, Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
+                         floating* zs) noexcept nogil:
+    """out = f(X·W + b): one BLAS gemm, then bias and activation while each row is in cache
+    (zs (batch, n_out) receives z for GELU and SiLU; NULL for the others)."""
     cdef Py_ssize_t i
     _gemm(False, False, batch, n_out, n_in, X, n_in, W, n_out, out, n_out)   # z = x·W
     for i in prange(batch, schedule="static", use_threads_if=batch * n_out >= PARALLEL_MIN):
-        _bias_activate(out + i * n_out, b, act, n_out)                        # a = f(z + b)
+        _bias_activate(out + i * n_out, b, act, n_out,                        # a = f(z + b)
+                       zs + i * n_out if zs != NULL else NULL)
 
 
-cdef void _activation_grad(floating* dA, const floating* A, int act,
-                           Py_ssize_t n) noexcept nogil:
+cdef void _activation_grad(floating* dA, const floating* A, int act, Py_ssize_t n,
+                           const floating* zs) noexcept nogil:
     """dZ = dA ⊙ f′ over n consecutive elements, in place, with f′ from the output a: σ′ =
-    a(1−a), tanh′ = 1−a², ReLU′ = [a>0], leaky′ = 1 or 0.01. One loop per activation."""
+    a(1−a), tanh′ = 1−a², ReLU′ = [a>0], leaky′ = 1 or 0.01; for GELU and SiLU from the
+    saved pre-activation zs. One loop per activation."""
     cdef Py_ssize_t j
     cdef floating one = 1, zero = 0, slope = <floating> LEAKY
     if act == SIGMOID:
@@ -399,6 +498,9 @@ cdef void _activation_grad(floating* dA, const floating* A, int act,
     elif act == SOFTPLUS:
         for j in range(n):                                   # σ(z) = 1 − e^−a, 1 above 20
             dA[j] = dA[j] * (one if A[j] > <floating> SOFTPLUS_CUT else -_expm1(-A[j]))
+    elif act == GELU or act == GELU_TANH or act == SILU:
+        for j in range(n):
+            dA[j] = dA[j] * _preactivation_grad(zs[j], act)
 
 
 cdef void _softmax_grad_row(floating* dA, const floating* A, Py_ssize_t cols) noexcept nogil:
@@ -412,8 +514,8 @@ cdef void _softmax_grad_row(floating* dA, const floating* A, Py_ssize_t cols) no
 
 
 cdef void _grad_bias_block(floating* dA, const floating* A, int act, floating* db,
-                           Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t j0,
-                           Py_ssize_t j1) noexcept nogil:
+                           Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t j0, Py_ssize_t j1,
+                           const floating* zs) noexcept nogil:
     """Columns j0..j1 of dZ = dA ⊙ f′(a) (in place) and db_j = Σ_i dZ_ij, rows in order."""
     cdef double acc[BLOCK]
     cdef Py_ssize_t i, j
@@ -422,7 +524,8 @@ cdef void _grad_bias_block(floating* dA, const floating* A, int act, floating* d
         acc[j] = 0
     for i in range(rows):
         dz = dA + i * cols + j0
-        _activation_grad(dz, A + i * cols + j0, act, j1 - j0)
+        _activation_grad(dz, A + i * cols + j0, act, j1 - j0,
+                         zs + i * cols + j0 if zs != NULL else NULL)
         for j in range(j1 - j0):
             acc[j] += dz[j]
     for j in range(j1 - j0):
@@ -431,9 +534,10 @@ cdef void _grad_bias_block(floating* dA, const floating* A, int act, floating* d
 
 cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
                           const floating* A, int act, floating* dX, floating* dW, floating* db,
-                          Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """dZ = dA ⊙ f′ (written over dA) and db = Σ dZ in one pass; dW = Xᵀ·dZ and, unless dX is
-    NULL, dX = dZ·Wᵀ by BLAS."""
+                          Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
+                          const floating* zs) noexcept nogil:
+    """dZ = dA ⊙ f′ (written over dA; f′ from zs for GELU and SiLU) and db = Σ dZ in one
+    pass; dW = Xᵀ·dZ and, unless dX is NULL, dX = dZ·Wᵀ by BLAS."""
     cdef Py_ssize_t i, jb
     cdef Py_ssize_t n_blocks = (n_out + BLOCK - 1) // BLOCK
     cdef bint threads = batch * n_out >= PARALLEL_MIN
@@ -443,40 +547,47 @@ cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
         act = IDENTITY
     for jb in prange(n_blocks, schedule="static", use_threads_if=threads):
         _grad_bias_block(dA, A, act, db, batch, n_out, jb * BLOCK,
-                         min((jb + 1) * BLOCK, n_out))
+                         min((jb + 1) * BLOCK, n_out), zs)
     _gemm(True, False, n_in, n_out, batch, X, n_in, dA, n_out, dW, n_out)      # ∂L/∂W = Xᵀ dZ
     if dX != NULL:
         _gemm(False, True, batch, n_in, n_out, dA, n_out, W, n_out, dX, n_in)  # ∂L/∂x = dZ Wᵀ
 
 
-# The loss kernels take `rows` rows of a minibatch of `batch` rows (rows < batch when a thread
-# does its share of the minibatch): gradients are divided by `batch`, and so is the loss, so the
-# shares add up to the minibatch's mean.
+# The loss kernels take `rows` rows of a minibatch (a thread's share of it) with their weights
+# w (NULL: all 1) and inv_mass = 1/Σ w over the whole minibatch (1/rows without weights): they
+# write ∂L/∂z = wᵢ ∂lᵢ · inv_mass and return Σ wᵢ lᵢ over their rows, so the shares add up.
 
-cdef double _mse(const floating* Yhat, const floating* Y, floating* dYhat, Py_ssize_t rows,
-                 Py_ssize_t k, Py_ssize_t batch) noexcept nogil:
-    """L = (1/batch) Σ ½(ŷ − y)²; dYhat = (ŷ − y)/batch."""
-    cdef Py_ssize_t i
-    cdef floating r, inv_n = <floating> (1.0 / batch)
-    cdef double total = 0
-    for i in range(rows * k):
-        r = Yhat[i] - Y[i]
-        dYhat[i] = r * inv_n
-        total += <double> r * r
-    return 0.5 * total / batch
+cdef double _mse(const floating* Yhat, const floating* Y, floating* dYhat, const double* w,
+                 Py_ssize_t rows, Py_ssize_t k, double inv_mass) noexcept nogil:
+    """Σ wᵢ Σ ½(ŷ − y)²; dYhat = wᵢ(ŷ − y)·inv_mass."""
+    cdef Py_ssize_t i, j
+    cdef floating r, share = <floating> inv_mass
+    cdef double total = 0, row
+    for i in range(rows):
+        if w != NULL:
+            share = <floating> (w[i] * inv_mass)
+        row = 0
+        for j in range(i * k, i * k + k):
+            r = Yhat[j] - Y[j]
+            dYhat[j] = r * share
+            row += <double> r * r
+        total += row if w == NULL else w[i] * row
+    return 0.5 * total
 
 
 cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, floating* dZ,
-                                   Py_ssize_t rows, Py_ssize_t k,
-                                   Py_ssize_t batch) noexcept nogil:
-    """L = (1/batch) Σ (log Σ_k e^z_k − z_y); dZ = (softmax(z) − onehot(y))/batch. Labels must be
-    in range."""
+                                   const double* w, Py_ssize_t rows, Py_ssize_t k,
+                                   double inv_mass) noexcept nogil:
+    """Σ wᵢ (log Σ_k e^z_k − z_y); dZ = wᵢ(softmax(z) − onehot(y))·inv_mass. Labels must be in
+    range."""
     cdef Py_ssize_t i, j
     cdef const floating* z
     cdef floating* d
-    cdef floating top, total, inv
-    cdef double loss = 0
+    cdef floating top, total, inv, share = <floating> inv_mass
+    cdef double loss = 0, row
     for i in range(rows):
+        if w != NULL:
+            share = <floating> (w[i] * inv_mass)
         z, d = Z + i * k, dZ + i * k
         top = z[0]
         for j in range(1, k):
@@ -486,27 +597,44 @@ cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, flo
         for j in range(k):
             d[j] = _exp_neg(z[j] - top)             # e^(z − max z)
             total += d[j]
-        inv = 1 / (total * batch)
+        inv = share / total
         for j in range(k):
-            d[j] *= inv                             # softmax / batch
-        d[labels[i]] -= <floating> (1.0 / batch)    # (p − onehot(y)) / batch
-        loss += top + _log(total) - z[labels[i]]    # lse − z_y
-    return loss / batch
+            d[j] *= inv                             # w softmax / Σw
+        d[labels[i]] -= share                       # w(p − onehot(y)) / Σw
+        row = top + _log(total) - z[labels[i]]      # lse − z_y
+        loss += row if w == NULL else w[i] * row
+    return loss
 
 
 cdef double _sigmoid_binary_cross_entropy(const floating* Z, const floating* Y, floating* dZ,
-                                          Py_ssize_t rows, Py_ssize_t k,
-                                          Py_ssize_t batch) noexcept nogil:
-    """L = (1/batch) Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = (σ(z) − y)/batch."""
+                                          const double* w, Py_ssize_t rows, Py_ssize_t k,
+                                          double inv_mass) noexcept nogil:
+    """Σ wᵢ Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = wᵢ(σ(z) − y)·inv_mass."""
+    cdef Py_ssize_t i, j
+    cdef floating z, e, one = 1, share = <floating> inv_mass
+    cdef double loss = 0, row
+    for i in range(rows):
+        if w != NULL:
+            share = <floating> (w[i] * inv_mass)
+        row = 0
+        for j in range(i * k, i * k + k):
+            z = Z[j]
+            e = _exp_neg_abs(z)
+            dZ[j] = ((one if z >= 0 else e) / (one + e) - Y[j]) * share
+            row += (z if z > 0 else 0) - z * Y[j] + _log1p(e)
+        loss += row if w == NULL else w[i] * row
+    return loss
+
+
+cdef double _inverse_mass(const double* w, Py_ssize_t rows) noexcept nogil:
+    """1/Σ w over a minibatch's rows (0 when they sum to 0), 1/rows for w NULL."""
     cdef Py_ssize_t i
-    cdef floating z, e, one = 1, inv_n = <floating> (1.0 / batch)
-    cdef double loss = 0
-    for i in range(rows * k):
-        z = Z[i]
-        e = _exp_neg_abs(z)
-        dZ[i] = ((one if z >= 0 else e) / (one + e) - Y[i]) * inv_n
-        loss += (z if z > 0 else 0) - z * Y[i] + _log1p(e)
-    return loss / batch
+    cdef double mass = 0
+    if w == NULL:
+        return 1.0 / rows
+    for i in range(rows):
+        mass += w[i]
+    return 1.0 / mass if mass > 0 else 0.0
 
 
 cdef struct Step:
@@ -648,23 +776,37 @@ cdef void _batchnorm_backward_block(const floating* dY, const floating* xhat,
 # ---------------------------------------------------------------------------------------------
 # memoryview layer: shape checks, then the C kernels with the GIL released
 # ---------------------------------------------------------------------------------------------
+cdef floating* _preactivation_ptr(floating[:, ::1] Z, int act, Py_ssize_t batch,
+                                  Py_ssize_t n_out, str kernel) except? NULL:
+    """&Z[0, 0] for GELU and SiLU (Z required, (batch, out)); NULL for the others."""
+    if act != GELU and act != GELU_TANH and act != SILU:
+        return NULL
+    if Z is None:
+        raise ValueError(f"{kernel}: activation code {act} needs the pre-activation buffer Z")
+    if Z.shape[0] != batch or Z.shape[1] != n_out:
+        raise ValueError(f"{kernel}: Z has shape {_shape2(Z)}, expected ({batch}, {n_out})")
+    return &Z[0, 0]
+
+
 cdef int _dense_forward_mv(const floating[:, ::1] X, const floating[:, ::1] W,
-                           const floating[::1] b, int act, floating[:, ::1] out) except -1:
+                           const floating[::1] b, int act, floating[:, ::1] out,
+                           floating[:, ::1] Z) except -1:
     cdef Py_ssize_t batch = X.shape[0], n_in = X.shape[1], n_out = W.shape[1]
     if W.shape[0] != n_in or b.shape[0] != n_out or out.shape[0] != batch \
             or out.shape[1] != n_out:
         raise ValueError(f"dense_forward needs X (batch, in), W (in, out), b (out,) and out "
                          f"(batch, out); got X {_shape2(X)}, W {_shape2(W)}, b ({b.shape[0]},), "
                          f"out {_shape2(out)}")
+    cdef floating* zs = _preactivation_ptr(Z, act, batch, n_out, "dense_forward")
     with nogil:
-        _dense_forward(&X[0, 0], &W[0, 0], &b[0], act, &out[0, 0], batch, n_in, n_out)
+        _dense_forward(&X[0, 0], &W[0, 0], &b[0], act, &out[0, 0], batch, n_in, n_out, zs)
     return 0
 
 
 cdef int _dense_backward_mv(floating[:, ::1] dA, const floating[:, ::1] X,
                             const floating[:, ::1] W, const floating[:, ::1] A, int act,
                             floating[:, ::1] dX, floating[:, ::1] dW,
-                            floating[::1] db) except -1:
+                            floating[::1] db, floating[:, ::1] Z) except -1:
     cdef Py_ssize_t batch = X.shape[0], n_in = X.shape[1], n_out = W.shape[1]
     cdef floating* dX_ptr = NULL
     if W.shape[0] != n_in or A.shape[0] != batch or A.shape[1] != n_out \
@@ -678,20 +820,29 @@ cdef int _dense_backward_mv(floating[:, ::1] dA, const floating[:, ::1] X,
                          + ("" if dX is None else f", dX {_shape2(dX)}"))
     if dX is not None:
         dX_ptr = &dX[0, 0]
+    cdef floating* zs = _preactivation_ptr(Z, act, batch, n_out, "dense_backward")
     with nogil:
         _dense_backward(&dA[0, 0], &X[0, 0], &W[0, 0], &A[0, 0], act, dX_ptr, &dW[0, 0],
-                        &db[0], batch, n_in, n_out)
+                        &db[0], batch, n_in, n_out, zs)
     return 0
 
 
 cdef double _loss_mv(int loss, const floating[:, ::1] Z, const floating[:, ::1] Y,
-                     const int64_t[::1] labels, floating[:, ::1] dZ) except? -1:
-    """Dispatch to a loss kernel; Y is None for cross-entropy, labels None otherwise."""
+                     const int64_t[::1] labels, floating[:, ::1] dZ,
+                     const double[::1] weights) except? -1:
+    """Dispatch to a loss kernel; Y is None for cross-entropy, labels None otherwise; weights
+    None for weights 1."""
     cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1], i
     cdef double value
+    cdef const double* w = NULL
     if dZ.shape[0] != n or dZ.shape[1] != k:
         raise ValueError(f"the gradient buffer has shape {_shape2(dZ)} but the predictions "
                          f"{_shape2(Z)}")
+    if weights is not None:
+        if weights.shape[0] != n:
+            raise ValueError(f"weights has {weights.shape[0]} entries but the batch {n} rows")
+        w = &weights[0]
+    cdef double inv_mass = _inverse_mass(w, n)
     if loss == SOFTMAX_CE:
         if labels.shape[0] != n:
             raise ValueError(f"labels has {labels.shape[0]} entries but Z has {n} rows")
@@ -699,16 +850,17 @@ cdef double _loss_mv(int loss, const floating[:, ::1] Z, const floating[:, ::1] 
         if i >= 0:
             raise ValueError(f"labels[{i}] = {labels[i]} is not a class index in [0, {k})")
         with nogil:
-            value = _softmax_cross_entropy(&Z[0, 0], &labels[0], &dZ[0, 0], n, k, n)
-        return value
+            value = _softmax_cross_entropy(&Z[0, 0], &labels[0], &dZ[0, 0], w, n, k, inv_mass)
+        return value * inv_mass
     if Y.shape[0] != n or Y.shape[1] != k:
         raise ValueError(f"targets have shape {_shape2(Y)} but the predictions {_shape2(Z)}")
     with nogil:
         if loss == MSE:
-            value = _mse(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k, n)
+            value = _mse(&Z[0, 0], &Y[0, 0], &dZ[0, 0], w, n, k, inv_mass)
         else:
-            value = _sigmoid_binary_cross_entropy(&Z[0, 0], &Y[0, 0], &dZ[0, 0], n, k, n)
-    return value
+            value = _sigmoid_binary_cross_entropy(&Z[0, 0], &Y[0, 0], &dZ[0, 0], w, n, k,
+                                                  inv_mass)
+    return value * inv_mass
 
 
 cdef int _optimizer_mv(floating[::1] p, const floating[::1] g, floating[::1] s1,
@@ -829,7 +981,7 @@ cdef inline void _write_back(object a, object buf):
 
 
 cdef inline int _check_act(int act) except -1:
-    if act < IDENTITY or act > SOFTPLUS:
+    if act < IDENTITY or act > SILU:
         raise ValueError(f"unknown activation code {act}")
     return 0
 
@@ -837,38 +989,50 @@ cdef inline int _check_act(int act) except -1:
 # ---------------------------------------------------------------------------------------------
 # the kernel interface
 # ---------------------------------------------------------------------------------------------
-def dense_forward(X, W, b, int act, out):
-    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+cdef inline bint _keeps_z(int act) noexcept:
+    return act == GELU or act == GELU_TANH or act == SILU
+
+
+def dense_forward(X, W, b, int act, out, Z=None):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out); Z (batch,
+    out) receives z = X @ W + b for GELU and SiLU (required for those)."""
     _check_act(act)
     dtype = _float_dtype(out, "out")
     o = _output(out, dtype)
+    z = _output(Z, dtype) if Z is not None and _keeps_z(act) else None
     if dtype is _F32:
-        _dense_forward_mv[float](_input(X, dtype), _input(W, dtype), _input(b, dtype), act, o)
+        _dense_forward_mv[float](_input(X, dtype), _input(W, dtype), _input(b, dtype), act, o,
+                                 z)
     else:
-        _dense_forward_mv[double](_input(X, dtype), _input(W, dtype), _input(b, dtype), act, o)
+        _dense_forward_mv[double](_input(X, dtype), _input(W, dtype), _input(b, dtype), act, o,
+                                  z)
     _write_back(out, o)
+    if z is not None:
+        _write_back(Z, z)
 
 
-def dense_backward(dA, X, W, A, int act, dX, dW, db):
+def dense_backward(dA, X, W, A, int act, dX, dW, db, Z=None):
     """Gradients of a dense layer from ∂L/∂a; dA is overwritten with dZ = ∂L/∂z.
 
-    dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None.
+    dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None; Z is
+    the pre-activation of GELU and SiLU layers.
     """
     _check_act(act)
     dtype = _float_dtype(dA, "dA")
     bufs = [_output(a, dtype) if a is not None else None for a in (dA, dX, dW, db)]
+    z = _input(Z, dtype) if Z is not None and _keeps_z(act) else None
     if dtype is _F32:
         _dense_backward_mv[float](bufs[0], _input(X, dtype), _input(W, dtype),
-                                  _input(A, dtype), act, bufs[1], bufs[2], bufs[3])
+                                  _input(A, dtype), act, bufs[1], bufs[2], bufs[3], z)
     else:
         _dense_backward_mv[double](bufs[0], _input(X, dtype), _input(W, dtype),
-                                   _input(A, dtype), act, bufs[1], bufs[2], bufs[3])
+                                   _input(A, dtype), act, bufs[1], bufs[2], bufs[3], z)
     for a, buf in zip((dA, dX, dW, db), bufs):
         if a is not None:
             _write_back(a, buf)
 
 
-cdef double _loss(int loss, Z, y, dZ) except? -1:
+cdef double _loss(int loss, Z, y, dZ, weights) except? -1:
     """The three loss functions of the interface: convert the arguments, run the loss code."""
     dtype = _float_dtype(dZ, "dZ")
     d = _output(dZ, dtype)
@@ -876,32 +1040,56 @@ cdef double _loss(int loss, Z, y, dZ) except? -1:
     Y = None if loss == SOFTMAX_CE else _input(y, dtype)
     if Y is not None and Y.ndim == 1:
         Y = Y.reshape(-1, 1)
+    w = None if weights is None else _input(weights, _F64).reshape(-1)
     if dtype is _F32:
-        value = _loss_mv[float](loss, _input(Z, dtype), Y, labels, d)
+        value = _loss_mv[float](loss, _input(Z, dtype), Y, labels, d, w)
     else:
-        value = _loss_mv[double](loss, _input(Z, dtype), Y, labels, d)
+        value = _loss_mv[double](loss, _input(Z, dtype), Y, labels, d, w)
     _write_back(dZ, d)
     return value
 
 
-def mse(Yhat, Y, dYhat):
-    """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = ∂L/∂ŷ = (ŷ − y)/batch."""
-    return _loss(MSE, Yhat, Y, dYhat)
+def mse(Yhat, Y, dYhat, weights=None):
+    """L = Σ wᵢ Σ_outputs ½(ŷ − y)² / Σ wᵢ (the batch mean without weights); writes
+    dYhat = wᵢ(ŷ − y)/Σw."""
+    return _loss(MSE, Yhat, Y, dYhat, weights)
 
 
-def softmax_cross_entropy(Z, labels, dZ):
-    """L = mean_batch(log Σ_k e^z_k − z_y) over logits Z; writes
-    dZ = (softmax(z) − onehot(y))/batch.
+def softmax_cross_entropy(Z, labels, dZ, weights=None):
+    """L = Σ wᵢ (log Σ_k e^z_k − z_y) / Σ wᵢ over logits Z (the batch mean without weights);
+    writes dZ = wᵢ(softmax(z) − onehot(y))/Σw.
 
     ``labels`` are integers in [0, Z.shape[1]).
     """
-    return _loss(SOFTMAX_CE, Z, labels, dZ)
+    return _loss(SOFTMAX_CE, Z, labels, dZ, weights)
 
 
-def sigmoid_binary_cross_entropy(Z, Y, dZ):
-    """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))] over logits Z (batch, k),
-    computed as max(z, 0) − z·y + log(1 + e^−|z|); writes dZ = (σ(z) − y)/batch."""
-    return _loss(SIGMOID_BCE, Z, Y, dZ)
+def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
+    """L = Σ wᵢ Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))] / Σ wᵢ over logits Z (batch, k),
+    computed as max(z, 0) − z·y + log(1 + e^−|z|); writes dZ = wᵢ(σ(z) − y)/Σw."""
+    return _loss(SIGMOID_BCE, Z, Y, dZ, weights)
+
+
+cdef int _dropout_mv(const floating[:, ::1] X, double p, uint32_t key,
+                     floating[:, ::1] out) except -1:
+    if out.shape[0] != X.shape[0] or out.shape[1] != X.shape[1]:
+        raise ValueError(f"dropout: out has shape {_shape2(out)} but X {_shape2(X)}")
+    with nogil:
+        _dropout_rows(&X[0, 0], &out[0, 0], 0, X.shape[0], X.shape[1], _dropout_threshold(p),
+                      <floating> (1.0 / (1.0 - p)), key, GRAD_WRITE)
+    return 0
+
+
+def dropout(X, double p, key, out):
+    """Inverted dropout with the counter-based mask of ``key`` (fastnn.kernels):
+    out = X ⊙ mask / (1 − p); the backward pass is the same call on ∂L/∂out."""
+    dtype = _float_dtype(out, "out")
+    o = _output(out, dtype)
+    if dtype is _F32:
+        _dropout_mv[float](_input(X, dtype), p, <uint32_t> key, o)
+    else:
+        _dropout_mv[double](_input(X, dtype), p, <uint32_t> key, o)
+    _write_back(out, o)
 
 
 cdef int _optimize(params, grads, s1, s2, Step step) except -1:
@@ -999,7 +1187,7 @@ cdef struct Net:
     # what a thread needs to run its rows of a minibatch; the arrays belong to the plan and
     # to the Trainer (fastnn.plan documents the op table and the buffers' layout)
     const int64_t* ops         # n_ops × OP_COLUMNS
-    const double* fops         # n_ops × 2: BatchNorm's momentum, eps
+    const double* fops         # n_ops × 2: BatchNorm's momentum, eps; Dropout's p
     const int64_t* actions     # n_actions × 2: (phase, op)
     Py_ssize_t n_ops, batch, n_in, k
     int loss
@@ -1008,10 +1196,13 @@ cdef struct Net:
     void* state                # BatchNorm running statistics
     void* acts                 # every op's output (the gathered minibatch at 0)
     void* dacts                # ∂L/∂ every op's output, same layout
-    void* aux                  # BatchNorm's x̂ and 1/σ
+    void* aux                  # BatchNorm's x̂ and 1/σ; GELU and SiLU layers' z
     void* tmp                  # batch × width: dZ Wᵀ before it is added to a shared gradient
     void* labels_b             # gathered int64 labels (cross-entropy)
     void* yb                   # gathered targets, batch × k floats (the other losses)
+    double* wb                 # gathered row weights (a weighted fit)
+    const double* weights      # the epoch's row weights in data order, or NULL (all 1)
+    int64_t seed               # the model's seed (Dropout's keys)
 
 
 def make_trainer(plan):
@@ -1036,7 +1227,7 @@ cdef class Trainer:
 
     cdef Net net
     cdef object plan, dtype, fops
-    cdef object acts, dacts, aux, tmp, labels_b, yb    # one minibatch's workspace
+    cdef object acts, dacts, aux, tmp, labels_b, yb, wb    # one minibatch's workspace
     cdef object partials                               # gradients of the bands after the first
 
     def __init__(self, plan):
@@ -1058,19 +1249,22 @@ cdef class Trainer:
         self.tmp = np.zeros(plan.batch * plan.width, self.dtype)
         self.labels_b = np.zeros(plan.batch, _I64)
         self.yb = np.zeros(plan.batch * plan.out_features, self.dtype)
+        self.wb = np.zeros(plan.batch)
         self.partials = np.zeros(0, self.dtype)
         net.params, net.grads = _address(plan.params), _address(plan.grads)
         net.state = _address(plan.state) if plan.state.size else NULL
         net.acts, net.dacts = _address(self.acts), _address(self.dacts)
         net.aux, net.tmp = _address(self.aux), _address(self.tmp)
         net.labels_b, net.yb = _address(self.labels_b), _address(self.yb)
+        net.wb, net.weights, net.seed = <double*> _address(self.wb), NULL, plan.seed
 
     def prepare(self, X, y):
         """Nothing to compile: the extension was compiled when fastnn was installed."""
 
-    def run_epoch(self, X, y, order):
-        """Train on the minibatches ``order[i:i + batch]`` of (X, y); return (Σ batch loss ×
-        batch rows, number of correct predictions or None for mse)."""
+    def run_epoch(self, X, y, order, w=None):
+        """Train on the minibatches ``order[i:i + batch]`` of (X, y), rows weighted by ``w``
+        (float64 in data order, or None for all 1; a minibatch of weight 0 is skipped); return
+        (Σ wᵢ × row loss, number of correct predictions or None for mse)."""
         plan = self.plan
         cdef Py_ssize_t n_in = self.net.n_in, k = self.net.k, bad
         X = _input(X, self.dtype)
@@ -1091,6 +1285,10 @@ cdef class Trainer:
             Y = _input(y, self.dtype).reshape(len(X), -1)
             if Y.shape[1] != k:
                 raise ValueError(f"y has {Y.shape[1]} columns but the model outputs {k}")
+        if w is not None:
+            w = _input(w, _F64)
+            if w.shape != (len(X),):
+                raise ValueError(f"w has shape {np.shape(w)}, expected ({len(X)},)")
         threads = fastnn_max_threads()
         n_params = plan.params.size
         if self.partials.size < (threads - 1) * n_params:    # threads were raised
@@ -1098,9 +1296,9 @@ cdef class Trainer:
         # the bands call BLAS inside the parallel region: one BLAS thread each, for this call
         with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
             if self.dtype is _F32:
-                total, correct = _epoch[float](self, X, Y, labels, order, threads)
+                total, correct = _epoch[float](self, X, Y, labels, order, w, threads)
             else:
-                total, correct = _epoch[double](self, X, Y, labels, order, threads)
+                total, correct = _epoch[double](self, X, Y, labels, order, w, threads)
         return total, None if self.net.loss == MSE else correct
 
     def sync(self):
@@ -1168,25 +1366,38 @@ cdef inline void _add_into(floating* dst, const floating* src, Py_ssize_t n,
             dst[i] += src[i]
 
 
+cdef inline floating* _preactivations(floating* aux, const int64_t* op,
+                                      Py_ssize_t r0) noexcept nogil:
+    """Row r0 of a Dense op's saved pre-activation z (GELU, SiLU), NULL for the others."""
+    cdef int act = <int> op[ACT]
+    if act == GELU or act == GELU_TANH or act == SILU:
+        return aux + op[AUX] + r0 * op[NOUT]
+    return NULL
+
+
 cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* g,
                           const floating* X, const floating* Y, const int64_t* labels,
                           const int64_t* rows_of, Py_ssize_t r0, Py_ssize_t r1,
-                          Py_ssize_t nb, Py_ssize_t* right) noexcept nogil:
+                          Py_ssize_t nb, double inv_mass, int64_t draw,
+                          Py_ssize_t* right) noexcept nogil:
     """Actions a..b of a ROWS stage for rows r0..r1 of a minibatch of nb rows (rows_of[i] is
-    the row of X of its i-th sample). Dense gradients go into g (laid out as the model's);
-    returns this band's share of the loss when the stage holds the loss."""
+    the row of X of its i-th sample; inv_mass is 1/Σ of its weights; draw, the model's
+    training-step count, keys Dropout's masks). Dense gradients go into g (laid out as the
+    model's); returns this band's Σ wᵢ × row loss when the stage holds the loss."""
     cdef floating* p = <floating*> net.params
     cdef floating* acts = <floating*> net.acts
     cdef floating* dacts = <floating*> net.dacts
     cdef floating* tmp = <floating*> net.tmp
+    cdef floating* aux = <floating*> net.aux
     cdef floating* yb = <floating*> net.yb
     cdef int64_t* lb = <int64_t*> net.labels_b
+    cdef const double* wb = net.wb + r0 if net.weights != NULL else NULL
     cdef const int64_t* op
     cdef Py_ssize_t i, j, m = r1 - r0, nin, nout, w, k = net.k, n_in = net.n_in
     cdef Py_ssize_t act_index
     cdef int phase
     cdef floating* dX
-    cdef double value = 0
+    cdef double value = 0, p_drop
     for act_index in range(a, b):
         phase = <int> net.actions[2 * act_index]
         op = net.ops + OP_COLUMNS * net.actions[2 * act_index + 1]
@@ -1197,17 +1408,19 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
                     lb[i] = labels[rows_of[i]]
                 else:
                     memcpy(yb + i * k, Y + rows_of[i] * k, k * sizeof(floating))
+                if net.weights != NULL:
+                    net.wb[i] = net.weights[rows_of[i]]
             continue
         if phase == LOSS:                                    # on the last op's output
             op = net.ops + OP_COLUMNS * (net.n_ops - 1)
             w = op[OUT] + r0 * k
             if net.loss == MSE:
-                value = _mse(acts + w, yb + r0 * k, dacts + w, m, k, nb)
+                value = _mse(acts + w, yb + r0 * k, dacts + w, wb, m, k, inv_mass)
             elif net.loss == SOFTMAX_CE:
-                value = _softmax_cross_entropy(acts + w, lb + r0, dacts + w, m, k, nb)
+                value = _softmax_cross_entropy(acts + w, lb + r0, dacts + w, wb, m, k, inv_mass)
             else:
-                value = _sigmoid_binary_cross_entropy(acts + w, yb + r0 * k, dacts + w, m, k,
-                                                      nb)
+                value = _sigmoid_binary_cross_entropy(acts + w, yb + r0 * k, dacts + w, wb, m,
+                                                      k, inv_mass)
             right[0] += _n_correct(net.loss, acts + w, lb + r0, yb + r0 * k, m, k)
             continue
         nin, nout = op[NIN], op[NOUT]
@@ -1221,9 +1434,21 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
                 _add_into(dacts + op[SKIP] + r0 * nin, dacts + op[OUT] + r0 * nout, m * nout,
                           <int> op[DSKIP])
             continue
+        if op[KIND] == DROPOUT:                              # y = x ⊙ mask / (1 − p)
+            p_drop = net.fops[2 * (net.actions[2 * act_index + 1])]
+            if phase == FORWARD:
+                _dropout_rows(acts + op[IN], acts + op[OUT], r0, r1, nin,
+                              _dropout_threshold(p_drop), <floating> (1.0 / (1.0 - p_drop)),
+                              _dropout_key(net.seed, draw, op[AUX]), GRAD_WRITE)
+            elif op[DX] != GRAD_SKIP:                        # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
+                _dropout_rows(dacts + op[OUT], dacts + op[IN], r0, r1, nin,
+                              _dropout_threshold(p_drop), <floating> (1.0 / (1.0 - p_drop)),
+                              _dropout_key(net.seed, draw, op[AUX]), <int> op[DX])
+            continue
         if phase == FORWARD:                                 # Dense: a = f(x·W + b)
             _dense_forward(acts + op[IN] + r0 * nin, p + op[POFF], p + op[POFF] + nin * nout,
-                           <int> op[ACT], acts + op[OUT] + r0 * nout, m, nin, nout)
+                           <int> op[ACT], acts + op[OUT] + r0 * nout, m, nin, nout,
+                           _preactivations(aux, op, r0))
             continue
         dX = NULL                                            # Dense backward
         if op[DX] == GRAD_WRITE:
@@ -1232,7 +1457,7 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
             dX = tmp + r0 * nin
         _dense_backward(dacts + op[OUT] + r0 * nout, acts + op[IN] + r0 * nin, p + op[POFF],
                         acts + op[OUT] + r0 * nout, <int> op[ACT], dX, g + op[POFF],
-                        g + op[POFF] + nin * nout, m, nin, nout)
+                        g + op[POFF] + nin * nout, m, nin, nout, _preactivations(aux, op, r0))
         if op[DX] == GRAD_ADD:                               # x also feeds a skip
             _add_into(dacts + op[IN] + r0 * nin, tmp + r0 * nin, m * nin, GRAD_ADD)
     return value
@@ -1260,9 +1485,11 @@ cdef void _batchnorm_block(const Net* net, floating* p, int phase, const int64_t
 
 
 cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
-                  const int64_t[::1] labels, const int64_t[::1] order, int threads):
-    """One epoch of :class:`Trainer`: returns (Σ loss × rows, correct predictions) and
-    advances ``plan.step``.
+                  const int64_t[::1] labels, const int64_t[::1] order,
+                  const double[::1] weights, int threads):
+    """One epoch of :class:`Trainer`: returns (Σ wᵢ × row loss, correct predictions) and
+    advances ``plan.step`` and ``plan.train_steps`` by the minibatches trained (a minibatch
+    whose weights sum to 0 is skipped).
 
     One parallel region for the whole epoch: every thread walks the minibatches and their
     stages; after each stage the threads wait for each other; then the blocks of the
@@ -1297,6 +1524,23 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef int team = _bands(batch, work, min(threads, MAX_BANDS))[0]
     cdef long t = plan.step[0]
     cdef double value, total = 0
+    cdef int64_t draws = plan.train_steps[0]
+    # per minibatch: 1/Σ of its weights (0: skipped) and the minibatches trained before it
+    cdef double[::1] InvMass = np.zeros(max(n_batches, 1))
+    cdef int64_t[::1] Before = np.zeros(max(n_batches, 1), _I64)
+    cdef Py_ssize_t trained = 0
+    self.net.weights = &weights[0] if weights is not None else NULL
+    for mb in range(n_batches):
+        rows = min(batch, n - mb * batch)
+        if weights is None:
+            InvMass[mb] = 1.0 / rows
+        else:
+            InvMass[mb] = 0
+            for i in range(rows):
+                InvMass[mb] += weights[order[mb * batch + i]]
+            InvMass[mb] = 1.0 / InvMass[mb] if InvMass[mb] > 0 else 0.0
+        Before[mb] = trained
+        trained += InvMass[mb] != 0
     cdef double band_loss[MAX_BANDS]
     cdef Py_ssize_t band_right[MAX_BANDS]
     cdef Step step = Step(plan.rule, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
@@ -1305,6 +1549,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
         band_loss[c], band_right[c] = 0, 0
     with nogil, parallel(num_threads=team, use_threads_if=team > 1):
         for mb in range(n_batches):                     # every thread, in step with the others
+            if InvMass[mb] == 0:
+                continue                                # weight 0: the batch counts for nothing
             rows = min(batch, n - mb * batch)
             bands, band = _bands(rows, work, team)
             for st in range(n_stages):
@@ -1314,8 +1560,9 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                         value = _band_actions(net, a, stages[st, 2],
                                               g if c == 0 else partials + (c - 1) * n_params,
                                               x, y, lab, &order[mb * batch], c * band,
-                                              min(rows, (c + 1) * band), rows, &band_right[c])
-                        band_loss[c] += value * rows
+                                              min(rows, (c + 1) * band), rows, InvMass[mb],
+                                              draws + Before[mb], &band_right[c])
+                        band_loss[c] += value
                 else:                                   # BatchNorm: feature blocks
                     op = net.ops + OP_COLUMNS * actions[2 * a + 1]
                     for jb in prange((op[NIN] + BLOCK - 1) // BLOCK, schedule="static"):
@@ -1339,12 +1586,14 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                 if scale != 1.0:
                     for i in range(lo, hi):
                         g[i] = g[i] * <floating> scale  # g ← g·min(1, c/(‖g‖ + ε))
-                _update_at(&step, t + mb + 1, p, g, s1, s2, lo, hi)
+                _update_at(&step, t + Before[mb] + 1, p, g, s1, s2, lo, hi)
             fastnn_barrier()                            # the parameters are updated
     for c in range(MAX_BANDS):
         total += band_loss[c]
         correct += band_right[c]
-    plan.step[0] = t + n_batches
+    plan.step[0] = t + trained
+    plan.train_steps[0] = draws + trained
+    self.net.weights = NULL
     return total, correct
 
 

@@ -17,13 +17,13 @@ except ImportError as exc:
                       f"through it; pip install scipy") from exc
 
 from .interface import (adam, adamw, batchnorm_backward, batchnorm_forward,  # noqa: E402
-                        dense_backward, dense_forward, mse, rmsprop, sgd, sgd_momentum,
-                        sigmoid_binary_cross_entropy, softmax_cross_entropy)
+                        dense_backward, dense_forward, dropout, mse, rmsprop, sgd,
+                        sgd_momentum, sigmoid_binary_cross_entropy, softmax_cross_entropy)
 from .cache import cache_status, drop_stale_cache  # noqa: E402
 from .trainer import make_trainer  # noqa: E402
 
 drop_stale_cache()
 
 __all__ = ["adam", "adamw", "batchnorm_backward", "batchnorm_forward", "cache_status",
-           "dense_backward", "dense_forward", "make_trainer", "mse", "rmsprop", "sgd",
+           "dense_backward", "dense_forward", "dropout", "make_trainer", "mse", "rmsprop", "sgd",
            "sgd_momentum", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]

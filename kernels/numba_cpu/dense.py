@@ -18,15 +18,35 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import (ELU, LEAKY_RELU, LEAKY_SLOPE, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SOFTMAX,
-                SOFTPLUS, SOFTPLUS_THRESHOLD, TANH)
+from .. import (ELU, GELU, GELU_TANH, GELU_TANH_C, GELU_TANH_K, LEAKY_RELU, LEAKY_SLOPE, RELU,
+                SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SILU, SOFTMAX, SOFTPLUS,
+                SOFTPLUS_THRESHOLD, TANH)
 from ._exp import exp_neg
 from ._split import row_split
 
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
 
 @njit(inline="always", error_model="numpy")
-def bias_activate_rows(Z, b, act, r0, r1):
-    """Z[r0:r1] = f(Z[r0:r1] + b) in place, one row at a time.
+def _preactivation_grad(v, act):
+    """f′(z) of the activations that need z: GELU Φ(z) + zφ(z), its tanh form, SiLU
+    σ(z)(1 + z(1 − σ(z)))."""
+    if act == GELU:
+        return 0.5 * (1.0 + math.erf(v * _SQRT_HALF)) + v * _INV_SQRT_2PI * math.exp(-0.5 * v * v)
+    if act == GELU_TANH:
+        t = math.tanh(GELU_TANH_C * (v + GELU_TANH_K * v * v * v))
+        return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_TANH_C * (
+            1.0 + 3.0 * GELU_TANH_K * v * v)
+    e = math.exp(-abs(v))
+    s = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+    return s * (1.0 + v * (1.0 - s))
+
+
+@njit(inline="always", error_model="numpy")
+def bias_activate_rows(Z, b, act, r0, r1, Zs):
+    """Z[r0:r1] = f(Z[r0:r1] + b) in place, one row at a time; for GELU and SiLU, Zs[r0:r1]
+    receives z = Z + b (Zs is not touched for the other activations).
 
     (Row helpers index Z[i, j] rather than taking row views: inside the big trainer kernel
     Numba could not prune a view's reference counting, and those atomic increments took 17%
@@ -66,6 +86,22 @@ def bias_activate_rows(Z, b, act, r0, r1):
             for j in range(n):
                 v = Z[i, j] + b[j]                        # log(1 + e^z), z above 20
                 Z[i, j] = v if v > cut else math.log1p(math.exp(v))
+        elif act == GELU:
+            for j in range(n):
+                v = Z[i, j] + b[j]
+                Zs[i, j] = v                              # a = z Φ(z)
+                Z[i, j] = 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+        elif act == GELU_TANH:
+            for j in range(n):
+                v = Z[i, j] + b[j]
+                Zs[i, j] = v                              # a = ½z(1 + tanh(c(z + k z³)))
+                Z[i, j] = 0.5 * v * (1.0 + math.tanh(GELU_TANH_C * (v + GELU_TANH_K * v * v * v)))
+        elif act == SILU:
+            for j in range(n):
+                v = Z[i, j] + b[j]
+                Zs[i, j] = v
+                e = exp_neg(-abs(v))                      # a = z σ(z)
+                Z[i, j] = v * (one / (one + e) if v >= zero else e / (one + e))
         elif act == SOFTMAX:
             m = Z[i, 0] + b[0]
             for j in range(n):
@@ -83,8 +119,9 @@ def bias_activate_rows(Z, b, act, r0, r1):
 
 
 @njit(inline="always", error_model="numpy")
-def activation_grad_rows(dA, A, act, r0, r1):
-    """dA[r0:r1] ← dA ⊙ f′, f′ from the saved output a (σ′ = a(1−a), tanh′ = 1−a², …)."""
+def activation_grad_rows(dA, A, act, r0, r1, Zs):
+    """dA[r0:r1] ← dA ⊙ f′, f′ from the saved output a (σ′ = a(1−a), tanh′ = 1−a², …), or
+    for GELU and SiLU from the saved pre-activation Zs."""
     one, zero = dA.dtype.type(1), dA.dtype.type(0)
     slope = dA.dtype.type(LEAKY_SLOPE)
     lam, lam_alpha = dA.dtype.type(SELU_SCALE), dA.dtype.type(SELU_SCALE * SELU_ALPHA)
@@ -112,6 +149,9 @@ def activation_grad_rows(dA, A, act, r0, r1):
         elif act == SOFTPLUS:
             for j in range(n):                            # σ(z) = 1 − e^−a, 1 above 20
                 dA[i, j] = dA[i, j] * (one if A[i, j] > cut else -math.expm1(-A[i, j]))
+        elif act == GELU or act == GELU_TANH or act == SILU:
+            for j in range(n):
+                dA[i, j] = dA[i, j] * _preactivation_grad(Zs[i, j], act)
         elif act == SOFTMAX:                              # ∂L/∂z_j = a_j(∂L/∂a_j − Σ a_k ∂L/∂a_k)
             s = zero
             for j in range(n):
@@ -133,39 +173,39 @@ def column_sums(dZ, r0, r1, db):
 
 
 @njit(inline="always", error_model="numpy")
-def dense_forward_rows(X, W, b, act, out, r0, r1):
-    """out[r0:r1] = f(X[r0:r1] @ W + b)."""
+def dense_forward_rows(X, W, b, act, out, r0, r1, Zs):
+    """out[r0:r1] = f(X[r0:r1] @ W + b) (and Zs[r0:r1] = z for GELU and SiLU)."""
     np.dot(X[r0:r1], W, out[r0:r1])
-    bias_activate_rows(out, b, act, r0, r1)
+    bias_activate_rows(out, b, act, r0, r1, Zs)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def dense_forward_kernel(X, W, b, act, out, threads):
+def dense_forward_kernel(X, W, b, act, out, Zs, threads):
     n = X.shape[0]
     q, nchunk = row_split(n, threads, W.shape[0] * W.shape[1])
     if nchunk == 1:                                       # too little work to share
-        dense_forward_rows(X, W, b, act, out, 0, n)
+        dense_forward_rows(X, W, b, act, out, 0, n, Zs)
     else:
         for c in prange(nchunk):
-            dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q))
+            dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q), Zs)
 
 
 @njit(inline="always", error_model="numpy")
-def dense_backward_rows(dA, W, A, act, dX, has_dX, r0, r1):
+def dense_backward_rows(dA, W, A, act, dX, has_dX, r0, r1, Zs):
     """dZ = dA ⊙ f′ in place for rows r0:r1, and their dX = dZ Wᵀ."""
-    activation_grad_rows(dA, A, act, r0, r1)              # dZ = ∂L/∂a ⊙ f′(z)
+    activation_grad_rows(dA, A, act, r0, r1, Zs)          # dZ = ∂L/∂a ⊙ f′(z)
     if has_dX:
         np.dot(dA[r0:r1], W.T, dX[r0:r1])                 # ∂L/∂x = dZ Wᵀ
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, threads):
+def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, Zs, threads):
     n = X.shape[0]
     q, nchunk = row_split(n, threads, W.shape[0] * W.shape[1])
     if nchunk == 1:
-        dense_backward_rows(dA, W, A, act, dX, has_dX, 0, n)
+        dense_backward_rows(dA, W, A, act, dX, has_dX, 0, n, Zs)
     else:
         for c in prange(nchunk):
-            dense_backward_rows(dA, W, A, act, dX, has_dX, c * q, min(n, c * q + q))
+            dense_backward_rows(dA, W, A, act, dX, has_dX, c * q, min(n, c * q + q), Zs)
     np.dot(X.T, dA, dW)                                   # ∂L/∂W = Xᵀ dZ
     column_sums(dA, 0, n, db)                             # ∂L/∂b = Σ_batch dZ

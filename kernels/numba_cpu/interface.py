@@ -13,11 +13,12 @@ import numba
 import numpy as np
 
 from .. import (ACTIVATIONS, ADAM, ADAMW, BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MOMENTUM, MSE,
-                RMSPROP, SGD)
+                NEEDS_PREACTIVATION, RMSPROP, SGD, dropout_threshold)
 from .._threads import choose_numba_layer, kernel_blas_threads
 from ._split import BLAS_THREADS_WORK
 from .batchnorm import bn_backward_kernel, bn_forward_kernel
 from .dense import dense_backward_kernel, dense_forward_kernel
+from .dropout import dropout_kernel
 from .losses import loss_kernel
 from .optimizers import update_kernel
 
@@ -85,61 +86,95 @@ def _check_act(act):
     return int(act)
 
 
+def _preactivations(act, Z, dt, placeholder, kernel):
+    """The array the kernel writes or reads z in: Z (C-contiguous, dtype dt) for GELU and
+    SiLU, where it is required, else ``placeholder``, which the kernel does not touch."""
+    if act not in NEEDS_PREACTIVATION:
+        return placeholder
+    if Z is None:
+        raise ValueError(f"{kernel}: activation code {act} needs the pre-activation buffer Z")
+    return _output(Z, dt)
+
+
 @serialised
-def dense_forward(X, W, b, act, out):
-    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+def dense_forward(X, W, b, act, out, Z=None):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out); Z receives
+    z for GELU and SiLU."""
     dt = _dtype(out)
     o = _output(out, dt)
+    zs = _preactivations(_check_act(act), Z, dt, o, "dense_forward")
     threads, blas_threads = _threads(X, W)
     with kernel_blas_threads(blas_threads):
-        dense_forward_kernel(_input(X, dt), _input(W, dt), _input(b, dt), _check_act(act), o,
+        dense_forward_kernel(_input(X, dt), _input(W, dt), _input(b, dt), int(act), o, zs,
                              threads)
     _write_back(out, o)
+    if zs is not o:
+        _write_back(Z, zs)
 
 
 @serialised
-def dense_backward(dA, X, W, A, act, dX, dW, db):
+def dense_backward(dA, X, W, A, act, dX, dW, db, Z=None):
     """Gradients of a dense layer from ∂L/∂a; dA is overwritten with dZ = ∂L/∂z.
 
-    dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None.
+    dW (in, out), db (out,) are written; dX (batch, in) is written unless it is None; Z is
+    the pre-activation (GELU and SiLU).
     """
     dt = _dtype(dW)
     dZ, gW, gb = _output(dA, dt), _output(dW, dt), _output(db, dt)
     gX = _EMPTY[dt][0] if dX is None else _output(dX, dt)
+    zs = _preactivations(_check_act(act), Z, dt, dZ, "dense_backward")
     threads, blas_threads = _threads(X, W)
     with kernel_blas_threads(blas_threads):
-        dense_backward_kernel(dZ, _input(X, dt), _input(W, dt), _input(A, dt),
-                              _check_act(act), gX, dX is not None, gW, gb, threads)
+        dense_backward_kernel(dZ, _input(X, dt), _input(W, dt), _input(A, dt), int(act), gX,
+                              dX is not None, gW, gb, zs, threads)
     for target, result in ((dA, dZ), (dW, gW), (db, gb), (dX, gX)):
         if target is not None:
             _write_back(target, result)
 
 
-def _loss(code, Z, labels, Y, dZ):
+_NO_WEIGHTS = np.empty(0)
+
+
+def _loss(code, Z, labels, Y, dZ, weights):
     dt = _dtype(dZ)
     d = _output(dZ, dt)
-    value = loss_kernel(code, _input(Z, dt), labels, Y, d, numba.get_num_threads())
+    w = _NO_WEIGHTS if weights is None else _input(weights, np.float64).reshape(-1)
+    if len(w) not in (0, len(d)):
+        raise ValueError(f"weights has {len(w)} entries but the batch {len(d)} rows")
+    value = loss_kernel(code, _input(Z, dt), labels, Y, d, w, numba.get_num_threads())
     _write_back(dZ, d)
     return float(value)
 
 
 @serialised
-def mse(Yhat, Y, dYhat):
-    """L = mean_batch Σ_outputs ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
-    return _loss(MSE, Yhat, _NO_LABELS, _input(Y, _dtype(dYhat)), dYhat)
+def mse(Yhat, Y, dYhat, weights=None):
+    """L = Σ wᵢ Σ_outputs ½(ŷ − y)² / Σ wᵢ (the batch mean without weights); writes
+    dYhat = wᵢ(ŷ − y)/Σw."""
+    return _loss(MSE, Yhat, _NO_LABELS, _input(Y, _dtype(dYhat)), dYhat, weights)
 
 
 @serialised
-def softmax_cross_entropy(Z, labels, dZ):
-    """L = mean_batch(log Σ_k e^z_k − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
+def softmax_cross_entropy(Z, labels, dZ, weights=None):
+    """L = Σ wᵢ (log Σ_k e^z_k − z_y) / Σ wᵢ; writes dZ = wᵢ(softmax(z) − onehot(y))/Σw."""
     return _loss(CROSS_ENTROPY, Z, _input(labels, np.int64), _EMPTY[_dtype(dZ)][0],
-                 dZ)
+                 dZ, weights)
 
 
 @serialised
-def sigmoid_binary_cross_entropy(Z, Y, dZ):
-    """L = mean_batch Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
-    return _loss(BINARY_CROSS_ENTROPY, Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ)
+def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
+    """L = Σ wᵢ Σ_outputs [−y log σ(z) − (1−y) log(1−σ(z))] / Σ wᵢ; writes
+    dZ = wᵢ(σ(z) − y)/Σw."""
+    return _loss(BINARY_CROSS_ENTROPY, Z, _NO_LABELS, _input(Y, _dtype(dZ)), dZ, weights)
+
+
+@serialised
+def dropout(X, p, key, out):
+    """out = X ⊙ mask / (1 − p), the counter-based mask of ``key`` (fastnn.kernels)."""
+    dt = _dtype(out)
+    o = _output(out, dt)
+    dropout_kernel(_input(X, dt), dropout_threshold(p), 1.0 / (1.0 - p), int(key), o,
+                   numba.get_num_threads())
+    _write_back(out, o)
 
 
 def _update(code, params, grads, s1, s2, lr, mu_or_b1=0.0, b2=0.0, eps=0.0, weight_decay=0.0,

@@ -33,13 +33,15 @@ from numba.core import cgutils, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
-from .. import (ACT, ADD, AUX, BN_EPS, BN_MOMENTUM, CLIP_EPS, CLIP_NORM, CROSS_ENTROPY, DSKIP,
-                DX, FORWARD, GATHER, GRAD_ADD, GRAD_WRITE, IN, KIND, LOSS, NIN, NOUT, OUT, POFF,
-                ROWS, SKIP, SOFF)
+from .. import (ACT, ADD, AUX, BN_EPS, BN_MOMENTUM, CLIP_EPS, CLIP_NORM, CROSS_ENTROPY, DROPOUT,
+                DROPOUT_P, DSKIP, DX, FORWARD, GATHER, GELU, GELU_TANH, GRAD_ADD, GRAD_SKIP,
+                GRAD_WRITE, IN, KIND, LOSS, NIN, NOUT, OUT, POFF, ROWS, SILU, SKIP, SOFF,
+                dropout_key, dropout_threshold)
 from .._threads import choose_numba_layer, kernel_blas_threads
 from ._split import BLAS_THREADS_WORK, BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS, row_split
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
+from .dropout import dropout_rows
 from .interface import LAUNCH_LOCK, writeable_input
 from .losses import loss_rows
 from .optimizers import update_range
@@ -90,18 +92,30 @@ def _add_rows(dst, src, mode, r0, r1):
 
 
 @njit(cache=True, error_model="numpy")
-def _row_actions(a, b, actions, c, r0, r1, nb, start, X, labels, Y, order, ops, params, grads,
-                 partials, acts, dacts, tmp, labels_b, Yb, loss_code, lossp, corrp):
+def _row_actions(a, b, actions, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fops,
+                 params, grads, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, inv_mass,
+                 seed, draw, loss_code, lossp, corrp):
     """Run the row-local actions a:b for rows r0:r1 (chunk c) of the current minibatch."""
     for k in range(a, b):
-        _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X, labels, Y, order,
-                    ops, params, grads, partials, acts, dacts, tmp, labels_b, Yb, loss_code,
-                    lossp, corrp)
+        _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X, labels, Y, w, order,
+                    ops, fops, params, grads, partials, acts, dacts, aux, tmp, labels_b, Yb, wb,
+                    inv_mass, seed, draw, loss_code, lossp, corrp)
 
 
 @njit(inline="always", error_model="numpy")
-def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, params, grads,
-                partials, acts, dacts, tmp, labels_b, Yb, loss_code, lossp, corrp):
+def _preactivations(aux, ops, op, nb, fallback):
+    """The op's saved pre-activation z (GELU, SiLU), or ``fallback`` for an activation that
+    keeps none (the kernels do not touch it then)."""
+    act = ops[op, ACT]
+    if act == GELU or act == GELU_TANH or act == SILU:
+        return _view(aux, ops[op, AUX], nb, ops[op, NOUT])
+    return fallback
+
+
+@njit(inline="always", error_model="numpy")
+def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fops, params,
+                grads, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, inv_mass, seed, draw,
+                loss_code, lossp, corrp):
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
     if phase == GATHER:                                   # minibatch rows order[start + i]
         Xb = _view(acts, 0, nb, X.shape[1])
@@ -114,13 +128,16 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
             if Y.shape[0]:
                 for j in range(Y.shape[1]):
                     Yb[i, j] = Y[src, j]
+            if w.shape[0]:
+                wb[i] = w[src]
         return
     if phase == LOSS:
         out_op = ops.shape[0] - 1
         k = ops[out_op, NOUT]
         Z = _view(acts, ops[out_op, OUT], nb, k)
         dZ = _view(dacts, ops[out_op, OUT], nb, k)
-        lossp[c], corrp[c] = loss_rows(loss_code, Z, labels_b, Yb[:nb], dZ, nb, r0, r1)
+        lossp[c], corrp[c] = loss_rows(loss_code, Z, labels_b, Yb[:nb], dZ,
+                                       wb[:nb] if w.shape[0] else wb[:0], inv_mass, r0, r1)
         return
     nin, nout = ops[op, NIN], ops[op, NOUT]
     x_in = _view(acts, ops[op, IN], nb, nin)
@@ -137,14 +154,26 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, order, ops, param
             if ops[op, DSKIP]:
                 _add_rows(_view(dacts, ops[op, SKIP], nb, nin), d_out, ops[op, DSKIP], r0, r1)
         return
+    if ops[op, KIND] == DROPOUT:                          # y = x ⊙ mask / (1 − p)
+        p = fops[op, DROPOUT_P]
+        threshold, scale = dropout_threshold(p), 1.0 / (1.0 - p)
+        key = dropout_key(seed, draw, ops[op, AUX])
+        if phase == FORWARD:
+            dropout_rows(x_in, a_out, threshold, scale, key, GRAD_WRITE, r0, r1)
+        elif ops[op, DX] != GRAD_SKIP:                    # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
+            dropout_rows(_view(dacts, ops[op, OUT], nb, nout), _view(dacts, ops[op, IN], nb,
+                                                                      nin),
+                         threshold, scale, key, ops[op, DX], r0, r1)
+        return
     p = ops[op, POFF]
     W = _view(params, p, nin, nout)
+    Zs = _preactivations(aux, ops, op, nb, a_out)
     if phase == FORWARD:
         dense_forward_rows(x_in, W, params[p + nin * nout:p + nin * nout + nout], ops[op, ACT],
-                           a_out, r0, r1)
+                           a_out, r0, r1, Zs)
         return
     dZ = _view(dacts, ops[op, OUT], nb, nout)
-    activation_grad_rows(dZ, a_out, ops[op, ACT], r0, r1)   # dZ = ∂L/∂a ⊙ f′(z)
+    activation_grad_rows(dZ, a_out, ops[op, ACT], r0, r1, Zs)   # dZ = ∂L/∂a ⊙ f′(z)
     G = grads if c == 0 else partials[c - 1]              # this chunk's share of ∂L/∂W, ∂L/∂b
     np.dot(x_in[r0:r1].T, dZ[r0:r1], _view(G, p, nin, nout))
     column_sums(dZ, r0, r1, G[p + nin * nout:p + nin * nout + nout])
@@ -213,28 +242,39 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params, grads, state,
-                 s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, lossp, corrp,
-                 loss_code, opt_code, hyper, step, threads, work_per_row, min_chunk_work):
-    """Train one epoch over minibatches order[s:s + batch]; return (Σ row losses, n right).
+def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads,
+                 state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp,
+                 loss_code, opt_code, hyper, step, seed, train_steps, threads, work_per_row,
+                 min_chunk_work):
+    """Train one epoch over minibatches order[s:s + batch]; return (Σ wᵢ × row loss, n right).
 
-    Where the batch is too small to split (one chunk), every stage runs serially: a parallel
-    region costs more than it saves there, and far more on a loaded machine.
+    ``w`` holds the rows' weights (empty: all 1); a minibatch whose weights sum to 0 is
+    skipped. Where the batch is too small to split (one chunk), every stage runs serially: a
+    parallel region costs more than it saves there, and far more on a loaded machine.
     """
-    X, labels, Y, order, ops, fops, actions, hyper = (
-        _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(order), _borrowed(ops),
-        _borrowed(fops), _borrowed(actions), _borrowed(hyper))
+    X, labels, Y, w, order, ops, fops, actions, hyper = (
+        _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(w), _borrowed(order),
+        _borrowed(ops), _borrowed(fops), _borrowed(actions), _borrowed(hyper))
     params, grads, partials, state, s1, s2 = (
         _borrowed(params), _borrowed(grads), _borrowed(partials), _borrowed(state),
         _borrowed(s1), _borrowed(s2))
-    acts, dacts, aux, tmp, labels_b, Yb, lossp, corrp = (
+    acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp = (
         _borrowed(acts), _borrowed(dacts), _borrowed(aux), _borrowed(tmp), _borrowed(labels_b),
-        _borrowed(Yb), _borrowed(lossp), _borrowed(corrp))
+        _borrowed(Yb), _borrowed(wb), _borrowed(lossp), _borrowed(corrp))
     n = order.shape[0]
     total, right = 0.0, 0
     n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
     for start in range(0, n, batch):
         nb = min(batch, n - start)
+        inv_mass = 1.0 / nb
+        if w.shape[0]:                                    # a weighted mean: Σ w l / Σ w
+            mass = 0.0
+            for i in range(nb):
+                mass += w[order[start + i]]
+            if mass == 0:
+                continue                                  # weight 0: the batch counts for nothing
+            inv_mass = 1.0 / mass
+        draw = train_steps[0]
         # at most one chunk per gradient buffer, whatever row_split was compiled with
         q, nchunk = row_split(nb, min(threads, partials.shape[0] + 1), work_per_row,
                               min_chunk_work)
@@ -244,15 +284,16 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
             # (chunk indices passed as int64 in both calls: one compiled _row_actions)
             if stages[st, 0] == ROWS and serial:
                 c = np.int64(0)
-                _row_actions(a, b, actions, c, c, nb, nb, start, X, labels, Y, order, ops,
-                             params, grads, partials, acts, dacts, tmp, labels_b, Yb,
-                             loss_code, lossp, corrp)
+                _row_actions(a, b, actions, c, c, nb, nb, start, X, labels, Y, w, order, ops,
+                             fops, params, grads, partials, acts, dacts, aux, tmp, labels_b, Yb,
+                             wb, inv_mass, seed, draw, loss_code, lossp, corrp)
             elif stages[st, 0] == ROWS:
                 for ci in prange(nchunk):
                     c = np.int64(ci)
                     _row_actions(a, b, actions, c, c * q, min(nb, c * q + q), nb, start, X,
-                                 labels, Y, order, ops, params, grads, partials, acts, dacts,
-                                 tmp, labels_b, Yb, loss_code, lossp, corrp)
+                                 labels, Y, w, order, ops, fops, params, grads, partials, acts,
+                                 dacts, aux, tmp, labels_b, Yb, wb, inv_mass, seed, draw,
+                                 loss_code, lossp, corrp)
             else:                                         # BatchNorm over the whole batch
                 phase, op = actions[a, 0], actions[a, 1]
                 if serial:
@@ -267,6 +308,7 @@ def epoch_kernel(X, labels, Y, order, batch, ops, fops, actions, stages, params,
             total += lossp[c]
             right += corrp[c]
         step[0] += 1
+        train_steps[0] += 1
         t = step[0]
         parallel_update = threads > 1 and n_blocks >= PARALLEL_UPDATE_BLOCKS
         scale, summed = 1.0, nchunk
@@ -310,6 +352,7 @@ class Trainer:
                 "aux": np.zeros(plan.aux_size, dt), "tmp": np.zeros(plan.batch * plan.width, dt),
                 "labels_b": np.zeros(plan.batch, np.int64),
                 "Yb": np.zeros((plan.batch, plan.out_features), dt),
+                "wb": np.zeros(plan.batch), "no_weights": np.zeros(0),
                 "partials": np.zeros((0, plan.params.size), dt),
                 "lossp": np.zeros(1), "corrp": np.zeros(1, np.int64)}
         self.ws = ws
@@ -347,24 +390,27 @@ class Trainer:
             self._run(X, y, np.zeros(0, np.int64))
             self.ws["prepared"] = True
 
-    def run_epoch(self, X, y, order):
-        """Train one epoch on the minibatches order[i:i + batch] (see fastnn.plan)."""
-        total, right = self._run(X, y, order)
+    def run_epoch(self, X, y, order, w=None):
+        """Train one epoch on the minibatches order[i:i + batch], rows weighted by ``w``
+        (see fastnn.plan)."""
+        total, right = self._run(X, y, order, w)
         return total, (None if right < 0 else int(right))
 
-    def _run(self, X, y, order):
+    def _run(self, X, y, order, w=None):
         plan, ws = self.plan, self.ws
         labels, Y = self._targets(y)
+        w = ws["no_weights"] if w is None else writeable_input(w, np.float64)
         choose_numba_layer()                  # before numba.get_num_threads starts the pool
         threads, blas_threads = self.split(numba.get_num_threads())
         partials, lossp, corrp = self._chunk_buffers(threads)
         with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
             return epoch_kernel(
-                writeable_input(X, plan.dtype), labels, Y, writeable_input(order, np.int64),
+                writeable_input(X, plan.dtype), labels, Y, w, writeable_input(order, np.int64),
                 plan.batch, plan.ops, plan.fops, plan.actions, plan.stages, plan.params,
                 plan.grads, plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
-                ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], lossp, corrp, plan.loss,
-                plan.rule, plan.hyper, plan.step, threads, plan.work_per_row, MIN_CHUNK_WORK)
+                ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"], lossp, corrp,
+                plan.loss, plan.rule, plan.hyper, plan.step, plan.seed, plan.train_steps,
+                threads, plan.work_per_row, MIN_CHUNK_WORK)
 
     def sync(self) -> None:
         """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""

@@ -39,10 +39,10 @@ if not _config.ENABLE_CUDASIM:
 
 from .bench import matmul_tflops  # noqa: E402
 from .host import (adam, adamw, batchnorm_backward, batchnorm_forward,  # noqa: E402
-                   dense_backward, dense_forward, mse, rmsprop, sgd, sgd_momentum,
+                   dense_backward, dense_forward, dropout, mse, rmsprop, sgd, sgd_momentum,
                    sigmoid_binary_cross_entropy, softmax_cross_entropy)
 from .trainer import make_trainer  # noqa: E402
 
-__all__ = ["dense_forward", "dense_backward", "mse", "softmax_cross_entropy",
+__all__ = ["dense_forward", "dense_backward", "dropout", "mse", "softmax_cross_entropy",
            "sigmoid_binary_cross_entropy", "sgd", "sgd_momentum", "adam", "adamw", "rmsprop",
            "batchnorm_forward", "batchnorm_backward", "make_trainer", "matmul_tflops"]

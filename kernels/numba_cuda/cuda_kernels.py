@@ -12,9 +12,9 @@ import math
 
 from numba import cuda, float64
 
-from .. import ADAMW, MOMENTUM, RMSPROP, SGD, SOFTMAX
-from .device import (accumulate_totals, activate, activation_grad, load_tile, sigmoid,
-                     sum_over_y)
+from .. import ADAMW, GOLDEN, GRAD_ADD, MASK32, MOMENTUM, RMSPROP, SGD, SOFTMAX
+from .device import (accumulate_totals, activate, activation_grad, hash32_device,
+                     keeps_preactivation, load_tile, sigmoid, sum_over_y)
 
 #: matmul: 16 × 16 threads, each computing a THREAD_TILE × THREAD_TILE block of outputs
 MATMUL_BLOCK = (16, 16)
@@ -35,12 +35,13 @@ THREADS_1D = 256
 def matmul_kernel(thread_tile: int):
     """The tiled matmul kernel whose blocks compute (16·thread_tile)² outputs.
 
-    ``matmul(A, B, trans_a, trans_b, bias, use_bias, act, C)`` computes
+    ``matmul(A, B, trans_a, trans_b, bias, use_bias, act, C, Zs)`` computes
     C = f(op(A) @ op(B) [+ bias]) with op(M) = Mᵀ when its flag is set, so the forward pass
     (X W), dW = Xᵀ dZ and dX = dZ Wᵀ are the same kernel. Bias and activation are applied in
     the epilogue while the results are in registers (softmax, a row operation, is left to
-    :func:`softmax_rows`). Launch with MATMUL_BLOCK threads and a grid of
-    (⌈N/tile⌉, ⌈M/tile⌉) blocks, tile = 16·thread_tile.
+    :func:`softmax_rows`); for GELU and SiLU, Zs receives z (for the others it is not
+    read). Launch with MATMUL_BLOCK threads and a grid of (⌈N/tile⌉, ⌈M/tile⌉) blocks,
+    tile = 16·thread_tile.
     """
     T = thread_tile
     TILE = MATMUL_BLOCK[0] * T
@@ -49,7 +50,7 @@ def matmul_kernel(thread_tile: int):
     TILE_SHAPE = (K_TILE, TILE + 1)           # +1 column: fewer bank conflicts on stores
     ACC_SHAPE = (T, T)
 
-    def matmul(A, B, trans_a, trans_b, bias, use_bias, act, C):
+    def matmul(A, B, trans_a, trans_b, bias, use_bias, act, C, Zs):
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         thread = ty * STRIDE + tx
         m0 = cuda.blockIdx.y * TILE
@@ -85,6 +86,8 @@ def matmul_kernel(thread_tile: int):
                     z = acc[i, j]
                     if use_bias:
                         z += bias[col]                           # z = x·W + b
+                    if keeps_preactivation(act):
+                        Zs[row, col] = z                         # kept for f′(z)
                     C[row, col] = activate(z, act)               # a = f(z)
 
     return cuda.jit(matmul)
@@ -120,8 +123,9 @@ def row_dots(dA, A, out):
 
 
 @cuda.jit
-def activation_backward(dA, A, act, row_dot, db):
-    """dA ← dZ = dA ⊙ f′ (from the saved output A) and db = Σ_rows dZ, fused.
+def activation_backward(dA, A, act, row_dot, db, Zs):
+    """dA ← dZ = dA ⊙ f′ (from the saved output A, or the pre-activation Zs for GELU and
+    SiLU) and db = Σ_rows dZ, fused.
 
     One block per strip of 32 columns (COLUMN_BLOCK); its 8 thread rows walk the batch and
     the column sums are reduced in the block. ``row_dot`` (from :func:`row_dots`) is read only
@@ -134,23 +138,29 @@ def activation_backward(dA, A, act, row_dot, db):
     if col < width:
         for row in range(cuda.threadIdx.y, n, cuda.blockDim.y):
             s = row_dot[row] if act == SOFTMAX else 0.0
-            dA[row, col] = activation_grad(dA[row, col], A[row, col], act, s)  # dZ = dA ⊙ f′
+            a = Zs[row, col] if keeps_preactivation(act) else A[row, col]
+            dA[row, col] = activation_grad(dA[row, col], a, act, s)  # dZ = dA ⊙ f′
             partial += dA[row, col]
     total = sum_over_y(scratch, partial)                         # ∂L/∂b = Σ_batch dZ
     if col < width and cuda.threadIdx.y == 0:
         db[col] = total
 
 
+# The loss kernels weight row i by w[i] when ``weighted`` (else 1) and scale the gradient by
+# inv_mass = 1/Σ w (1/n without weights): ∂L/∂z = wᵢ ∂lᵢ · inv_mass; totals[0] += Σ wᵢ lᵢ.
+
 @cuda.jit
-def softmax_cross_entropy(Z, labels, dZ, totals):
-    """dZ = (softmax(z) − onehot(y))/n from logits Z (n, k) and labels (n, 1);
-    totals[0] += Σ_rows (log Σ e^z − z_y), totals[1] += rows whose argmax is y.
+def softmax_cross_entropy(Z, labels, dZ, totals, w, weighted, inv_mass):
+    """dZ = wᵢ(softmax(z) − onehot(y))·inv_mass from logits Z (n, k) and labels (n, 1);
+    totals[0] += Σ_rows wᵢ(log Σ e^z − z_y), totals[1] += rows whose argmax is y.
     One block of LOSS_BLOCK threads."""
     scratch = cuda.shared.array(LOSS_SCRATCH, float64)
     n, k = Z.shape
     loss = 0.0
     n_right = 0.0
     for i in range(cuda.threadIdx.y, n, cuda.blockDim.y):
+        wi = w[i] if weighted else 1.0
+        share = wi * inv_mass
         y = labels[i, 0]
         m = Z[i, 0]
         best = 0
@@ -164,28 +174,30 @@ def softmax_cross_entropy(Z, labels, dZ, totals):
         lse = m + math.log(s)                                    # log Σ e^z = m + log Σ e^(z−m)
         for j in range(k):
             p = math.exp(Z[i, j] - lse)                          # p = softmax(z)
-            dZ[i, j] = (p - 1.0 if j == y else p) / n            # (p − onehot(y))/n
-        loss += lse - Z[i, y]                                    # L_i = lse − z_y
+            dZ[i, j] = (p - 1.0 if j == y else p) * share        # w(p − onehot(y))/Σw
+        loss += wi * (lse - Z[i, y])                             # L_i = lse − z_y
         if best == y:
             n_right += 1.0
     accumulate_totals(scratch, totals, loss, n_right)
 
 
 @cuda.jit
-def sigmoid_binary_cross_entropy(Z, Y, dZ, totals):
-    """dZ = (σ(z) − y)/n from logits Z and targets Y (n, k); totals[0] += Σ (max(z, 0) − zy +
-    log(1 + e^−|z|)), totals[1] += rows whose every output is on the right side of z = 0.
-    One block of LOSS_BLOCK threads."""
+def sigmoid_binary_cross_entropy(Z, Y, dZ, totals, w, weighted, inv_mass):
+    """dZ = wᵢ(σ(z) − y)·inv_mass from logits Z and targets Y (n, k); totals[0] += Σ wᵢ
+    (max(z, 0) − zy + log(1 + e^−|z|)), totals[1] += rows whose every output is on the right
+    side of z = 0. One block of LOSS_BLOCK threads."""
     scratch = cuda.shared.array(LOSS_SCRATCH, float64)
     n, k = Z.shape
     loss = 0.0
     n_right = 0.0
     for i in range(cuda.threadIdx.y, n, cuda.blockDim.y):
+        wi = w[i] if weighted else 1.0
+        share = wi * inv_mass
         row_right = True
         for j in range(k):
             z, y = Z[i, j], Y[i, j]
-            dZ[i, j] = (sigmoid(z) - y) / n                      # ∂L/∂z = (σ(z) − y)/n
-            loss += (z if z > 0 else 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+            dZ[i, j] = (sigmoid(z) - y) * share                  # ∂L/∂z = w(σ(z) − y)/Σw
+            loss += wi * ((z if z > 0 else 0.0) - z * y + math.log1p(math.exp(-abs(z))))
             if (z > 0) != (y > 0.5):
                 row_right = False
         if row_right:
@@ -194,16 +206,19 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ, totals):
 
 
 @cuda.jit
-def mse(Yhat, Y, dYhat, totals):
-    """dYhat = (ŷ − y)/n; totals[0] += Σ ½(ŷ − y)². One block of LOSS_BLOCK threads."""
+def mse(Yhat, Y, dYhat, totals, w, weighted, inv_mass):
+    """dYhat = wᵢ(ŷ − y)·inv_mass; totals[0] += Σ wᵢ ½(ŷ − y)². One block of LOSS_BLOCK
+    threads."""
     scratch = cuda.shared.array(LOSS_SCRATCH, float64)
     n, k = Yhat.shape
     loss = 0.0
     for i in range(cuda.threadIdx.y, n, cuda.blockDim.y):
+        wi = w[i] if weighted else 1.0
+        share = wi * inv_mass
         for j in range(k):
             r = Yhat[i, j] - Y[i, j]                             # residual ŷ − y
-            dYhat[i, j] = r / n                                  # ∂L/∂ŷ = (ŷ − y)/n
-            loss += 0.5 * r * r
+            dYhat[i, j] = r * share                              # ∂L/∂ŷ = w(ŷ − y)/Σw
+            loss += wi * 0.5 * r * r
     accumulate_totals(scratch, totals, loss, 0.0)
 
 
@@ -340,6 +355,22 @@ def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
         for row in range(cuda.threadIdx.y, n, cuda.blockDim.y):  # Σ dx̂ = γ Σ dy, Σ dx̂ x̂ = γ Σ dy x̂
             dX[row, col] = scale * (n * g * dY[row, col] - g * s_dy
                                     - xhat[row, col] * g * s_dy_xhat)
+
+
+@cuda.jit
+def dropout(X, threshold, scale, key, mode, out):
+    """out = X ⊙ mask · scale (or += with mode GRAD_ADD), the counter-based mask of ``key``
+    (fastnn.kernels): element (i, j) kept when hash32(((i·n + j)·GOLDEN) XOR key) ≥
+    threshold; 2-D grid of COLUMN_BLOCK blocks."""
+    j, i = cuda.grid(2)
+    n = out.shape[1]
+    if i < out.shape[0] and j < n:
+        keep = hash32_device((((i * n + j) * GOLDEN) & MASK32) ^ key) >= threshold
+        v = X[i, j] * scale if keep else 0.0
+        if mode == GRAD_ADD:
+            out[i, j] += v
+        else:
+            out[i, j] = v
 
 
 @cuda.jit

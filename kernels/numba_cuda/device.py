@@ -8,11 +8,26 @@ import math
 
 from numba import cuda
 
-from .. import (ELU, LEAKY_RELU, LEAKY_SLOPE, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SOFTMAX,
-                SOFTPLUS, SOFTPLUS_THRESHOLD, TANH)
+from .. import (ELU, GELU, GELU_TANH, GELU_TANH_C, GELU_TANH_K, LEAKY_RELU, LEAKY_SLOPE, RELU,
+                SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SILU, SOFTMAX, SOFTPLUS,
+                SOFTPLUS_THRESHOLD, TANH, hash32)
 
 #: Numba IR-level inlining: the helpers are tiny and called from inner loops
 inline = cuda.jit(device=True, inline="always")
+
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+#: Dropout's element hash (fastnn.kernels.hash32, the shared definition, compiled for the
+#: device; the keys are computed on the host)
+hash32_device = inline(hash32)
+
+
+@inline
+def keeps_preactivation(act):
+    """Whether the activation's derivative is computed from z (GELU, SiLU), which the
+    forward pass then saves."""
+    return act == GELU or act == GELU_TANH or act == SILU
 
 
 @inline
@@ -41,15 +56,32 @@ def activate(z, act):
         return SELU_SCALE * z if z > 0 else SELU_SCALE * SELU_ALPHA * math.expm1(min(z, 0.0))
     if act == SOFTPLUS:                                    # a = log(1 + e^z), z above 20
         return z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))
+    if act == GELU:                                        # a = z Φ(z)
+        return 0.5 * z * (1.0 + math.erf(z * SQRT_HALF))
+    if act == GELU_TANH:                                   # a = ½z(1 + tanh(c(z + k z³)))
+        return 0.5 * z * (1.0 + math.tanh(GELU_TANH_C * (z + GELU_TANH_K * z * z * z)))
+    if act == SILU:
+        return z * sigmoid(z)                              # a = z σ(z)
     return z
 
 
 @inline
 def activation_grad(dA, a, act, row_dot):
-    """dZ = dA ⊙ f′(z) from the saved output a = f(z).
+    """dZ = dA ⊙ f′(z) from the saved output a = f(z), or for GELU and SiLU from the saved
+    pre-activation, passed as ``a``.
 
     ``row_dot`` is Σ_k a_k dA_k over the sample's row, needed only by softmax.
     """
+    if act == GELU:                                        # Φ(z) + z φ(z), a = z
+        return dA * (0.5 * (1.0 + math.erf(a * SQRT_HALF))
+                     + a * INV_SQRT_2PI * math.exp(-0.5 * a * a))
+    if act == GELU_TANH:                                   # ½(1 + t) + ½z(1 − t²) c(1 + 3k z²)
+        t = math.tanh(GELU_TANH_C * (a + GELU_TANH_K * a * a * a))
+        return dA * (0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * GELU_TANH_C
+                     * (1.0 + 3.0 * GELU_TANH_K * a * a))
+    if act == SILU:                                        # σ(z)(1 + z(1 − σ(z)))
+        s = sigmoid(a)
+        return dA * s * (1.0 + a * (1.0 - s))
     if act == SIGMOID:
         return dA * a * (1.0 - a)                          # σ′ = a(1 − a)
     if act == TANH:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
+from .. import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, NEEDS_PREACTIVATION
 from . import ops
 
 
@@ -29,45 +29,68 @@ def _back(device, host: np.ndarray) -> None:
     host[...] = device.copy_to_host()
 
 
-def dense_forward(X, W, b, act, out):
-    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out)."""
+def dense_forward(X, W, b, act, out, Z=None):
+    """out = f(X @ W + b); X (batch, in), W (in, out), b (out,), out (batch, out); Z receives
+    z for GELU and SiLU."""
     d_out = _out(out)
-    ops.dense_forward(_in(X), _in(W), _in(b), act, d_out)
+    keeps_z = act in NEEDS_PREACTIVATION and Z is not None
+    d_Z = _out(Z) if keeps_z else None
+    ops.dense_forward(_in(X), _in(W), _in(b), act, d_out, d_Z)
     _back(d_out, out)
+    if keeps_z:
+        _back(d_Z, Z)
 
 
-def dense_backward(dA, X, W, A, act, dX, dW, db):
-    """dA ← dZ = dA ⊙ f′; dW = Xᵀ dZ, db = Σ dZ, dX = dZ Wᵀ unless dX is None."""
+def dense_backward(dA, X, W, A, act, dX, dW, db, Z=None):
+    """dA ← dZ = dA ⊙ f′; dW = Xᵀ dZ, db = Σ dZ, dX = dZ Wᵀ unless dX is None; Z is the
+    pre-activation of GELU and SiLU layers."""
     d_dA, d_dW, d_db = _in(dA), _out(dW), _out(db)
     d_dX = None if dX is None else _out(dX)
-    ops.dense_backward(d_dA, _in(X), _in(W), _in(A), act, d_dX, d_dW, d_db)
+    d_Z = _in(Z) if act in NEEDS_PREACTIVATION and Z is not None else None
+    ops.dense_backward(d_dA, _in(X), _in(W), _in(A), act, d_dX, d_dW, d_db, Z=d_Z)
     for device, host in ((d_dA, dA), (d_dW, dW), (d_db, db), (d_dX, dX)):
         if host is not None:
             _back(device, host)
 
 
-def _loss(code, Z, targets, dZ):
-    """Run a loss kernel; write dZ and return the mean loss over the batch as a float."""
+def _loss(code, Z, targets, dZ, weights):
+    """Run a loss kernel; write dZ and return the (weighted) mean loss of the batch."""
     totals = cuda.to_device(np.zeros(2))
     d_dZ = _out(dZ)
-    ops.loss(code, _in(Z), _in(targets), d_dZ, totals)
+    if weights is None:
+        w, inv_mass = None, 1.0 / len(Z)
+    else:
+        w = np.ascontiguousarray(weights, np.float64).reshape(-1)
+        if len(w) != len(Z):
+            raise ValueError(f"weights has {len(w)} entries but the batch {len(Z)} rows")
+        inv_mass = 1.0 / w.sum() if w.sum() > 0 else 0.0
+        w = _in(w)
+    ops.loss(code, _in(Z), _in(targets), d_dZ, totals, w, inv_mass)
     _back(d_dZ, dZ)
-    return float(totals.copy_to_host()[0] / len(Z))
+    return float(totals.copy_to_host()[0] * inv_mass)
 
 
-def mse(Yhat, Y, dYhat):
-    """L = mean_batch Σ ½(ŷ − y)²; writes dYhat = (ŷ − y)/batch."""
-    return _loss(MSE, Yhat, Y, dYhat)
+def mse(Yhat, Y, dYhat, weights=None):
+    """L = Σ wᵢ Σ ½(ŷ − y)² / Σ wᵢ (the batch mean without weights); writes
+    dYhat = wᵢ(ŷ − y)/Σw."""
+    return _loss(MSE, Yhat, Y, dYhat, weights)
 
 
-def softmax_cross_entropy(Z, labels, dZ):
-    """L = mean_batch(log Σ e^z − z_y); writes dZ = (softmax(z) − onehot(y))/batch."""
-    return _loss(CROSS_ENTROPY, Z, np.asarray(labels).reshape(-1, 1), dZ)
+def softmax_cross_entropy(Z, labels, dZ, weights=None):
+    """L = Σ wᵢ (log Σ e^z − z_y) / Σ wᵢ; writes dZ = wᵢ(softmax(z) − onehot(y))/Σw."""
+    return _loss(CROSS_ENTROPY, Z, np.asarray(labels).reshape(-1, 1), dZ, weights)
 
 
-def sigmoid_binary_cross_entropy(Z, Y, dZ):
-    """L = mean_batch Σ [−y log σ(z) − (1−y) log(1−σ(z))]; writes dZ = (σ(z) − y)/batch."""
-    return _loss(BINARY_CROSS_ENTROPY, Z, Y, dZ)
+def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
+    """L = Σ wᵢ Σ [−y log σ(z) − (1−y) log(1−σ(z))] / Σ wᵢ; writes dZ = wᵢ(σ(z) − y)/Σw."""
+    return _loss(BINARY_CROSS_ENTROPY, Z, Y, dZ, weights)
+
+
+def dropout(X, p, key, out):
+    """out = X ⊙ mask / (1 − p), the counter-based mask of ``key`` (fastnn.kernels)."""
+    d_out = _out(out)
+    ops.dropout(_in(X), p, key, d_out)
+    _back(d_out, out)
 
 
 def _optimize(step, params, grads, states, *hyper) -> None:

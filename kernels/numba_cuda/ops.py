@@ -12,8 +12,8 @@ import functools
 
 from numba import cuda
 
-from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CLIP_EPS, CROSS_ENTROPY, IDENTITY, MOMENTUM,
-                MSE, RMSPROP, SGD, SOFTMAX)
+from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CLIP_EPS, CROSS_ENTROPY, GRAD_WRITE, IDENTITY,
+                MOMENTUM, MSE, NEEDS_PREACTIVATION, RMSPROP, SGD, SOFTMAX, dropout_threshold)
 from . import cuda_kernels as K
 
 #: outputs per matmul thread along each axis: blocks compute (16·THREAD_TILE)² outputs
@@ -33,27 +33,38 @@ def _placeholder(dtype) -> cuda.devicearray.DeviceNDArray:
 
 
 def matmul(A, B, trans_a: bool, trans_b: bool, C, bias=None, act: int = IDENTITY,
-           thread_tile: int = THREAD_TILE) -> None:
+           thread_tile: int = THREAD_TILE, Z=None) -> None:
     """C = f(op(A) @ op(B) [+ bias]), op(M) = Mᵀ when its flag is set; softmax is not applied
-    here (see :func:`dense_forward`)."""
+    here (see :func:`dense_forward`); Z receives the pre-activation for GELU and SiLU."""
     M, N = C.shape
     tile = K.MATMUL_BLOCK[0] * thread_tile
     use_bias = bias is not None
     K.matmul_kernel(thread_tile)[(_blocks(N, tile), _blocks(M, tile)), K.MATMUL_BLOCK](
-        A, B, trans_a, trans_b, bias if use_bias else _placeholder(C.dtype), use_bias, act, C)
+        A, B, trans_a, trans_b, bias if use_bias else _placeholder(C.dtype), use_bias, act, C,
+        _preactivations(act, Z, C))
 
 
-def dense_forward(X, W, b, act: int, out) -> None:
-    """out = f(X @ W + b), bias and element-wise activation fused into the matmul."""
-    matmul(X, W, False, False, out, b, act)
+def _preactivations(act: int, Z, placeholder):
+    """Z for the activations that keep z (required there), else a placeholder not read."""
+    if act not in NEEDS_PREACTIVATION:
+        return placeholder
+    if Z is None:
+        raise ValueError(f"activation code {act} needs the pre-activation buffer Z")
+    return Z
+
+
+def dense_forward(X, W, b, act: int, out, Z=None) -> None:
+    """out = f(X @ W + b), bias and element-wise activation fused into the matmul (Z receives
+    z for GELU and SiLU)."""
+    matmul(X, W, False, False, out, b, act, Z=Z)
     if act == SOFTMAX:
         K.softmax_rows[_blocks(len(out), K.THREADS_1D), K.THREADS_1D](out)
 
 
-def dense_backward(dA, X, W, A, act: int, dX, dW, db, row_dot=None) -> None:
+def dense_backward(dA, X, W, A, act: int, dX, dW, db, row_dot=None, Z=None) -> None:
     """dA ← dZ = dA ⊙ f′ with db = Σ dZ in one kernel, then dW = Xᵀ dZ and (unless dX is
     None) dX = dZ Wᵀ with the same matmul kernel. Softmax layers need ``row_dot`` (batch,);
-    it is allocated here when not given."""
+    it is allocated here when not given. GELU and SiLU read f′ from the pre-activation Z."""
     if act == SOFTMAX:
         if row_dot is None:
             row_dot = cuda.device_array(len(A), A.dtype)
@@ -62,7 +73,7 @@ def dense_backward(dA, X, W, A, act: int, dX, dW, db, row_dot=None) -> None:
         row_dot = _placeholder(A.dtype)
     width = A.shape[1]
     K.activation_backward[_blocks(width, K.COLUMN_BLOCK[0]), K.COLUMN_BLOCK](
-        dA, A, act, row_dot, db)
+        dA, A, act, row_dot, db, _preactivations(act, Z, A))
     matmul(X, dA, True, False, dW)                               # ∂L/∂W = Xᵀ dZ
     if dX is not None:
         matmul(dA, W, False, True, dX)                           # ∂L/∂x = dZ Wᵀ
@@ -76,13 +87,24 @@ LOSS_KERNELS = {
 }
 
 
-def loss(code: int, Z, targets, dZ, totals) -> None:
-    """Write the loss gradient dZ and add (Σ_rows loss, rows predicted right) to totals.
+def loss(code: int, Z, targets, dZ, totals, w=None, inv_mass: float | None = None) -> None:
+    """Write the loss gradient dZ and add (Σ_rows wᵢ × loss, rows predicted right) to totals.
 
     ``targets`` is (n, k) for mse and binary cross-entropy and the labels as a column (n, 1)
-    for softmax cross-entropy; ``totals`` is a float64 device vector of 2.
+    for softmax cross-entropy; ``totals`` is a float64 device vector of 2. ``w`` (n,) float64
+    weights the rows (None: all 1) and ``inv_mass`` is 1/Σ w (default 1/n, the plain mean).
     """
-    LOSS_KERNELS[code][1, K.LOSS_BLOCK](Z, targets, dZ, totals)
+    weighted = w is not None
+    LOSS_KERNELS[code][1, K.LOSS_BLOCK](
+        Z, targets, dZ, totals, w if weighted else _placeholder(float), weighted,
+        float(1.0 / len(Z) if inv_mass is None else inv_mass))
+
+
+def dropout(X, p: float, key: int, out, mode: int = GRAD_WRITE) -> None:
+    """out = X ⊙ mask / (1 − p) (or += with mode GRAD_ADD), the counter-based mask of
+    ``key`` (fastnn.kernels)."""
+    K.dropout[_grid_2d(*out.shape), K.COLUMN_BLOCK](
+        X, dropout_threshold(p), out.dtype.type(1.0 / (1.0 - p)), int(key), int(mode), out)
 
 
 def optimizer_step(rule: int, params, grads, s1, s2, lr: float, mu_or_beta1: float = 0.0,

@@ -6,8 +6,10 @@ training set stays on the device when it fits (else each minibatch is copied onc
 is then device kernels only, one launch per op and pass: minibatch gather by ``order``, the
 forward ops, the loss (summed into a device ``totals`` vector with the number of right
 predictions), the backward ops in reverse, one optimizer launch. The only transfers in an
-epoch are ``order`` in and the two totals out; the hyper-parameters are read from the plan
-each epoch. :meth:`DeviceTrainer.sync` copies everything back into the host buffers, and
+epoch are ``order`` (and the row weights in epoch order, for a weighted fit) in and the two
+totals out; the hyper-parameters are read from the plan each epoch. Dropout's keys and the
+minibatches' weight sums are computed on the host, which launches every minibatch anyway.
+:meth:`DeviceTrainer.sync` copies everything back into the host buffers, and
 :meth:`DeviceTrainer.push` the weights a callback restored on the host to the device.
 """
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import (ACT, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, CLIP_NORM, DSKIP, DX,
-                GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MSE, MU_OR_BETA1, NESTEROV, NIN,
-                NOUT, OPT_EPS, OUT, POFF, SKIP, SOFF, WEIGHT_DECAY)
+from .. import (ACT, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, CLIP_NORM, DROPOUT,
+                DROPOUT_P, DSKIP, DX, GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MSE,
+                MU_OR_BETA1, NEEDS_PREACTIVATION, NESTEROV, NIN, NOUT, OPT_EPS, OUT, POFF, SKIP,
+                SOFF, WEIGHT_DECAY, dropout_key)
 from . import ops
 
 #: keep the training set on the device when it needs at most this fraction of free memory
@@ -58,16 +61,25 @@ class DeviceTrainer:
         """Nothing to do ahead: the kernels compile on their first launch (as PTX)."""
 
     # -- one epoch ----------------------------------------------------------------------------
-    def run_epoch(self, X: np.ndarray, y: np.ndarray, order: np.ndarray):
-        """Train on the minibatches order[i:i + batch]; return (Σ batch loss × rows,
-        right predictions or None for mse)."""
+    def run_epoch(self, X: np.ndarray, y: np.ndarray, order: np.ndarray, w=None):
+        """Train on the minibatches order[i:i + batch], rows weighted by ``w`` (None: all 1;
+        a minibatch of weight 0 is skipped); return (Σ wᵢ × row loss, right predictions or
+        None for mse)."""
         plan = self.plan
         Y = y.reshape(len(y), -1)                  # labels as a column, like targets (n, k)
         resident = self._resident(X, y, Y)
         d_order = cuda.to_device(np.ascontiguousarray(order, np.int64)) if resident else None
         totals = cuda.to_device(np.zeros(2))
         yb = self._targets(Y)
-        for start in range(0, len(X), plan.batch):
+        starts = np.arange(0, len(X), plan.batch)
+        if w is None:
+            d_w, masses = None, np.minimum(plan.batch, len(X) - starts).astype(np.float64)
+        else:
+            w_ordered = np.ascontiguousarray(w[order], np.float64)
+            d_w, masses = cuda.to_device(w_ordered), np.add.reduceat(w_ordered, starts)
+        for start, mass in zip(starts.tolist(), masses.tolist()):
+            if mass == 0:
+                continue                           # weight 0: the batch counts for nothing
             nb = min(plan.batch, len(X) - start)
             Xb, Yb = self._rows(self.acts, 0, nb, X.shape[1]), yb[:nb]
             if resident:
@@ -79,29 +91,40 @@ class DeviceTrainer:
                 np.take(Y, idx, axis=0, out=Y_host)
                 Xb.copy_to_device(X_host)
                 Yb.copy_to_device(Y_host)
-            self._step(nb, Yb, totals)
+            self._step(nb, Yb, totals, None if d_w is None else d_w[start:start + nb], 1 / mass)
         loss_sum, n_right = totals.copy_to_host()
         return float(loss_sum), (None if plan.loss == MSE else int(n_right))
 
-    def _step(self, nb: int, Yb, totals) -> None:
+    def _step(self, nb: int, Yb, totals, wb, inv_mass: float) -> None:
         """Forward, loss, backward and optimizer update for the gathered minibatch."""
         plan = self.plan
-        for op, fop in zip(plan.ops, plan.fops):
-            self._forward(op, fop, nb)
+        keys = [dropout_key(plan.seed, int(plan.train_steps[0]), op[AUX]) if op[KIND] == DROPOUT
+                else 0 for op in plan.ops]
+        for op, fop, key in zip(plan.ops, plan.fops, keys):
+            self._forward(op, fop, nb, key)
         last = plan.ops[-1]
         Z = self._rows(self.acts, last[OUT], nb, last[NOUT])
         dZ = self._rows(self.dacts, last[OUT], nb, last[NOUT])
-        ops.loss(plan.loss, Z, Yb, dZ, totals)
-        for op in plan.ops[::-1]:
-            self._backward(op, nb)
+        ops.loss(plan.loss, Z, Yb, dZ, totals, wb, inv_mass)
+        for op, fop, key in zip(plan.ops[::-1], plan.fops[::-1], keys[::-1]):
+            self._backward(op, fop, nb, key)
         self._update()
+        plan.train_steps[0] += 1
 
-    def _forward(self, op, fop, nb: int) -> None:
+    def _preactivations(self, op, nb: int):
+        """The Dense op's saved pre-activation z (GELU, SiLU), or None."""
+        if op[ACT] not in NEEDS_PREACTIVATION:
+            return None
+        return self._rows(self.aux, op[AUX], nb, op[NOUT])
+
+    def _forward(self, op, fop, nb: int, key: int) -> None:
         nin, nout = op[NIN], op[NOUT]
         x = self._rows(self.acts, op[IN], nb, nin)
         out = self._rows(self.acts, op[OUT], nb, nout)
         if op[KIND] == ADD:                                      # y = x + block(x)
             ops.add(self._rows(self.acts, op[SKIP], nb, nout), x, out)
+        elif op[KIND] == DROPOUT:                                # y = x ⊙ mask / (1 − p)
+            ops.dropout(x, fop[DROPOUT_P], key, out)
         elif op[KIND] == BATCHNORM:
             p, s, aux = op[POFF], op[SOFF], op[AUX]
             ops.batchnorm_forward(x, self.params[p:p + nin], self.params[p + nin:p + 2 * nin],
@@ -112,14 +135,20 @@ class DeviceTrainer:
         else:                                                    # Dense
             p = op[POFF]
             ops.dense_forward(x, self._rows(self.params, p, nin, nout),
-                              self.params[p + nin * nout:p + nin * nout + nout], op[ACT], out)
+                              self.params[p + nin * nout:p + nin * nout + nout], op[ACT], out,
+                              self._preactivations(op, nb))
 
-    def _backward(self, op, nb: int) -> None:
+    def _backward(self, op, fop, nb: int, key: int) -> None:
         nin, nout = op[NIN], op[NOUT]
         d_out = self._rows(self.dacts, op[OUT], nb, nout)
         if op[KIND] == ADD:                                      # both inputs get ∂L/∂y
             for field, block in ((DX, op[IN]), (DSKIP, op[SKIP])):
                 self._give(self._rows(self.dacts, block, nb, nin), d_out, op[field])
+            return
+        if op[KIND] == DROPOUT:                                  # ∂L/∂x = ∂L/∂y ⊙ mask/(1 − p)
+            if op[DX] != GRAD_SKIP:
+                ops.dropout(d_out, fop[DROPOUT_P], key, self._rows(self.dacts, op[IN], nb, nin),
+                            op[DX])
             return
         dX, mode = self._input_gradient(op, nb)
         p = op[POFF]
@@ -134,7 +163,8 @@ class DeviceTrainer:
                                    self.acts, op[OUT], nb, nout), op[ACT],
                                None if mode == GRAD_SKIP else dX,
                                self._rows(self.grads, p, nin, nout),
-                               self.grads[p + n_w:p + n_w + nout], self.row_dot[:nb])
+                               self.grads[p + n_w:p + n_w + nout], self.row_dot[:nb],
+                               self._preactivations(op, nb))
         if mode == GRAD_ADD:                                     # x also feeds a skip
             dIn = self._rows(self.dacts, op[IN], nb, nin)
             ops.add(dIn, dX, dIn)
