@@ -589,10 +589,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed rounds after a warm-up; the fastest counts (default: 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    from ._sklearn_bench import CASES
+    parser.add_argument("--sklearn", action="store_true",
+                        help="instead: scikit-learn's MLPClassifier/MLPRegressor and "
+                             "fastnn.sklearn's side by side (fit time, test score)")
+    parser.add_argument("--sklearn-cases", nargs="+", choices=list(CASES), metavar="CASE",
+                        help=f"with --sklearn: cases to run ({', '.join(CASES)}; default all)")
 
 
 def cmd_bench(args) -> int:
-    """Time the configurations, print the table (and write JSON if asked)."""
+    """Time the configurations, print the table (and write JSON if asked); with
+    ``--sklearn`` the scikit-learn side by side instead."""
+    if args.sklearn:
+        from . import _sklearn_bench
+        return _sklearn_bench.cmd(args)
     from .validation import positive_int
     threads, rounds = positive_int(args.threads, "threads"), positive_int(args.rounds, "rounds")
     found = contenders()

@@ -1,0 +1,45 @@
+"""scikit-learn's MLPClassifier/MLPRegressor and fastnn.sklearn's side by side: fit wall time
+and test score on the cases of fastnn/_sklearn_bench.py (``fastnn bench --sklearn`` prints
+the same table).
+
+Timed (``pytest bench/``): each case at full size, every fit in its own process, and the
+table printed at the end. Untimed (the default ``pytest`` run): each case on a few hundred
+rows for 3 epochs in this process, so the code cannot rot. No test asserts a speed; the
+table marks the issue's targets (10× faster, within 1 point) ok or MISS.
+"""
+import numpy as np
+import pytest
+
+from fastnn import _sklearn_bench as sb
+
+
+@pytest.fixture(scope="module")
+def side_by_side(request, bench_run):
+    """Collects the timed rows; prints their table when the module is done."""
+    rows: list[sb.Row] = []
+    yield rows
+    if rows:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_sep("=", "scikit-learn vs fastnn.sklearn (fit wall time, test score)")
+        reporter.write_line(sb.table(rows, bench_run.results.threads))
+
+
+def test_both_estimators_get_the_same_hyper_parameters():
+    for case in sb.CASES.values():
+        ours, theirs = sb.estimator("fastnn", case), sb.estimator("sklearn", case)
+        shared = set(ours.get_params()) & set(theirs.get_params())
+        assert {k: ours.get_params()[k] for k in shared} == \
+            {k: theirs.get_params()[k] for k in shared}
+
+
+@pytest.mark.parametrize("name", list(sb.CASES))
+def test_side_by_side(bench_run, side_by_side, name):
+    case = sb.CASES[name]
+    if not bench_run.timed:
+        for which in sb.ESTIMATORS:
+            result = sb.run_one(case, which, n_samples=400, max_iter=3)
+            assert result["n_iter"] == 3 and np.isfinite(result["score"])
+        return
+    row = sb.run([name], bench_run.results.threads)[0]
+    assert np.isfinite([row.sklearn["score"], row.fastnn["score"]]).all()
+    side_by_side.append(row)
