@@ -171,7 +171,7 @@ class BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It "
-                              "is going to be clipped", stacklevel=3)
+                              "is going to be clipped", stacklevel=4)
             batch_size = int(np.clip(self.batch_size, 1, n))
         mean_weight = 1.0 if weights is None else float(weights.mean())
         if mean_weight == 0:
@@ -197,11 +197,11 @@ class BaseMLP(BaseEstimator):
         except FloatingPointError as exc:
             raise ValueError(DIVERGED) from exc
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=4)
         if not incremental and not monitor.converged and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                           f"and the optimization hasn't converged yet.", ConvergenceWarning,
-                          stacklevel=3)
+                          stacklevel=4)
         if self.early_stopping:
             self.model_.set_weights(self._best_weights)
         return self
