@@ -83,12 +83,12 @@ def cmd_train(args) -> int:
                              f"DATA.csv --target COLUMN ...")
     X_train, X_test, y_train, y_test = load_digits_split(seed=args.seed)
     widths = [X_train.shape[1], *args.hidden]
-    layers = [fastnn.Dense(i, o, args.activation, init=args.init)
-              for i, o in zip(widths[:-1], widths[1:])]
+    layers = hidden_layers(widths, args.activation, args.init, args.dropout)
     layers.append(fastnn.Dense(widths[-1], 10))
     model = fastnn.Sequential(layers, backend=args.backend, seed=args.seed, dtype=args.dtype)
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
-    print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}), "
+    dropout = f", dropout {args.dropout}" if args.dropout else ""
+    print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}{dropout}), "
           f"backend {model.backend}, {optimizer!r}")
     held_out = args.validation_split is not None or args.early_stopping is not None
     start = time.perf_counter()
@@ -98,7 +98,8 @@ def cmd_train(args) -> int:
                         validation_split=args.validation_split or 0.0,
                         early_stopping=False if args.early_stopping is None
                         else args.early_stopping, callbacks=callbacks,
-                        clip_norm=args.clip_norm, verbose=args.verbose)
+                        clip_norm=args.clip_norm, class_weight=args.class_weight,
+                        verbose=args.verbose)
     elapsed = time.perf_counter() - start
     result = model.evaluate(X_test, y_test, loss="cross_entropy")
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy {history['accuracy'][-1]:.4f}")
@@ -117,6 +118,18 @@ def cmd_train(args) -> int:
         model.save(args.save)
         print(f"saved to {args.save}")
     return 0
+
+
+def hidden_layers(widths: list[int], activation: str, init, dropout: float) -> list:
+    """Dense layers through ``widths``, each followed by Dropout(dropout) when it is > 0."""
+    import fastnn
+
+    layers = []
+    for i, o in zip(widths[:-1], widths[1:]):
+        layers.append(fastnn.Dense(i, o, activation, init=init))
+        if dropout:
+            layers.append(fastnn.Dropout(dropout))
+    return layers
 
 
 def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
@@ -186,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "exponential: ×0.95 per epoch")
     train.add_argument("--clip-norm", type=float, default=None, metavar="C",
                        help="rescale each step's gradient to a global L2 norm of at most C")
+    train.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                       help="Dropout(P) after each hidden layer (default 0: none)")
+    train.add_argument("--class-weight", choices=["balanced"], default=None,
+                       help="weight each class by n / (classes · its count)")
     train.add_argument("--plot", metavar="FILE", help="plot the history to FILE (a .png; "
                                                       "needs matplotlib)")
     train.add_argument("--save", "--out", dest="save", metavar="FILE",

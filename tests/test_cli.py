@@ -31,6 +31,11 @@ def test_train_on_digits_prints_accuracy_and_time(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["train", "--epochs", "0", "--backend", "reference"], "epochs must be at least 1"),
     (["train", "--lr", "-1", "--backend", "reference"], "lr must be a finite positive"),
+    (["train", "--optimizer", "adagrad"], "invalid choice: 'adagrad'"),
+    (["train", "--dropout", "1.5", "--backend", "reference"], "p must be in [0, 1)"),
+    (["train", "--weight-decay", "-0.1", "--backend", "reference"], "weight_decay must be"),
+    (["train", "--clip-norm", "nan", "--backend", "reference"], "clip_norm must be"),
+    (["train", "--class-weight", "even"], "invalid choice: 'even'"),
 ])
 def test_train_reports_bad_options_clearly(args, message):
     code, out = fastnn(*args)
@@ -45,3 +50,11 @@ def test_train_with_early_stopping_a_schedule_and_a_plot(tmp_path):
     assert code == 0, out
     assert "stopped early after epoch" in out and "test accuracy 0." in out
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_with_dropout_adamw_clipping_and_class_weights():
+    code, out = fastnn("train", "--epochs", "3", "--hidden", "32", "32", "--backend", "cython",
+                       "--dropout", "0.1", "--optimizer", "adamw", "--weight-decay", "0.02",
+                       "--clip-norm", "5", "--class-weight", "balanced", "--verbose", "0")
+    assert code == 0, out
+    assert "dropout 0.1" in out and "AdamW(" in out and "test accuracy 0." in out

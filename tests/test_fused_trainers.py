@@ -1,6 +1,7 @@
 """Every backend's fused trainer executes the shared training plan (fastnn.plan) and computes
-what the layer-by-layer path and the NumPy reference do: Dense, BatchNorm and Residual (nested)
-layers, every loss and optimizer, float32 and float64, one thread and several.
+what the layer-by-layer path and the NumPy reference do: Dense, BatchNorm, Residual (nested)
+and Dropout layers, every activation, loss and optimizer, row and class weights, float32 and
+float64, one thread and several.
 
 (numba_cuda runs the same plan under the CUDA simulator in tests/numba_cuda_checks.py.)
 """
@@ -9,7 +10,7 @@ import pytest
 
 import fastnn
 from conftest import tolerance
-from fastnn import SGD, Adam, AdamW, BatchNorm, Dense, Residual, RMSprop, Sequential
+from fastnn import SGD, Adam, AdamW, BatchNorm, Dense, Dropout, Residual, RMSprop, Sequential
 from fastnn.backends import available_backends
 
 FUSED = [name for name in ("numba_cpu", "cython") if available_backends()[name].usable]
@@ -157,3 +158,68 @@ def test_elu_selu_softplus_train_fused_as_on_the_reference(backend, dtype):
         runs.append(model.parameters())
     for params in runs[1:]:
         np.testing.assert_allclose(params, runs[0], **tolerance(dtype, 16))
+
+
+def regularised(kind: str, last: str):
+    """Networks with Dropout (on the input too), GELU/SiLU layers (their z kept in the plan)
+    and BatchNorm; "wide" splits its minibatches into row chunks on several threads."""
+    if kind == "input_dropout":
+        return [Dropout(0.2), Dense(12, 16, "relu"), Dense(16, 3, last)]
+    if kind == "wide":
+        return [Dense(12, 384, "gelu_tanh"), Dropout(0.3), BatchNorm(384),
+                Residual([Dense(384, 384, "silu"), Dropout(0.1)]), Dense(384, 3, last)]
+    return [Dense(12, 24, "gelu"), Dropout(0.2), Dense(24, 16, "silu"), Dropout(0.1),
+            Dense(16, 3, last)]
+
+
+def weighted_fit(backend, fuse, kind, loss, weighting, dtype, optimizer):
+    """Two epochs of 20 minibatches (300 rows, batch 16, the last one short) with row
+    weights (some 0, one whole minibatch 0) or class weights."""
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((300, 12)), targets(loss, rng, 300)
+    w = rng.uniform(0, 2, 300) * (rng.random(300) < 0.9)
+    w[:16] = 0                                           # a minibatch that counts for nothing
+    weights = {"none": {}, "sample": {"sample_weight": w},
+               "class": {"class_weight": {0: 3.0, 2: 0.5}},
+               "both": {"sample_weight": w, "class_weight": "balanced"}}[weighting]
+    model = Sequential(regularised(kind, LAST[loss]), backend=backend, seed=4, dtype=dtype)
+    model.fuse = fuse
+    history = model.fit(X, y, loss=loss, optimizer=optimizer(), epochs=2,
+                        batch_size=BATCH.get(kind, 16), shuffle=False, verbose=0, **weights)
+    return model, history
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind, loss, weighting", [
+    ("mlp", "cross_entropy", "none"), ("mlp", "cross_entropy", "sample"),
+    ("mlp", "cross_entropy", "class"), ("mlp", "mse", "sample"),
+    ("input_dropout", "binary_cross_entropy", "sample"), ("wide", "cross_entropy", "both")])
+@pytest.mark.parametrize("backend", FUSED)
+def test_dropout_gelu_silu_and_weights_fused_equal_layer_path_and_reference(
+        backend, kind, loss, weighting, dtype):
+    """Dropout draws the same counter-based masks fused, layer by layer and on the reference,
+    so all three train the same weights; weighted losses and skipped zero-weight minibatches
+    too."""
+    optimizer = lambda: SGD(0.05, momentum=0.9)          # noqa: E731
+    ref, ref_hist = weighted_fit("reference", False, kind, loss, weighting, dtype, optimizer)
+    if weighting in ("sample", "both") and kind != "wide":
+        assert ref._steps[0] == 2 * 18                   # 19 minibatches, one of weight 0
+    tol = tolerance(dtype, 16 * 20)
+    for fuse in (True, False):
+        model, hist = weighted_fit(backend, fuse, kind, loss, weighting, dtype, optimizer)
+        np.testing.assert_allclose(model.parameters(), ref.parameters(), **tol,
+                                   err_msg=f"fuse={fuse}")
+        np.testing.assert_allclose(hist["loss"], ref_hist["loss"], **tol)
+        assert model._steps[0] == ref._steps[0]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_adamw_with_dropout_fused_equals_layer_path(backend):
+    optimizer = lambda: AdamW(1e-2, weight_decay=0.05)   # noqa: E731
+    ref, _ = weighted_fit("reference", False, "mlp", "cross_entropy", "sample", "float64",
+                          optimizer)
+    for fuse in (True, False):
+        model, _ = weighted_fit(backend, fuse, "mlp", "cross_entropy", "sample", "float64",
+                                optimizer)
+        np.testing.assert_allclose(model.parameters(), ref.parameters(), rtol=1e-8,
+                                   atol=1e-10)
