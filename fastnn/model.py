@@ -16,6 +16,7 @@ from . import plan as plan_module
 from .kernels import CLIP_EPS, CLIP_NORM
 from .layers import Dense, Layer, bind_chain, check_chain, dropout_layers
 from .optimizers import SGD, Optimizer
+from .preprocessing import leading_standardize
 
 DTYPES = ("float32", "float64")
 
@@ -232,7 +233,8 @@ class Sequential:
             batch_size: int = 32, shuffle: bool = True, validation_data=None,
             validation_split: float = 0.0, callbacks=None, early_stopping: bool | int = False,
             clip_norm: float | None = None, sample_weight=None, class_weight=None,
-            verbose: int = 1, track_gradients: bool = False) -> History:
+            standardize: bool = False, verbose: int = 1,
+            track_gradients: bool = False) -> History:
         """Train with minibatch gradient descent; return the per-epoch :class:`History`.
 
         ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
@@ -245,7 +247,9 @@ class Sequential:
         val_loss, an int sets the patience, and then ``validation_split`` defaults to 0.1.
         ``clip_norm`` rescales each step's gradient to a global L2 norm of at most that, exactly
         as ``torch.nn.utils.clip_grad_norm_`` (g ← g·min(1, clip_norm/(‖g‖₂ + 1e-6))), inside
-        the fused step.
+        the fused step. ``standardize=True`` adapts the model's first layer, a
+        :class:`fastnn.Standardize`, on the training rows (after any validation split, before
+        the first step).
 
         ``sample_weight`` (n,), non-negative and finite, and ``class_weight`` (a dict {label:
         weight}, labels not named weighing 1, or "balanced": n / (n_classes · count); the
@@ -266,8 +270,10 @@ class Sequential:
             raise TypeError(f"optimizer must be a fastnn optimizer such as fastnn.SGD(0.1) or "
                             f"fastnn.Adam(1e-3), got {type(optimizer).__name__}")
         epochs = validation.positive_int(epochs, "epochs")
-        if not isinstance(track_gradients, bool):
-            raise TypeError(f"track_gradients must be True or False, got {track_gradients!r}")
+        for name, flag in (("track_gradients", track_gradients), ("standardize", standardize)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        scaler = leading_standardize(self) if standardize else None
         callbacks = training.callback_list(callbacks, early_stopping)
         if clip_norm is not None:
             clip_norm = validation.positive_float(clip_norm, "clip_norm")
@@ -285,6 +291,8 @@ class Sequential:
                 raise ValueError("every training row left after validation_split has weight 0")
         batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
         training.check_monitors(callbacks, X_val is not None, loss.name != "mse")
+        if scaler is not None:                           # on the training rows only
+            scaler.adapt(X)
 
         rng = np.random.default_rng((self.seed, self._fits))
         self._fits += 1

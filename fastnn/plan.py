@@ -10,14 +10,16 @@ The op table ``plan.ops`` (int64, one row per op, in forward order):
 
 ======  ====================================================================================
 KIND    DENSE (a = f(x·W + b)), BATCHNORM (training-mode batch normalisation), ADD (y = x + h),
-        DROPOUT (y = x ⊙ mask / (1 − p), the counter-based mask of ``fastnn.kernels``)
+        DROPOUT (y = x ⊙ mask / (1 − p), the counter-based mask of ``fastnn.kernels``),
+        STANDARDIZE (y = (x − mean) / std per feature, mean and std from ``state``)
 IN      offset in ``acts``/``dacts`` of the op's input, a (rows, NIN) block
 OUT     offset of its output, a (rows, NOUT) block (``dacts`` holds ∂L/∂output there)
 NIN     input width; NOUT output width
 ACT     Dense: activation code (identity for the last layer when the loss takes logits)
 POFF    offset of its parameters in the flat parameter and gradient buffers
         (Dense: W (NIN×NOUT) row-major then b; BatchNorm: γ then β)
-SOFF    BatchNorm: offset of its running mean then running variance in ``state``
+SOFF    BatchNorm: offset of its running mean then running variance in ``state``;
+        Standardize: of its mean then std
 AUX     BatchNorm: offset in ``aux`` of x̂ (batch×NIN) then 1/σ (NIN); Dense with an
         activation in NEEDS_PREACTIVATION (GELU, SiLU): offset in ``aux`` of its
         pre-activation z (batch×NOUT; other Dense layers keep none); Dropout: its stream
@@ -62,8 +64,9 @@ import numpy as np
 from .kernels import (ACT, ADD, AUX, BACKWARD, BATCHNORM, DENSE, DROPOUT, DSKIP, DX, FORWARD,
                       GATHER, GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IDENTITY, IN, KIND, LOSS, N_HYPER,
                       N_OPTIMIZER_HYPER, NEEDS_PREACTIVATION, NIN, NOUT, OUT, POFF, ROWS, SKIP,
-                      SOFF, WHOLE_BATCH)
+                      SOFF, STANDARDIZE, WHOLE_BATCH)
 from .layers import BatchNorm, Dense, Dropout, Layer, Residual
+from .preprocessing import Standardize
 
 _COLUMNS = 12
 
@@ -217,8 +220,13 @@ def _residual_ops(b: _Builder, layer: Residual, src: int, logits: bool) -> int |
 
 
 #: layer type -> the function appending its ops: the one place a layer kind enters the plan
+def _standardize_ops(b: _Builder, layer: Standardize, src: int, logits: bool) -> int:
+    n = layer.in_features
+    return b.op(STANDARDIZE, src, n, n, state=layer.mean)
+
+
 _OPS = {Dense: _dense_ops, BatchNorm: _batchnorm_ops, Residual: _residual_ops,
-        Dropout: _dropout_ops}
+        Dropout: _dropout_ops, Standardize: _standardize_ops}
 
 
 def _low_int64(value: int) -> int:

@@ -82,11 +82,17 @@ class Standardize(Layer):
         return f"Standardize({self.in_features})"
 
 
-def adapt_standardize(model, X) -> None:
-    """Adapt the model's leading :class:`Standardize` layer on the rows X (what
-    ``fit(..., standardize=True)`` does with its training rows); ValueError without one."""
+def leading_standardize(model) -> Standardize:
+    """The model's first layer, which ``fit(..., standardize=True)`` adapts; ValueError when
+    it is not a :class:`Standardize`."""
     first = model.layers[0]
     if not isinstance(first, Standardize):
         raise ValueError(f"standardize=True needs fastnn.Standardize({model.in_features}) as "
                          f"the model's first layer, but the first layer is {first!r}")
-    first.adapt(X)
+    return first
+
+
+def adapt_standardize(model, X) -> None:
+    """Adapt the model's leading :class:`Standardize` layer on the rows X (what
+    ``fit(..., standardize=True)`` does with its training rows); ValueError without one."""
+    leading_standardize(model).adapt(X)

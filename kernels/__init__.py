@@ -134,7 +134,7 @@ INTERFACE = (
 # Kept here, in the package every backend may import, so the plan's numbers have one home.
 
 #: op kinds of the plan's op table
-DENSE, BATCHNORM, ADD, DROPOUT = range(4)
+DENSE, BATCHNORM, ADD, DROPOUT, STANDARDIZE = range(5)
 #: columns of the op table (``plan.ops``, int64, one row per op); see fastnn.plan
 KIND, IN, OUT, NIN, NOUT, ACT, POFF, SOFF, AUX, SKIP, DX, DSKIP = range(12)
 #: columns of ``plan.fops`` (float64, one row per op): BatchNorm's momentum and eps; Dropout's

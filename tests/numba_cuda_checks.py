@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import layout, tolerance
-from fastnn import Adam, AdamW, BatchNorm, Dense, Residual, RMSprop, SGD, Sequential
+from fastnn import Adam, AdamW, BatchNorm, Dense, Dropout, Residual, RMSprop, SGD, Sequential
 from fastnn.backends import available_backends, resolve
 from fastnn.kernels import ACTIVATIONS
 from fastnn.losses import LOSSES
@@ -277,4 +277,53 @@ def test_elu_selu_softplus_on_the_device(monkeypatch):
     rng = np.random.default_rng(8)
     X, y = 2 * rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
     runs, _ = fit_both(build, X, y, "mse", lambda: SGD(0.1), 2, 4, monkeypatch)
+    assert_same_training(runs, np.dtype("float64"))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_dropout_gelu_silu_and_row_weights_on_the_device(dtype, monkeypatch):
+    """The device draws the same counter-based Dropout masks as the reference, keeps z for
+    GELU and SiLU, weights the loss by rows and skips a minibatch of weight 0."""
+    def build(backend):
+        return Sequential([Dropout(0.2), Dense(4, 6, "gelu"), Dropout(0.3),
+                           Residual([Dense(6, 6, "silu"), Dropout(0.1)]),
+                           Dense(6, 5, "gelu_tanh"), Dense(5, 3)], backend=backend, seed=5,
+                          dtype=dtype)
+    rng = np.random.default_rng(9)
+    X, y = rng.standard_normal((14, 4)), rng.integers(0, 3, 14)
+    w = rng.uniform(0, 2, 14)
+    w[:4] = 0                                            # the first minibatch counts for nothing
+    runs = []
+    for backend in ("reference", "numba_cuda"):
+        model, opt = build(backend), SGD(0.3, momentum=0.9)
+        history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=4,
+                            shuffle=False, sample_weight=w, verbose=0)
+        runs.append((model, history, opt))
+    assert runs[0][0]._steps[0] == runs[1][0]._steps[0] == 2 * 3
+    assert_same_training(runs, np.dtype(dtype))
+
+
+def test_dropout_kernel_adds_into_a_gradient():
+    rng = np.random.default_rng(2)
+    X, base = rng.standard_normal((5, 33)), rng.standard_normal((5, 33))
+    want = np.empty_like(X)
+    ref.dropout(X, 0.4, 99, want)
+    out = cuda.to_device(base)
+    ops.dropout(cuda.to_device(X), 0.4, 99, out, mode=2)   # GRAD_ADD
+    np.testing.assert_allclose(out.copy_to_host(), base + want, rtol=1e-12)
+
+
+def test_standardize_on_the_device(monkeypatch):
+    from fastnn import Standardize
+
+    def build(backend):
+        model = Sequential([Standardize(4), Dense(4, 6, "tanh"),
+                            Residual([Standardize(6), Dense(6, 6, "relu")]), Dense(6, 2)],
+                           backend=backend, seed=2, dtype="float64")
+        model.layers[0].adapt(np.arange(20.0).reshape(5, 4) ** 1.5)
+        model.layers[2].block[0].adapt(np.arange(30.0).reshape(5, 6) % 7)
+        return model
+    rng = np.random.default_rng(3)
+    X, y = 5 * rng.standard_normal((10, 4)) + 2, rng.standard_normal((10, 2))
+    runs, _ = fit_both(build, X, y, "mse", lambda: SGD(0.05), 2, 4, monkeypatch)
     assert_same_training(runs, np.dtype("float64"))

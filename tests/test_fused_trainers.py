@@ -223,3 +223,45 @@ def test_adamw_with_dropout_fused_equals_layer_path(backend):
                                 optimizer)
         np.testing.assert_allclose(model.parameters(), ref.parameters(), rtol=1e-8,
                                    atol=1e-10)
+
+
+@pytest.mark.parametrize("position", ["first", "inside"])
+@pytest.mark.parametrize("backend", FUSED)
+def test_standardize_runs_in_the_plan(backend, position):
+    """Standardize is a plan op (first: no input gradient; inside a Residual block: its
+    gradient added to the skip's), fused as on the reference."""
+    from fastnn import Standardize
+    rng = np.random.default_rng(10)
+    X, y = 3 + 5 * rng.standard_normal((120, 12)), rng.integers(0, 3, 120)
+    runs = []
+    for name, fuse in (("reference", False), (backend, True), (backend, False)):
+        if position == "first":
+            layers = [Standardize(12), Dense(12, 16, "relu"), Dense(16, 3)]
+        else:
+            layers = [Dense(12, 16, "tanh"),
+                      Residual([Standardize(16), Dense(16, 16, "relu")]), Dense(16, 3)]
+        model = Sequential(layers, backend=name, seed=2, dtype="float64")
+        if position == "inside":
+            model.layers[1].block[0].adapt(rng.standard_normal((50, 16)) * 2 + 1)
+            rng = np.random.default_rng(10)
+            X, y = 3 + 5 * rng.standard_normal((120, 12)), rng.integers(0, 3, 120)
+        model.fuse = fuse
+        assert (model._make_trainer(fastnn.losses.get("cross_entropy"), SGD(), 16)
+                is not None) == fuse
+        model.fit(X, y, loss="cross_entropy", optimizer=SGD(0.05, momentum=0.9), epochs=2,
+                  batch_size=16, standardize=position == "first", verbose=0)
+        runs.append(model)
+    for model in runs[1:]:
+        np.testing.assert_allclose(model.parameters(), runs[0].parameters(), rtol=1e-9,
+                                   atol=1e-11)
+        np.testing.assert_allclose(model._state, runs[0]._state, rtol=1e-12)
+    if position == "first":                              # adapted on the training rows
+        np.testing.assert_allclose(runs[0].layers[0].mean, X.mean(axis=0))
+
+
+def test_standardize_true_needs_a_leading_standardize():
+    model = Sequential([Dense(3, 2)])
+    before = model.parameters().copy()
+    with pytest.raises(ValueError, match="needs fastnn.Standardize"):
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), loss="mse", standardize=True, verbose=0)
+    np.testing.assert_array_equal(model.parameters(), before)

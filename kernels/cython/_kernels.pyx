@@ -131,6 +131,7 @@ cdef enum:
     BATCHNORM = 1
     ADD = 2
     DROPOUT = 3
+    STANDARDIZE = 4
 cdef enum:
     KIND = 0
     IN = 1
@@ -169,7 +170,7 @@ def _check_codes():
             "SOFTPLUS": SOFTPLUS, "GELU": GELU, "GELU_TANH": GELU_TANH, "SILU": SILU, "MSE": MSE,
             "CROSS_ENTROPY": SOFTMAX_CE, "BINARY_CROSS_ENTROPY": SIGMOID_BCE, "SGD": SGD,
             "MOMENTUM": SGD_MOMENTUM, "ADAM": ADAM, "ADAMW": ADAMW, "RMSPROP": RMSPROP, "DENSE": DENSE, "BATCHNORM": BATCHNORM,
-            "ADD": ADD, "DROPOUT": DROPOUT, "MASK32": 0xFFFFFFFF, "GOLDEN": 0x9E3779B9,
+            "ADD": ADD, "DROPOUT": DROPOUT, "STANDARDIZE": STANDARDIZE, "MASK32": 0xFFFFFFFF, "GOLDEN": 0x9E3779B9,
             "HASH_M1": 0x7FEB352D, "HASH_M2": 0x846CA68B, "KIND": KIND, "IN": IN, "OUT": OUT, "NIN": NIN, "NOUT": NOUT,
             "ACT": ACT, "POFF": POFF, "SOFF": SOFF, "AUX": AUX, "SKIP": SKIP, "DX": DX,
             "DSKIP": DSKIP, "GRAD_SKIP": GRAD_SKIP, "GRAD_WRITE": GRAD_WRITE,
@@ -1389,6 +1390,7 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
     cdef floating* dacts = <floating*> net.dacts
     cdef floating* tmp = <floating*> net.tmp
     cdef floating* aux = <floating*> net.aux
+    cdef const floating* state = <const floating*> net.state
     cdef floating* yb = <floating*> net.yb
     cdef int64_t* lb = <int64_t*> net.labels_b
     cdef const double* wb = net.wb + r0 if net.weights != NULL else NULL
@@ -1433,6 +1435,23 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
                           <int> op[DX])
                 _add_into(dacts + op[SKIP] + r0 * nin, dacts + op[OUT] + r0 * nout, m * nout,
                           <int> op[DSKIP])
+            continue
+        if op[KIND] == STANDARDIZE:                          # y = (x − mean) / std
+            if phase == FORWARD:
+                for i in range(r0, r1):
+                    for j in range(nin):
+                        acts[op[OUT] + i * nin + j] = (acts[op[IN] + i * nin + j]
+                                                       - state[op[SOFF] + j]) \
+                            / state[op[SOFF] + nin + j]
+            elif op[DX] != GRAD_SKIP:                        # ∂L/∂x = ∂L/∂y / std
+                for i in range(r0, r1):
+                    for j in range(nin):
+                        if op[DX] == GRAD_ADD:
+                            dacts[op[IN] + i * nin + j] += (dacts[op[OUT] + i * nin + j]
+                                                            / state[op[SOFF] + nin + j])
+                        else:
+                            dacts[op[IN] + i * nin + j] = (dacts[op[OUT] + i * nin + j]
+                                                           / state[op[SOFF] + nin + j])
             continue
         if op[KIND] == DROPOUT:                              # y = x ⊙ mask / (1 − p)
             p_drop = net.fops[2 * (net.actions[2 * act_index + 1])]

@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 from .. import (ACT, ADD, AUX, BN_EPS, BN_MOMENTUM, CLIP_EPS, CLIP_NORM, CROSS_ENTROPY, DROPOUT,
                 DROPOUT_P, DSKIP, DX, FORWARD, GATHER, GELU, GELU_TANH, GRAD_ADD, GRAD_SKIP,
                 GRAD_WRITE, IN, KIND, LOSS, NIN, NOUT, OUT, POFF, ROWS, SILU, SKIP, SOFF,
-                dropout_key, dropout_threshold)
+                STANDARDIZE, dropout_key, dropout_threshold)
 from .._threads import choose_numba_layer, kernel_blas_threads
 from ._split import BLAS_THREADS_WORK, BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS, row_split
 from .batchnorm import bn_backward_col, bn_forward_col
@@ -93,13 +93,14 @@ def _add_rows(dst, src, mode, r0, r1):
 
 @njit(cache=True, error_model="numpy")
 def _row_actions(a, b, actions, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fops,
-                 params, grads, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, inv_mass,
-                 seed, draw, loss_code, lossp, corrp):
-    """Run the row-local actions a:b for rows r0:r1 (chunk c) of the current minibatch."""
+                 params, grads, partials, state, acts, dacts, aux, tmp, labels_b, Yb, wb,
+                 minibatch, loss_code, lossp, corrp):
+    """Run the row-local actions a:b for rows r0:r1 (chunk c) of the current minibatch;
+    ``minibatch`` is its (1/Σ weights, seed, training-step count)."""
     for k in range(a, b):
         _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X, labels, Y, w, order,
-                    ops, fops, params, grads, partials, acts, dacts, aux, tmp, labels_b, Yb, wb,
-                    inv_mass, seed, draw, loss_code, lossp, corrp)
+                    ops, fops, params, grads, partials, state, acts, dacts, aux, tmp, labels_b,
+                    Yb, wb, minibatch, loss_code, lossp, corrp)
 
 
 @njit(inline="always", error_model="numpy")
@@ -114,9 +115,10 @@ def _preactivations(aux, ops, op, nb, fallback):
 
 @njit(inline="always", error_model="numpy")
 def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fops, params,
-                grads, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, inv_mass, seed, draw,
+                grads, partials, state, acts, dacts, aux, tmp, labels_b, Yb, wb, minibatch,
                 loss_code, lossp, corrp):
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
+    inv_mass, seed, draw = minibatch
     if phase == GATHER:                                   # minibatch rows order[start + i]
         Xb = _view(acts, 0, nb, X.shape[1])
         for i in range(r0, r1):                           # (element loops: a row
@@ -153,6 +155,20 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fo
             _add_rows(_view(dacts, ops[op, IN], nb, nin), d_out, ops[op, DX], r0, r1)
             if ops[op, DSKIP]:
                 _add_rows(_view(dacts, ops[op, SKIP], nb, nin), d_out, ops[op, DSKIP], r0, r1)
+        return
+    if ops[op, KIND] == STANDARDIZE:                      # y = (x − mean) / std
+        mean, std = state[ops[op, SOFF]:ops[op, SOFF] + nin], state[ops[op, SOFF] + nin:]
+        if phase == FORWARD:
+            for i in range(r0, r1):
+                for j in range(nin):
+                    a_out[i, j] = (x_in[i, j] - mean[j]) / std[j]
+        elif ops[op, DX] != GRAD_SKIP:                    # ∂L/∂x = ∂L/∂y / std
+            d_out, d_in = _view(dacts, ops[op, OUT], nb, nout), _view(dacts, ops[op, IN], nb,
+                                                                        nin)
+            for i in range(r0, r1):
+                for j in range(nin):
+                    v = d_out[i, j] / std[j]
+                    d_in[i, j] = d_in[i, j] + v if ops[op, DX] == GRAD_ADD else v
         return
     if ops[op, KIND] == DROPOUT:                          # y = x ⊙ mask / (1 − p)
         p = fops[op, DROPOUT_P]
@@ -274,7 +290,7 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
             if mass == 0:
                 continue                                  # weight 0: the batch counts for nothing
             inv_mass = 1.0 / mass
-        draw = train_steps[0]
+        minibatch = (inv_mass, seed, train_steps[0])      # (1/Σw, Dropout's key inputs)
         # at most one chunk per gradient buffer, whatever row_split was compiled with
         q, nchunk = row_split(nb, min(threads, partials.shape[0] + 1), work_per_row,
                               min_chunk_work)
@@ -285,14 +301,14 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
             if stages[st, 0] == ROWS and serial:
                 c = np.int64(0)
                 _row_actions(a, b, actions, c, c, nb, nb, start, X, labels, Y, w, order, ops,
-                             fops, params, grads, partials, acts, dacts, aux, tmp, labels_b, Yb,
-                             wb, inv_mass, seed, draw, loss_code, lossp, corrp)
+                             fops, params, grads, partials, state, acts, dacts, aux, tmp,
+                             labels_b, Yb, wb, minibatch, loss_code, lossp, corrp)
             elif stages[st, 0] == ROWS:
                 for ci in prange(nchunk):
                     c = np.int64(ci)
                     _row_actions(a, b, actions, c, c * q, min(nb, c * q + q), nb, start, X,
-                                 labels, Y, w, order, ops, fops, params, grads, partials, acts,
-                                 dacts, aux, tmp, labels_b, Yb, wb, inv_mass, seed, draw,
+                                 labels, Y, w, order, ops, fops, params, grads, partials,
+                                 state, acts, dacts, aux, tmp, labels_b, Yb, wb, minibatch,
                                  loss_code, lossp, corrp)
             else:                                         # BatchNorm over the whole batch
                 phase, op = actions[a, 0], actions[a, 1]

@@ -374,6 +374,19 @@ def dropout(X, threshold, scale, key, mode, out):
 
 
 @cuda.jit
+def standardize(X, mean, std, backward, mode, out):
+    """Forward: out = (X − mean) / std per column; backward: out = X / std (X is ∂L/∂y), or
+    += with mode GRAD_ADD; 2-D grid of COLUMN_BLOCK blocks."""
+    j, i = cuda.grid(2)
+    if i < out.shape[0] and j < out.shape[1]:
+        v = X[i, j] / std[j] if backward else (X[i, j] - mean[j]) / std[j]
+        if mode == GRAD_ADD:
+            out[i, j] += v
+        else:
+            out[i, j] = v
+
+
+@cuda.jit
 def add(X, Y, out):
     """out = X + Y element-wise (residual connections); 2-D grid of COLUMN_BLOCK blocks."""
     j, i = cuda.grid(2)

@@ -178,6 +178,13 @@ def _grid_2d(rows: int, cols: int) -> tuple[int, int]:
     return _blocks(cols, K.COLUMN_BLOCK[0]), _blocks(rows, K.COLUMN_BLOCK[1])
 
 
+def standardize(X, mean, std, out, backward: bool = False, mode: int = GRAD_WRITE) -> None:
+    """out = (X − mean) / std, or for the backward pass out = X / std (``mode`` GRAD_ADD
+    adds)."""
+    K.standardize[_grid_2d(*out.shape), K.COLUMN_BLOCK](X, mean, std, bool(backward),
+                                                        int(mode), out)
+
+
 def add(X, Y, out) -> None:
     """out = X + Y."""
     K.add[_grid_2d(*out.shape), K.COLUMN_BLOCK](X, Y, out)

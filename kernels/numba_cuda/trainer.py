@@ -20,7 +20,7 @@ from numba import cuda
 from .. import (ACT, ADD, AUX, BATCHNORM, BETA2, BN_EPS, BN_MOMENTUM, CLIP_NORM, DROPOUT,
                 DROPOUT_P, DSKIP, DX, GRAD_ADD, GRAD_SKIP, GRAD_WRITE, IN, KIND, LR, MSE,
                 MU_OR_BETA1, NEEDS_PREACTIVATION, NESTEROV, NIN, NOUT, OPT_EPS, OUT, POFF, SKIP,
-                SOFF, WEIGHT_DECAY, dropout_key)
+                SOFF, STANDARDIZE, WEIGHT_DECAY, dropout_key)
 from . import ops
 
 #: keep the training set on the device when it needs at most this fraction of free memory
@@ -111,6 +111,11 @@ class DeviceTrainer:
         self._update()
         plan.train_steps[0] += 1
 
+    def _mean_std(self, op):
+        """A Standardize op's (mean, std) device views."""
+        s, n = op[SOFF], op[NIN]
+        return self.state[s:s + n], self.state[s + n:s + 2 * n]
+
     def _preactivations(self, op, nb: int):
         """The Dense op's saved pre-activation z (GELU, SiLU), or None."""
         if op[ACT] not in NEEDS_PREACTIVATION:
@@ -125,6 +130,8 @@ class DeviceTrainer:
             ops.add(self._rows(self.acts, op[SKIP], nb, nout), x, out)
         elif op[KIND] == DROPOUT:                                # y = x ⊙ mask / (1 − p)
             ops.dropout(x, fop[DROPOUT_P], key, out)
+        elif op[KIND] == STANDARDIZE:                            # y = (x − mean) / std
+            ops.standardize(x, *self._mean_std(op), out)
         elif op[KIND] == BATCHNORM:
             p, s, aux = op[POFF], op[SOFF], op[AUX]
             ops.batchnorm_forward(x, self.params[p:p + nin], self.params[p + nin:p + 2 * nin],
@@ -144,6 +151,11 @@ class DeviceTrainer:
         if op[KIND] == ADD:                                      # both inputs get ∂L/∂y
             for field, block in ((DX, op[IN]), (DSKIP, op[SKIP])):
                 self._give(self._rows(self.dacts, block, nb, nin), d_out, op[field])
+            return
+        if op[KIND] == STANDARDIZE:                              # ∂L/∂x = ∂L/∂y / std
+            if op[DX] != GRAD_SKIP:
+                ops.standardize(d_out, *self._mean_std(op),
+                                self._rows(self.dacts, op[IN], nb, nin), True, op[DX])
             return
         if op[KIND] == DROPOUT:                                  # ∂L/∂x = ∂L/∂y ⊙ mask/(1 − p)
             if op[DX] != GRAD_SKIP:
