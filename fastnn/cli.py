@@ -11,7 +11,7 @@ import time
 
 from . import __version__, backends, benchmark, cli_tabular, schedules, vanishing
 from .callbacks import LearningRateScheduler
-from .layers import ACTIVATIONS, INITS
+from .layers import ACTIVATIONS, INITS, hidden_stack
 from .optimizers import OPTIMIZERS
 from .plots import plot_history
 
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
                              f"DATA.csv --target COLUMN ...")
     X_train, X_test, y_train, y_test = load_digits_split(seed=args.seed)
     widths = [X_train.shape[1], *args.hidden]
-    layers = hidden_layers(widths, args.activation, args.init, args.dropout)
+    layers = hidden_stack(widths, args.activation, args.init, args.dropout)
     layers.append(fastnn.Dense(widths[-1], 10))
     model = fastnn.Sequential(layers, backend=args.backend, seed=args.seed, dtype=args.dtype)
     print(f"digits: {len(X_train)} train / {len(X_test)} test samples, 64 features, 10 classes")
@@ -118,18 +118,6 @@ def cmd_train(args) -> int:
         model.save(args.save)
         print(f"saved to {args.save}")
     return 0
-
-
-def hidden_layers(widths: list[int], activation: str, init, dropout: float) -> list:
-    """Dense layers through ``widths``, each followed by Dropout(dropout) when it is > 0."""
-    import fastnn
-
-    layers = []
-    for i, o in zip(widths[:-1], widths[1:]):
-        layers.append(fastnn.Dense(i, o, activation, init=init))
-        if dropout:
-            layers.append(fastnn.Dropout(dropout))
-    return layers
 
 
 def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):

@@ -88,6 +88,7 @@ def cmd_train_csv(args, optimizer, callbacks) -> int:
             categorical=args.categorical, backend=args.backend, seed=args.seed,
             dtype=args.dtype, optimizer=optimizer, epochs=args.epochs,
             batch_size=args.batch_size, callbacks=callbacks, clip_norm=args.clip_norm,
+            dropout=args.dropout, class_weight=args.class_weight,
             early_stopping=False if args.early_stopping is None else args.early_stopping,
             verbose=args.verbose)
     elapsed = time.perf_counter() - start

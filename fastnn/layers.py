@@ -369,6 +369,18 @@ def _infer_widths(layers, what: str) -> None:
         layer.in_features = layer.out_features = width
 
 
+def hidden_stack(widths, activation: str, init: str | None = None,
+                 dropout: float = 0.0) -> list[Layer]:
+    """Dense layers through ``widths`` (in, hidden..., last hidden), each followed by
+    Dropout(dropout) when dropout > 0: the hidden part of an MLP (the CLI's and the tables')."""
+    layers: list[Layer] = []
+    for i, o in zip(widths[:-1], widths[1:]):
+        layers.append(Dense(i, o, activation, init=init))
+        if dropout:
+            layers.append(Dropout(dropout))
+    return layers
+
+
 def check_chain(layers, what: str) -> None:
     """Raise ValueError unless each layer's input width equals the previous one's output."""
     _infer_widths(layers, what)

@@ -24,7 +24,7 @@ import numpy as np
 from . import io
 from .csvfile import Table, read_csv
 from .encoding import Target, TableEncoder
-from .layers import Dense
+from .layers import Dense, hidden_stack
 from .model import Sequential
 from .preprocessing import Standardize
 
@@ -115,16 +115,17 @@ class TabularModel:
 def train(table: Table, target: str, task: str = "auto", hidden=(128,),
           activation: str = "relu", init: str | None = None, validation_split: float = 0.2,
           ignore=(), numeric=(), categorical=(), backend: str = "auto", seed: int = 0,
-          dtype: str = "float32", **fit_args) -> TabularModel:
+          dtype: str = "float32", dropout: float = 0.0, **fit_args) -> TabularModel:
     """Train a model predicting column ``target`` from the table's other columns.
 
     ``task``: "auto" (classification for text or integer targets with at most 20 distinct
     values, regression otherwise), "classification" or "regression". ``ignore``: columns
     left out; ``numeric`` / ``categorical``: columns whose encoding is declared rather than
-    inferred. ``validation_split`` of the rows (seeded; stratified for classification) is held
-    out, validates every epoch and is scored at the end (``model.validation``). Everything in
-    ``fit_args`` (optimizer, epochs, batch_size, early_stopping, callbacks, clip_norm,
-    verbose, ...) goes to :meth:`Sequential.fit`.
+    inferred. ``dropout``: Dropout(p) after each hidden layer. ``validation_split`` of the
+    rows (seeded; stratified for classification) is held out, validates every epoch and is
+    scored at the end (``model.validation``). Everything in ``fit_args`` (optimizer, epochs,
+    batch_size, early_stopping, callbacks, clip_norm, class_weight, verbose, ...) goes to
+    :meth:`Sequential.fit`.
     """
     encoder = TableEncoder.fit(table, target, ignore, numeric, categorical)
     tgt, why = Target.fit(table, target, task)
@@ -133,7 +134,7 @@ def train(table: Table, target: str, task: str = "auto", hidden=(128,),
                                   validation_split, seed)
     widths = [encoder.width, *hidden]
     layers = [Standardize(encoder.width)]
-    layers += [Dense(i, o, activation, init=init) for i, o in zip(widths[:-1], widths[1:])]
+    layers += hidden_stack(widths, activation, init, dropout)
     classify = tgt.task == "classification"
     layers.append(Dense(widths[-1], tgt.n_outputs, "softmax" if classify else "identity"))
     network = Sequential(layers, backend=backend, seed=seed, dtype=dtype)

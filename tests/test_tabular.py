@@ -438,3 +438,12 @@ def test_fastnn_export_of_a_csv_regressor_matches_predict(diabetes_csv, tmp_path
     got = session.run(None, onnx_feeds(model, table))[0]
     want = model.predict(table)
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_dropout_and_class_weights_apply_to_a_csv(iris_csv, tmp_path, capsys):
+    path = tmp_path / "dropout.fnn"
+    assert main(["train", str(iris_csv), "--target", "species", *TRAIN, "--epochs", "20",
+                 "--dropout", "0.2", "--class-weight", "balanced", "--out", str(path)]) == 0
+    layers = fastnn.load(path).layers
+    assert [type(l).__name__ for l in layers].count("Dropout") == 1
+    assert "held-out" in capsys.readouterr().out
