@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # fastnn.kernels to kernels/ themselves.) Installed, this finds only this folder.
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
-from . import callbacks, diagnostics, schedules
+from . import callbacks, diagnostics, distributed, schedules
 from .backends import available_backends, set_backend
 from .io import load
 from .layers import BatchNorm, Dense, Dropout, Residual
@@ -28,5 +28,5 @@ from .threads import get_num_threads, set_num_threads
 
 __all__ = ["Adam", "AdamW", "BatchNorm", "Dense", "Dropout", "History", "Residual", "SGD",
            "Sequential", "Standardize", "available_backends", "callbacks", "diagnostics",
-           "get_num_threads", "load", "plot_history", "RMSprop", "schedules", "set_backend",
-           "set_num_threads", "__version__"]
+           "distributed", "get_num_threads", "load", "plot_history", "RMSprop", "schedules",
+           "set_backend", "set_num_threads", "__version__"]

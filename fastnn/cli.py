@@ -76,6 +76,9 @@ def cmd_train(args) -> int:
     callbacks = [] if args.lr_schedule == "constant" else [
         LearningRateScheduler(lr_schedule(args.lr_schedule, args.epochs))]
     if args.data is not None:
+        if args.distributed:
+            raise ValueError("--distributed trains on the digits data in this version, not "
+                             "on a CSV file")
         return cli_tabular.cmd_train_csv(args, optimizer, callbacks)
     for option in ("target", "ignore", "numeric", "categorical"):
         if getattr(args, option):
@@ -91,6 +94,12 @@ def cmd_train(args) -> int:
     print(f"model: {' -> '.join(map(str, widths + [10]))} ({args.activation}{dropout}), "
           f"backend {model.backend}, {optimizer!r}")
     held_out = args.validation_split is not None or args.early_stopping is not None
+    parallel = {}
+    if args.distributed:                # every rank loads digits and takes its share
+        from .distributed import world_size
+        parallel = {"distributed": "mpi", "shard": True}
+        print(f"data-parallel on {world_size()} ranks over MPI (global batch "
+              f"{args.batch_size}; rank 0 prints)")
     start = time.perf_counter()
     history = model.fit(X_train, y_train, loss="cross_entropy", optimizer=optimizer,
                         epochs=args.epochs, batch_size=args.batch_size,
@@ -99,7 +108,7 @@ def cmd_train(args) -> int:
                         early_stopping=False if args.early_stopping is None
                         else args.early_stopping, callbacks=callbacks,
                         clip_norm=args.clip_norm, class_weight=args.class_weight,
-                        verbose=args.verbose)
+                        verbose=args.verbose, **parallel)
     elapsed = time.perf_counter() - start
     result = model.evaluate(X_test, y_test, loss="cross_entropy")
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy {history['accuracy'][-1]:.4f}")
@@ -196,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", "--out", dest="save", metavar="FILE",
                        help="save the trained model here (a .fnn file)")
     train.add_argument("--verbose", type=int, default=1, help="0 hides the progress bar")
+    train.add_argument("--distributed", action="store_true",
+                       help="train data-parallel over MPI: mpiexec -n 2 fastnn train "
+                            "--distributed (needs the mpi extra; rank 0 prints)")
     train.set_defaults(run=cmd_train)
 
     cli_tabular.add_commands(sub)
@@ -214,8 +226,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "distributed", False):
+        return run_distributed(args)
     try:
         return args.run(args)
     except (ValueError, TypeError, RuntimeError, ImportError, OSError, ArithmeticError) as exc:
         print(f"fastnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_distributed(args) -> int:
+    """Run a ``--distributed`` command on every MPI rank: rank 0 prints, the others are
+    silent; an error on any rank is printed and ends the whole job (``comm.Abort``), so no
+    rank is left waiting in a collective."""
+    import contextlib
+    import io
+
+    from .distributed import communicator
+
+    comm = communicator("mpi")
+    quiet = contextlib.nullcontext() if comm.Get_rank() == 0 \
+        else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        try:
+            return args.run(args)
+        except (ValueError, TypeError, RuntimeError, ImportError, OSError,
+                ArithmeticError) as exc:
+            print(f"fastnn {args.command}: error (rank {comm.Get_rank()}): {exc}",
+                  file=sys.stderr, flush=True)
+            if comm.Get_size() > 1:
+                comm.Abort(2)
+            return 2

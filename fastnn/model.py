@@ -234,7 +234,7 @@ class Sequential:
             validation_split: float = 0.0, callbacks=None, early_stopping: bool | int = False,
             clip_norm: float | None = None, sample_weight=None, class_weight=None,
             standardize: bool = False, verbose: int = 1,
-            track_gradients: bool = False) -> History:
+            track_gradients: bool = False, distributed=None, shard: bool = False) -> History:
         """Train with minibatch gradient descent; return the per-epoch :class:`History`.
 
         ``loss`` is "mse", "cross_entropy" or "binary_cross_entropy" (see
@@ -263,7 +263,23 @@ class Sequential:
         ``track_gradients=True`` records after each epoch the weight-gradient norm of every
         Dense layer (forward order), measured on a fixed batch of training rows, as
         history["gradient_norms"] (see :func:`fastnn.diagnostics.gradient_norms`).
+        ``distributed="mpi"`` (``MPI.COMM_WORLD``) or an mpi4py communicator trains
+        data-parallel: every rank calls fit with its own shard of the rows (or, with
+        ``shard=True``, the whole arrays, of which it takes its share); ``batch_size`` is the
+        global minibatch, and the result equals single-process training on the shards
+        concatenated in rank order. Layer by layer, one Allreduce per step; see
+        :mod:`fastnn.distributed` for the semantics and this version's limits.
         """
+        run = None
+        if distributed is not None:         # data-parallel over MPI: see fastnn.distributed
+            from .distributed import DistributedRun
+            run = DistributedRun(self, distributed, shard, X, y, loss, dict(
+                loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                shuffle=shuffle, validation_data=validation_data,
+                validation_split=validation_split, callbacks=callbacks,
+                early_stopping=early_stopping, clip_norm=clip_norm,
+                sample_weight=sample_weight, class_weight=class_weight,
+                standardize=standardize, track_gradients=track_gradients))
         X, y, loss = self._prepare(X, y, loss)
         optimizer = SGD(0.01) if optimizer is None else optimizer
         if not isinstance(optimizer, Optimizer):
@@ -289,6 +305,9 @@ class Sequential:
                                                     w)
             if w is not None and not w.any():
                 raise ValueError("every training row left after validation_split has weight 0")
+        if run is not None:                 # the epochs run in fastnn.distributed
+            return run.fit(X, y, w, X_val, y_val, loss, optimizer, epochs, batch_size, shuffle,
+                           callbacks, clip_norm, scaler, verbose)
         batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
         training.check_monitors(callbacks, X_val is not None, loss.name != "mse")
         if scaler is not None:                           # on the training rows only
