@@ -25,6 +25,13 @@ comm = MPI.COMM_WORLD
 RANK, SIZE = comm.Get_rank(), comm.Get_size()
 
 
+def say(line: str) -> None:
+    """Print one line in one write: the ranks share mpiexec's stdout, and print's separate
+    newline lets another rank's output land mid-line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def backend() -> str:
     if os.environ.get("FASTNN_MPI_BACKEND"):
         return os.environ["FASTNN_MPI_BACKEND"]
@@ -278,8 +285,7 @@ def run_equality(names) -> int:
             why = ["raised: " + traceback.format_exc().strip().splitlines()[-1]]
         why = comm.allreduce(why)                          # lists concatenate across ranks
         if RANK == 0:
-            print(f"CASE {name} " + ("ok" if not why else "FAIL " + "; ".join(why)),
-                  flush=True)
+            say(f"CASE {name} " + ("ok" if not why else "FAIL " + "; ".join(why)))
         failed += bool(why)
     return 1 if failed else 0
 
@@ -292,10 +298,10 @@ def refused(X, y, **kwargs):
         model.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=2, batch_size=16, verbose=0,
                   distributed="mpi", **kwargs)
     except ValueError as exc:
-        print(f"RANK {RANK} REFUSED {' | '.join(str(exc).splitlines())}", flush=True)
-        print(f"RANK {RANK} steps {int(model._steps[0])}", flush=True)
+        say(f"RANK {RANK} REFUSED {' | '.join(str(exc).splitlines())}")
+        say(f"RANK {RANK} steps {int(model._steps[0])}")
         return 0
-    print(f"RANK {RANK} TRAINED", flush=True)
+    say(f"RANK {RANK} TRAINED")
     return 1
 
 
@@ -324,14 +330,14 @@ def failure(mode: str) -> int:
             model.fit(X, y, "cross_entropy", epochs=1, batch_size=16 + RANK, verbose=0,
                       distributed="mpi")
         except ValueError as exc:
-            print(f"RANK {RANK} REFUSED {' | '.join(str(exc).splitlines())}", flush=True)
+            say(f"RANK {RANK} REFUSED {' | '.join(str(exc).splitlines())}")
             return 0
         return 1
     if mode == "raise-mid-epoch":
         model = dense("float64")
         model.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=50, batch_size=4, verbose=0,
                   distributed="mpi", callbacks=[RaiseOnRank1()])
-        print(f"RANK {RANK} FINISHED (should not happen)", flush=True)
+        say(f"RANK {RANK} FINISHED (should not happen)")
         return 0
     raise SystemExit(f"unknown mode {mode}")
 
