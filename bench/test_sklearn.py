@@ -43,3 +43,14 @@ def test_side_by_side(bench_run, side_by_side, name):
     row = sb.run([name], bench_run.results.threads)[0]
     assert np.isfinite([row.sklearn["score"], row.fastnn["score"]]).all()
     side_by_side.append(row)
+
+
+def test_isolated_runs_and_their_table(bench_run):
+    """The path of ``fastnn bench --sklearn``: each fit in its own process, then the table
+    (small: 300 rows, 2 epochs, 1 thread so no third run, to keep the default run quick)."""
+    if bench_run.timed:
+        return                       # the timed run goes through it at full size above
+    rows = sb.run(["digits"], threads=1, n_samples=300, max_iter=2)
+    assert rows[0].sklearn_1 is None and rows[0].fastnn["n_iter"] == 2
+    text = sb.table(rows, 1)
+    assert text.count("\n| digits | 64-100-10 |") == 1 and "targets" in text

@@ -115,11 +115,14 @@ def run_one(case: Case, which: str, n_samples: int | None = None,
             "n_iter": int(est.n_iter_)}
 
 
-def run_isolated(case: Case, which: str, threads: int) -> dict:
+def run_isolated(case: Case, which: str, threads: int, n_samples: int | None = None,
+                 max_iter: int | None = None) -> dict:
     """:func:`run_one` in a fresh interpreter with ``threads`` threads."""
+    extra = ([] if n_samples is None else ["--samples", str(n_samples)]) + \
+        ([] if max_iter is None else ["--max-iter", str(max_iter)])
     out = subprocess.run([sys.executable, "-m", "fastnn._sklearn_bench", "--one", case.name,
-                          which, "--threads", str(threads)], capture_output=True, text=True,
-                         check=False)
+                          which, "--threads", str(threads), *extra], capture_output=True,
+                         text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{which} on {case.name} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,9 +181,10 @@ def table(rows: list[Row], threads: int) -> str:
     return "\n".join(lines)
 
 
-def run(names: list[str], threads: int, progress=lambda line: None) -> list[Row]:
+def run(names: list[str], threads: int, progress=lambda line: None,
+        n_samples: int | None = None, max_iter: int | None = None) -> list[Row]:
     """Every case in ``names``: scikit-learn, fastnn, then scikit-learn at 1 thread, each
-    fit in its own process."""
+    fit in its own process (``n_samples``, ``max_iter``: a smaller run, for tests)."""
     rows = []
     runs = [("sklearn", threads), ("fastnn", threads)] + ([("sklearn", 1)] if threads > 1
                                                          else [])
@@ -189,7 +193,7 @@ def run(names: list[str], threads: int, progress=lambda line: None) -> list[Row]
         results = {}
         for which, n in runs:
             key = which if n == threads else f"{which}_1"
-            results[key] = run_isolated(case, which, n)
+            results[key] = run_isolated(case, which, n, n_samples, max_iter)
             progress(f"{name:<15} {which:<8} {n} thr {results[key]['seconds']:8.2f} s  "
                      f"score {results[key]['score']:.4f}")
         rows.append(Row(name, results["sklearn"], results["fastnn"],

@@ -541,7 +541,7 @@ def test_verbose_prints_scikit_learns_lines(data, capsys):
 
 
 def test_pandas_feature_names():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     X, y = make_regression(60, 3, random_state=0)
     frame = pd.DataFrame(X, columns=["a", "b", "c"])
     est = quick(MLPRegressor, max_iter=2)
