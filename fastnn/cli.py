@@ -13,7 +13,6 @@ from . import __version__, backends, benchmark, cli_tabular, schedules, vanishin
 from .callbacks import LearningRateScheduler
 from .layers import ACTIVATIONS, INITS, hidden_stack
 from .optimizers import OPTIMIZERS
-from .plots import plot_history
 
 
 def thread_report() -> str:
@@ -117,15 +116,8 @@ def cmd_train(args) -> int:
     steady = f", then {1e3 * statistics.median(rest):.1f} ms per epoch" if rest else ""
     print(f"{elapsed:.2f} s for {len(history['loss'])} epochs (with any JIT compilation before the "
           f"first): first epoch {1e3 * first:.1f} ms{steady}")
-    if history.stopped_epoch is not None:
-        print(f"stopped early after epoch {history.stopped_epoch + 1}; best epoch "
-              f"{history.best_epoch + 1} (val_loss {history['val_loss'][history.best_epoch]:.4f})")
-    if args.plot:
-        plot_history(history, args.plot)
-        print(f"history plotted to {args.plot}")
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
+    cli_tabular.report_early_stop(history)
+    cli_tabular.plot_and_save(history, model, args)
     return 0
 
 

@@ -102,11 +102,22 @@ def cmd_train_csv(args, optimizer, callbacks) -> int:
                              if k in history.history)
     scale = "" if model.task == "classification" else " (of the standardised target)"
     print(f"train {train_scores}{scale}; {elapsed:.2f} s for {len(history['loss'])} epochs")
+    report_early_stop(history)
+    if model.validation is not None:
+        print(f"held-out {model.rows['held_out']} rows: {format_scores(model.validation)}")
+    plot_and_save(history, model, args)
+    return 0
+
+
+def report_early_stop(history) -> None:
+    """Say where training stopped early and which epoch's weights were kept, if it did."""
     if history.stopped_epoch is not None:
         print(f"stopped early after epoch {history.stopped_epoch + 1}; best epoch "
               f"{history.best_epoch + 1} (val_loss {history['val_loss'][history.best_epoch]:.4f})")
-    if model.validation is not None:
-        print(f"held-out {model.rows['held_out']} rows: {format_scores(model.validation)}")
+
+
+def plot_and_save(history, model, args) -> None:
+    """``--plot FILE`` and ``--save FILE`` of ``fastnn train``, after training."""
     if args.plot:
         from .plots import plot_history
         plot_history(history, args.plot)
@@ -114,7 +125,6 @@ def cmd_train_csv(args, optimizer, callbacks) -> int:
     if args.save:
         model.save(args.save)
         print(f"saved to {args.save}")
-    return 0
 
 
 def format_scores(scores: dict) -> str:

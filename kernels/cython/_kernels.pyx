@@ -558,21 +558,29 @@ cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
 # w (NULL: all 1) and inv_mass = 1/Σ w over the whole minibatch (1/rows without weights): they
 # write ∂L/∂z = wᵢ ∂lᵢ · inv_mass and return Σ wᵢ lᵢ over their rows, so the shares add up.
 
+cdef inline double _share(const double* w, Py_ssize_t i, double inv_mass) noexcept nogil:
+    """Row i's share of the minibatch's loss gradient: wᵢ/Σw (1/rows without weights)."""
+    return inv_mass if w == NULL else w[i] * inv_mass
+
+
+cdef inline double _weighted(const double* w, Py_ssize_t i, double row_loss) noexcept nogil:
+    """wᵢ × row i's loss (the loss itself without weights)."""
+    return row_loss if w == NULL else w[i] * row_loss
+
+
 cdef double _mse(const floating* Yhat, const floating* Y, floating* dYhat, const double* w,
                  Py_ssize_t rows, Py_ssize_t k, double inv_mass) noexcept nogil:
     """Σ wᵢ Σ ½(ŷ − y)²; dYhat = wᵢ(ŷ − y)·inv_mass."""
     cdef Py_ssize_t i, j
-    cdef floating r, share = <floating> inv_mass
+    cdef floating r, share
     cdef double total = 0, row
     for i in range(rows):
-        if w != NULL:
-            share = <floating> (w[i] * inv_mass)
-        row = 0
+        share, row = <floating> _share(w, i, inv_mass), 0
         for j in range(i * k, i * k + k):
             r = Yhat[j] - Y[j]
             dYhat[j] = r * share
             row += <double> r * r
-        total += row if w == NULL else w[i] * row
+        total += _weighted(w, i, row)
     return 0.5 * total
 
 
@@ -584,11 +592,10 @@ cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, flo
     cdef Py_ssize_t i, j
     cdef const floating* z
     cdef floating* d
-    cdef floating top, total, inv, share = <floating> inv_mass
-    cdef double loss = 0, row
+    cdef floating top, total, inv, share
+    cdef double loss = 0
     for i in range(rows):
-        if w != NULL:
-            share = <floating> (w[i] * inv_mass)
+        share = <floating> _share(w, i, inv_mass)
         z, d = Z + i * k, dZ + i * k
         top = z[0]
         for j in range(1, k):
@@ -602,8 +609,7 @@ cdef double _softmax_cross_entropy(const floating* Z, const int64_t* labels, flo
         for j in range(k):
             d[j] *= inv                             # w softmax / Σw
         d[labels[i]] -= share                       # w(p − onehot(y)) / Σw
-        row = top + _log(total) - z[labels[i]]      # lse − z_y
-        loss += row if w == NULL else w[i] * row
+        loss += _weighted(w, i, top + _log(total) - z[labels[i]])   # w(lse − z_y)
     return loss
 
 
@@ -612,18 +618,16 @@ cdef double _sigmoid_binary_cross_entropy(const floating* Z, const floating* Y, 
                                           double inv_mass) noexcept nogil:
     """Σ wᵢ Σ max(z, 0) − z·y + log(1 + e^−|z|); dZ = wᵢ(σ(z) − y)·inv_mass."""
     cdef Py_ssize_t i, j
-    cdef floating z, e, one = 1, share = <floating> inv_mass
+    cdef floating z, e, one = 1, share
     cdef double loss = 0, row
     for i in range(rows):
-        if w != NULL:
-            share = <floating> (w[i] * inv_mass)
-        row = 0
+        share, row = <floating> _share(w, i, inv_mass), 0
         for j in range(i * k, i * k + k):
             z = Z[j]
             e = _exp_neg_abs(z)
             dZ[j] = ((one if z >= 0 else e) / (one + e) - Y[j]) * share
             row += (z if z > 0 else 0) - z * Y[j] + _log1p(e)
-        loss += row if w == NULL else w[i] * row
+        loss += _weighted(w, i, row)
     return loss
 
 
