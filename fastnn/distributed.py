@@ -69,7 +69,6 @@ threads (``MPI.COMM_TYPE_SHARED``) for Numba, OpenMP and BLAS together, through
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -77,7 +76,6 @@ import warnings
 import zlib
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import threads, training, validation
 from .callbacks import CSVLogger, ModelCheckpoint
@@ -345,8 +343,6 @@ class DistributedRun:
             shuffle: bool, callbacks, clip_norm, scaler, verbose):
         """Train data-parallel (the epoch loop of ``Sequential.fit``, with the step and the
         figures global); return the History."""
-        from .model import History
-
         self._MPI = _mpi()
         model, comm, main = self.model, self.comm, self.rank == 0
         if self.shard and scaler is not None:
@@ -368,69 +364,46 @@ class DistributedRun:
 
         rng = np.random.default_rng((model.seed, model._fits))
         model._fits += 1
-        history = History()
         order = np.arange(self.n)
         verbose = verbose if main else 0
         callbacks = [c for c in callbacks if main or not isinstance(c, RANK0_CALLBACKS)]
-        model.optimizer, model.stop_training, model._weights_changed = optimizer, False, False
-        for callback in callbacks:
-            callback.model, callback.verbose = model, verbose
-            callback.on_train_begin({})
         bn_mask = np.zeros(model._state.size, bool)
         _batchnorm_state_mask(model.layers, bn_mask)
         dropouts = dropout_layers(model.layers)
         for layer in dropouts:                             # rank 0 keeps the model's key
             layer._seed = model.seed ^ (self.rank << 32)
-        bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc=f"Epoch 1/{epochs}",
-                   bar_format="{desc} {bar} [{elapsed}<{remaining}{postfix}]")
-        warned = False
-        try:
-            for epoch in bar:
-                bar.set_description(f"Epoch {epoch + 1}/{epochs}", refresh=False)
-                for callback in callbacks:
-                    callback.on_epoch_begin(epoch, {})
-                start = time.perf_counter()
-                self.allreduce_time = 0.0
-                if shuffle:
-                    rng.shuffle(order)
-                total, correct = self._run_epoch(X, y, w, order, loss, optimizer, batch_size,
-                                                 clip_norm)
-                total, correct = self._allreduce([total, -1 if correct is None else correct])
-                if bn_mask.any():                          # per-rank BatchNorm: mean of ranks
-                    model._state[bn_mask] = self._allreduce(model._state[bn_mask]) / self.size
-                if not math.isfinite(total):
-                    raise FloatingPointError(
-                        f"the loss became {total} in epoch {epoch + 1}; lower the learning "
-                        f"rate (the weights have diverged)")
-                if self._resync_if_drifted(optimizer) and not warned:
-                    warnings.warn("the ranks' parameters drifted apart (a non-deterministic "
-                                  "Allreduce or different CPUs?); rank 0's were broadcast",
-                                  RuntimeWarning, stacklevel=3)
-                    warned = True
-                logs = {"loss": float(total / self.mass),
-                        "accuracy": None if correct < 0 else float(correct / self.n)}
-                if has_val:
-                    logs.update(self._validate(X_val, y_val, loss, n_val))
-                logs = {k: v for k, v in logs.items() if v is not None}
-                logs["lr"] = optimizer.lr
-                logs["epoch_time"] = time.perf_counter() - start
-                history.record(**logs, allreduce_time=self.allreduce_time)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
-                                 if k not in ("epoch_time", "lr")}, refresh=False)
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, logs)
-                model._weights_changed = False
-                if model.stop_training:
-                    history.stopped_epoch = epoch
-                    break
-        finally:
-            bar.close()
+        warned = []
+
+        def train_epoch(epoch: int) -> dict:
+            self.allreduce_time = 0.0
+            if shuffle:
+                rng.shuffle(order)
+            total, correct = self._run_epoch(X, y, w, order, loss, optimizer, batch_size,
+                                             clip_norm)
+            total, correct = self._allreduce([total, -1 if correct is None else correct])
+            if bn_mask.any():                              # per-rank BatchNorm: mean of ranks
+                model._state[bn_mask] = self._allreduce(model._state[bn_mask]) / self.size
+            if self._resync_if_drifted(optimizer) and not warned:
+                warnings.warn("the ranks' parameters drifted apart (a non-deterministic "
+                              "Allreduce or different CPUs?); rank 0's were broadcast",
+                              RuntimeWarning, stacklevel=5)
+                warned.append(True)
+            logs = {"loss": float(total / self.mass),
+                    "accuracy": None if correct < 0 else float(correct / self.n)}
+            if has_val:
+                logs.update(self._validate(X_val, y_val, loss, n_val))
+            return logs
+
+        def forget_restored_weights() -> None:
+            model._weights_changed = False                 # (no trainer holds a copy)
+
+        def restore_seeds() -> None:
             for layer in dropouts:
                 layer._seed = model.seed
-        for callback in callbacks:
-            callback.on_train_end({})
-        history.best_epoch = training.best_epoch(history, callbacks)
-        return history
+
+        return training.run_epochs(model, optimizer, epochs, callbacks, verbose, train_epoch,
+                                   lambda: {"allreduce_time": self.allreduce_time},
+                                   forget_restored_weights, restore_seeds)
 
     def _run_epoch(self, X, y, w, order, loss, optimizer, batch_size, clip_norm):
         """One epoch over the global minibatches: local forward/backward on the rows this

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import sys
 import threading
-import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import backends, diagnostics, losses, training, validation
 from . import plan as plan_module
@@ -17,6 +14,7 @@ from .kernels import CLIP_EPS, CLIP_NORM
 from .layers import Dense, Layer, bind_chain, check_chain, dropout_layers
 from .optimizers import SGD, Optimizer
 from .preprocessing import leading_standardize
+from .training import History
 
 DTYPES = ("float32", "float64")
 
@@ -46,35 +44,6 @@ def _float_dtype(dtype) -> np.dtype:
     if dt is None or dt.name not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return dt
-
-
-class History:
-    """Per-epoch training figures, as returned by :meth:`Sequential.fit`.
-
-    ``history.history`` maps names ("loss", "accuracy", "val_loss", "val_accuracy", "lr",
-    "epoch_time", and "gradient_norms": an array of per-layer norms) to one value per epoch;
-    ``history["loss"]`` is a shortcut.
-    """
-
-    def __init__(self):
-        self.history: dict[str, list[float]] = {}
-        #: the epoch (from 0) with the best val_loss (or the EarlyStopping monitor; loss
-        #: without validation), and the epoch at which training stopped early (else None)
-        self.best_epoch: int | None = None
-        self.stopped_epoch: int | None = None
-
-    def record(self, **values) -> None:
-        for name, value in values.items():
-            if value is not None:
-                self.history.setdefault(name, []).append(value)
-
-    def __getitem__(self, name: str) -> list[float]:
-        return self.history[name]
-
-    def __repr__(self):
-        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items()
-                         if np.ndim(v[-1]) == 0)
-        return f"History({len(self.history.get('loss', []))} epochs; last: {last})"
 
 
 class Sequential:
@@ -315,7 +284,6 @@ class Sequential:
 
         rng = np.random.default_rng((self.seed, self._fits))
         self._fits += 1
-        history = History()
         order = np.arange(len(X))
         plan = self._fused_plan(loss, optimizer, batch_size)
         if plan is not None:
@@ -328,64 +296,39 @@ class Sequential:
                 trainer.prepare(X, y)
             if X_val is not None:
                 self._evaluate(X_val[:1], y_val[:1], loss)
-        self.optimizer, self.stop_training, self._weights_changed = optimizer, False, False
-        for callback in callbacks:
-            callback.model, callback.verbose = self, verbose
-            callback.on_train_begin({})
-        bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc=f"Epoch 1/{epochs}",
-                   bar_format="{desc} {bar} [{elapsed}<{remaining}{postfix}]")
-        try:
-            for epoch in bar:
-                bar.set_description(f"Epoch {epoch + 1}/{epochs}", refresh=False)
-                for callback in callbacks:
-                    callback.on_epoch_begin(epoch, {})
-                start = time.perf_counter()
-                if shuffle:
-                    rng.shuffle(order)
-                if trainer is not None:
-                    plan.load_optimizer(optimizer)      # this epoch's learning rate & co.
-                    total, correct = trainer.run_epoch(X, y, order, w)
-                    optimizer.fused_steps_done(plan.step[0])
-                else:
-                    total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size,
-                                                     clip_norm, w)
-                if not math.isfinite(total):
-                    raise FloatingPointError(
-                        f"the loss became {total} in epoch {epoch + 1}; lower the learning "
-                        f"rate (the weights have diverged)")
-                logs = {"loss": float(total / (len(X) if w is None else w.sum())),
-                        "accuracy": None if correct is None else correct / len(X)}
-                if trainer is not None and (X_val is not None or track_gradients or callbacks):
-                    trainer.sync()          # evaluation, probes and callbacks read host weights
-                if X_val is not None:
-                    logs.update({f"val_{k}": v for k, v in
-                                 self._evaluate(X_val, y_val, loss).items()})
-                logs = {k: v for k, v in logs.items() if v is not None}
-                logs["lr"] = optimizer.lr
-                logs["epoch_time"] = time.perf_counter() - start
-                history.record(**logs)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
-                                 if k not in ("epoch_time", "lr")}, refresh=False)
-                if track_gradients:
-                    rows = diagnostics.probe_rows(len(X), batch_size)
-                    history.record(gradient_norms=diagnostics.gradient_norms(
-                        self, X[rows], y[rows], loss.name).weight_norms)
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, logs)
-                if trainer is not None and self._weights_changed:
-                    trainer.push()          # a callback restored weights: the trainer's copy
-                    self._weights_changed = False
-                if self.stop_training:
-                    history.stopped_epoch = epoch
-                    break
-        finally:
-            bar.close()
+
+        def train_epoch(epoch: int) -> dict:
+            if shuffle:
+                rng.shuffle(order)
             if trainer is not None:
-                trainer.sync()
-        for callback in callbacks:
-            callback.on_train_end({})
-        history.best_epoch = training.best_epoch(history, callbacks)
-        return history
+                plan.load_optimizer(optimizer)          # this epoch's learning rate & co.
+                total, correct = trainer.run_epoch(X, y, order, w)
+                optimizer.fused_steps_done(plan.step[0])
+            else:
+                total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size,
+                                                 clip_norm, w)
+            logs = {"loss": float(total / (len(X) if w is None else w.sum())),
+                    "accuracy": None if correct is None else correct / len(X)}
+            if trainer is not None and (X_val is not None or track_gradients or callbacks):
+                trainer.sync()              # evaluation, probes and callbacks read host weights
+            if X_val is not None:
+                logs.update({f"val_{k}": v for k, v in
+                             self._evaluate(X_val, y_val, loss).items()})
+            return logs
+
+        def probe() -> dict:
+            rows = diagnostics.probe_rows(len(X), batch_size)
+            return {"gradient_norms": diagnostics.gradient_norms(
+                self, X[rows], y[rows], loss.name).weight_norms}
+
+        def take_restored_weights() -> None:
+            if trainer is not None and self._weights_changed:
+                trainer.push()              # a callback restored weights: the trainer's copy
+                self._weights_changed = False
+
+        return training.run_epochs(self, optimizer, epochs, callbacks, verbose, train_epoch,
+                                   probe if track_gradients else None, take_restored_weights,
+                                   trainer.sync if trainer is not None else training._nothing)
 
     def get_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(parameters, BatchNorm running statistics): copies of the model's flat buffers."""

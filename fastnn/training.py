@@ -1,12 +1,46 @@
-"""The parts of ``Sequential.fit`` around the epoch loop: the callback list, the validation
-split and the best epoch of a history."""
+"""``Sequential.fit``'s training loop around the epochs: the History, the callback list, the
+validation split, the epoch loop itself (shared by single-process and distributed training)
+and the best epoch of a history."""
 from __future__ import annotations
 
+import math
 import numbers
+import time
+from collections.abc import Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .callbacks import Callback, EarlyStopping
+
+class History:
+    """Per-epoch training figures, as returned by :meth:`Sequential.fit`.
+
+    ``history.history`` maps names ("loss", "accuracy", "val_loss", "val_accuracy", "lr",
+    "epoch_time", and "gradient_norms": an array of per-layer norms) to one value per epoch;
+    ``history["loss"]`` is a shortcut.
+    """
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        #: the epoch (from 0) with the best val_loss (or the EarlyStopping monitor; loss
+        #: without validation), and the epoch at which training stopped early (else None)
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+
+    def record(self, **values) -> None:
+        for name, value in values.items():
+            if value is not None:
+                self.history.setdefault(name, []).append(value)
+
+    def __getitem__(self, name: str) -> list[float]:
+        return self.history[name]
+
+    def __repr__(self):
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items()
+                         if np.ndim(v[-1]) == 0)
+        return f"History({len(self.history.get('loss', []))} epochs; last: {last})"
+
 
 #: validation_split when early stopping is asked for without validation data (scikit-learn's)
 EARLY_STOPPING_SPLIT = 0.1
@@ -101,3 +135,58 @@ def best_epoch(history, callbacks) -> int | None:
             return callback.best_epoch
     values = history.history.get("val_loss") or history.history.get("loss")
     return int(np.argmin(values)) if values else None
+
+
+def _nothing() -> None:
+    pass
+
+
+def run_epochs(model, optimizer, epochs: int, callbacks: list[Callback], verbose,
+               train_epoch: Callable[[int], dict], probe: Callable[[], dict] | None = None,
+               after_callbacks: Callable[[], None] = _nothing,
+               finish: Callable[[], None] = _nothing) -> History:
+    """The epoch loop of ``fit``: callbacks, the progress bar and the History, around
+    ``train_epoch(epoch)``, which trains one epoch and returns its figures ("loss",
+    "accuracy", "val_*"; None values are left out). ``probe()`` adds records measured after
+    the epoch's clock stopped (gradient norms); ``after_callbacks()`` runs after the epoch's
+    callbacks (a trainer taking weights a callback restored); ``finish()`` when the loop
+    ends, however it ends."""
+    history = History()
+    model.optimizer, model.stop_training, model._weights_changed = optimizer, False, False
+    for callback in callbacks:
+        callback.model, callback.verbose = model, verbose
+        callback.on_train_begin({})
+    bar = tqdm(range(epochs), disable=not verbose, unit="epoch", desc=f"Epoch 1/{epochs}",
+               bar_format="{desc} {bar} [{elapsed}<{remaining}{postfix}]")
+    try:
+        for epoch in bar:
+            bar.set_description(f"Epoch {epoch + 1}/{epochs}", refresh=False)
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch, {})
+            start = time.perf_counter()
+            logs = train_epoch(epoch)
+            if not math.isfinite(logs["loss"]):
+                raise FloatingPointError(
+                    f"the loss became {logs['loss']} in epoch {epoch + 1}; lower the learning "
+                    f"rate (the weights have diverged)")
+            logs = {k: v for k, v in logs.items() if v is not None}
+            logs["lr"] = optimizer.lr
+            logs["epoch_time"] = time.perf_counter() - start
+            history.record(**logs)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
+                             if k not in ("epoch_time", "lr")}, refresh=False)
+            if probe is not None:
+                history.record(**probe())
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+            after_callbacks()
+            if model.stop_training:
+                history.stopped_epoch = epoch
+                break
+    finally:
+        bar.close()
+        finish()
+    for callback in callbacks:
+        callback.on_train_end({})
+    history.best_epoch = best_epoch(history, callbacks)
+    return history
