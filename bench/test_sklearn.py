@@ -51,6 +51,7 @@ def test_isolated_runs_and_their_table(bench_run):
     if bench_run.timed:
         return                       # the timed run goes through it at full size above
     rows = sb.run(["digits"], threads=1, n_samples=300, max_iter=2)
-    assert rows[0].sklearn_1 is None and rows[0].fastnn["n_iter"] == 2
+    assert rows[0].sklearn_1 is None and rows[0].fastnn_1 is None
+    assert rows[0].fastnn["n_iter"] == 2 and rows[0].speedup_best == rows[0].speedup
     text = sb.table(rows, 1)
     assert text.count("\n| digits | 64-100-10 |") == 1 and "targets" in text
