@@ -47,8 +47,9 @@ This version's limits (documented, tested as such)
   size (world size 1 equals plain ``fit``). The running statistics are averaged over the
   ranks at the end of every epoch (exact for the EMA when every rank trains every step), so
   evaluation and saved models agree on every rank.
-* **Dropout masks** are drawn per local row position, with the rank folded into the key
-  (rank 0 keeps the model's own key): runs with Dropout depend on the world size.
+* **Dropout masks** are drawn per global row: each rank's rows draw the masks of their
+  places in the global minibatch (``dropout(..., rows=)``), so with Dropout the run equals
+  single-process training whatever the world size.
 * ``track_gradients`` and ``class_weight="balanced"`` without ``shard=True`` (it needs the
   global class counts) are refused.
 
@@ -369,9 +370,7 @@ class DistributedRun:
         callbacks = [c for c in callbacks if main or not isinstance(c, RANK0_CALLBACKS)]
         bn_mask = np.zeros(model._state.size, bool)
         _batchnorm_state_mask(model.layers, bn_mask)
-        dropouts = dropout_layers(model.layers)
-        for layer in dropouts:                             # rank 0 keeps the model's key
-            layer._seed = model.seed ^ (self.rank << 32)
+        self.dropouts = dropout_layers(model.layers)
         warned = []
 
         def train_epoch(epoch: int) -> dict:
@@ -397,13 +396,13 @@ class DistributedRun:
         def forget_restored_weights() -> None:
             model._weights_changed = False                 # (no trainer holds a copy)
 
-        def restore_seeds() -> None:
-            for layer in dropouts:
-                layer._seed = model.seed
+        def forget_row_numbers() -> None:
+            for layer in self.dropouts:
+                layer._rows = None                         # the model trains alone again
 
         return training.run_epochs(model, optimizer, epochs, callbacks, verbose, train_epoch,
                                    lambda: {"allreduce_time": self.allreduce_time},
-                                   forget_restored_weights, restore_seeds)
+                                   forget_restored_weights, forget_row_numbers)
 
     def _run_epoch(self, X, y, w, order, loss, optimizer, batch_size, clip_norm):
         """One epoch over the global minibatches: local forward/backward on the rows this
@@ -429,6 +428,8 @@ class DistributedRun:
             wb = None if w is None else w[idx]
             local_mass = len(idx) if w is None else wb.sum()
             if local_mass > 0:
+                for layer in self.dropouts:                # the masks of these rows' places
+                    layer._rows = np.flatnonzero(sel)      # in the global minibatch
                 Xb, yb = model._batch_buffers(len(idx), X, y)
                 np.take(X, idx, axis=0, out=Xb)
                 np.take(y, idx, axis=0, out=yb)

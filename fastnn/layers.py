@@ -314,6 +314,9 @@ class Dropout(Layer):
         self.in_features = self.out_features = None       # its neighbours' (check_chain)
         #: set by the model: its seed, its training-step counter and this layer's stream
         self._seed, self._steps, self.stream = 0, None, 0
+        #: data-parallel training: the numbers of this process's rows in the whole minibatch
+        #: (None: the rows are the minibatch), so every row draws its single-process mask
+        self._rows = None
 
     def _workspace(self, batch, dtype):
         return {"out": np.empty((batch, self.out_features), dtype),
@@ -326,13 +329,13 @@ class Dropout(Layer):
         ws["training"] = training and self.p > 0
         if not ws["training"]:
             return X
-        k.dropout(X, self.p, self._key(), ws["out"])
+        k.dropout(X, self.p, self._key(), ws["out"], self._rows)
         return ws["out"]
 
     def _backward(self, k, dOut, ws, need_dX):
         if not ws["training"]:
             return dOut
-        k.dropout(dOut, self.p, self._key(), ws["dX"])    # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
+        k.dropout(dOut, self.p, self._key(), ws["dX"], self._rows)   # ∂L/∂y ⊙ mask / (1 − p)
         return ws["dX"]
 
     def get_config(self):

@@ -21,9 +21,11 @@ Conventions shared by all backends
 * Weighted losses: every loss kernel takes optional per-row ``weights`` (batch,) and returns
   the weighted mean Σ wᵢ lᵢ / Σ wᵢ, its gradient scaled to match (a batch whose weights sum
   to 0 has loss 0 and gradient 0); without weights, the plain mean.
-* ``dropout(X, p, key, out)``: out = X ⊙ mask / (1 − p) with the counter-based mask of
-  :func:`dropout_key` (the same on every backend); the backward pass is the same call on
-  ∂L/∂out.
+* ``dropout(X, p, key, out, rows=None)``: out = X ⊙ mask / (1 − p) with the counter-based
+  mask of :func:`dropout_key` (the same on every backend); the backward pass is the same call
+  on ∂L/∂out. ``rows`` (int64, one per row of X) numbers the rows in the minibatch they
+  belong to (default 0, 1, …): a process holding some rows of a larger minibatch (data-
+  parallel training) draws the masks those rows get in the whole minibatch.
 * Kernels are leaves: nothing here imports fastnn's model-level modules. A compiled backend's
   ``make_trainer(plan)`` takes a training plan (built by ``fastnn.plan``: plain arrays and the
   codes defined below) and returns a fused trainer for it.
@@ -71,7 +73,8 @@ SOFTPLUS_THRESHOLD = 20.0
 GELU_TANH_C, GELU_TANH_K = 0.7978845608028654, 0.044715
 
 # -- dropout's random numbers: counter-based, so every backend draws the same masks --------
-# Element j of row i of a minibatch (n units wide) is kept when
+# Element j of row i of a minibatch (n units wide; i its row's number in the minibatch) is
+# kept when
 #     hash32(((i·n + j)·GOLDEN mod 2³²) XOR key) ≥ dropout_threshold(p),
 # with key = dropout_key(seed, step, stream): the model's seed, its training-step count (one
 # per minibatch trained, over all fits) and the Dropout layer's stream (its rank among the

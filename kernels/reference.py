@@ -171,19 +171,22 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
     return float(np.sum(w * loss) * inv_mass)
 
 
-def dropout_mask(shape, p, key):
-    """The keep mask (rows, n) of a minibatch's Dropout draws (see fastnn.kernels): element
-    (i, j) is kept when hash32(((i·n + j)·GOLDEN mod 2³²) XOR key) ≥ p·2³²."""
-    rows, n = shape
-    index = np.arange(rows * n, dtype=np.uint64).reshape(rows, n)
+def dropout_mask(shape, p, key, rows=None):
+    """The keep mask (len, n) of a minibatch's Dropout draws (see fastnn.kernels): element
+    (i, j) is kept when hash32(((rᵢ·n + j)·GOLDEN mod 2³²) XOR key) ≥ p·2³², rᵢ = rows[i]
+    (default i)."""
+    length, n = shape
+    r = np.arange(length) if rows is None else np.asarray(rows)
+    index = r.astype(np.uint64)[:, None] * np.uint64(n) + np.arange(n, dtype=np.uint64)
     draws = hash32(((index * np.uint64(GOLDEN)) & np.uint64(MASK32)) ^ np.uint64(key))
     return draws >= np.uint64(dropout_threshold(p))
 
 
-def dropout(X, p, key, out):
+def dropout(X, p, key, out, rows=None):
     """Inverted dropout with the counter-based mask of ``key``: out = X ⊙ mask / (1 − p).
-    Its backward pass is the same call on ∂L/∂out (the mask is recomputed, not stored)."""
-    keep = dropout_mask(X.shape, p, key)
+    Its backward pass is the same call on ∂L/∂out (the mask is recomputed, not stored).
+    ``rows``: each row's number in its minibatch (default 0, 1, …)."""
+    keep = dropout_mask(X.shape, p, key, rows)
     out[...] = np.where(keep, X / (1 - p), 0)                # survivors scaled by 1/(1−p)
 
 

@@ -216,7 +216,8 @@ CASES = {
                                                   expect_equal=False),
     "batchnorm_residual_world_size_1_f32": lambda: world_size_one(bn_residual, "float32",
                                                                   adam),
-    "dropout_trains_f32": lambda: case(with_dropout, "float32", adam, expect_equal=False),
+    "dropout_f64": lambda: case(with_dropout, "float64", adam, sizes=[30, 67]),
+    "dropout_f32": lambda: case(with_dropout, "float32", momentum, compare_fused=True),
     "dropout_world_size_1_f32": lambda: world_size_one(with_dropout, "float32", adam),
     "standardize_global_adapt_f64": lambda: standardize_global("float64"),
 }

@@ -47,7 +47,7 @@ def examples(dtype):
         (K.optimizer_step, (K.ADAM, v, v, v, v, s, s, s, s, s, False, s, s)),
         (K.sum_squares, (v, totals)),
         (K.scale_to_norm, (v, totals, 1.0, 1e-6)),
-        (K.dropout, (m, 1 << 31, s, 12345, 1, m)),
+        (K.dropout, (m, 1 << 31, s, 12345, 1, m, order, True)),
         (K.standardize, (m, v, v, False, 1, m)),
         (K.batchnorm_forward, (m, v, v, v, v, 0.1, 1e-5, True, m, m, v)),
         (K.batchnorm_backward, (m, m, v, v, m, v, v)),

@@ -220,3 +220,16 @@ def test_dropout_keeps_one_minus_p_and_preserves_the_mean(backend):
     assert abs(kept - (1 - p)) < 4 * sigma
     assert abs(out.mean() - 1) < 4 * sigma / (1 - p)
     np.testing.assert_allclose(out[out != 0], 1 / (1 - p))
+
+
+def test_dropout_rows_draw_the_masks_of_their_places_in_the_minibatch(backend, reference):
+    """A process holding rows 1, 4 and 6 of a minibatch draws exactly the masks those rows
+    get when the whole minibatch is dropped out at once."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((8, 37))
+    whole = np.empty_like(X)
+    reference.dropout(X, 0.4, 2024, whole)
+    rows = np.array([1, 4, 6])
+    part = np.full((3, 37), np.nan)
+    backend.dropout(X[rows], 0.4, 2024, part, rows)
+    np.testing.assert_allclose(part, whole[rows], rtol=1e-12)

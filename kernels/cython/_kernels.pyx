@@ -327,16 +327,17 @@ cdef inline uint32_t _dropout_threshold(double p) noexcept nogil:
 
 cdef void _dropout_rows(const floating* X, floating* out, Py_ssize_t r0, Py_ssize_t r1,
                         Py_ssize_t n, uint32_t threshold, floating scale, uint32_t key,
-                        int mode) noexcept nogil:
+                        int mode, const int64_t* rows) noexcept nogil:
     """Rows r0..r1 (of a minibatch; X and out point at its row 0) of out = X ⊙ mask · scale,
     or += with mode GRAD_ADD: element (i, j) is kept when
-    hash32(((i·n + j)·GOLDEN) XOR key) ≥ threshold."""
-    cdef Py_ssize_t i, j
+    hash32(((rᵢ·n + j)·GOLDEN) XOR key) ≥ threshold, rᵢ = rows[i] (i for rows NULL)."""
+    cdef Py_ssize_t i, j, r
     cdef floating v
     for i in range(r0, r1):
+        r = i if rows == NULL else rows[i]
         for j in range(n):
             v = X[i * n + j] * scale if _hash32(
-                (<uint32_t> (i * n + j)) * 0x9E3779B9U ^ key) >= threshold else 0
+                (<uint32_t> (r * n + j)) * 0x9E3779B9U ^ key) >= threshold else 0
             if mode == GRAD_ADD:
                 out[i * n + j] += v
             else:
@@ -1076,24 +1077,29 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
 
 
 cdef int _dropout_mv(const floating[:, ::1] X, double p, uint32_t key,
-                     floating[:, ::1] out) except -1:
+                     floating[:, ::1] out, const int64_t[::1] rows) except -1:
     if out.shape[0] != X.shape[0] or out.shape[1] != X.shape[1]:
         raise ValueError(f"dropout: out has shape {_shape2(out)} but X {_shape2(X)}")
+    if rows is not None and rows.shape[0] != X.shape[0]:
+        raise ValueError(f"dropout: rows has {rows.shape[0]} entries but X {X.shape[0]} rows")
+    cdef const int64_t* r = &rows[0] if rows is not None and rows.shape[0] else NULL
     with nogil:
         _dropout_rows(&X[0, 0], &out[0, 0], 0, X.shape[0], X.shape[1], _dropout_threshold(p),
-                      <floating> (1.0 / (1.0 - p)), key, GRAD_WRITE)
+                      <floating> (1.0 / (1.0 - p)), key, GRAD_WRITE, r)
     return 0
 
 
-def dropout(X, double p, key, out):
+def dropout(X, double p, key, out, rows=None):
     """Inverted dropout with the counter-based mask of ``key`` (fastnn.kernels):
-    out = X ⊙ mask / (1 − p); the backward pass is the same call on ∂L/∂out."""
+    out = X ⊙ mask / (1 − p); the backward pass is the same call on ∂L/∂out. ``rows``
+    numbers the rows in their minibatch (default 0, 1, …)."""
     dtype = _float_dtype(out, "out")
     o = _output(out, dtype)
+    r = None if rows is None else _input(rows, _I64).reshape(-1)
     if dtype is _F32:
-        _dropout_mv[float](_input(X, dtype), p, <uint32_t> key, o)
+        _dropout_mv[float](_input(X, dtype), p, <uint32_t> key, o, r)
     else:
-        _dropout_mv[double](_input(X, dtype), p, <uint32_t> key, o)
+        _dropout_mv[double](_input(X, dtype), p, <uint32_t> key, o, r)
     _write_back(out, o)
 
 
@@ -1462,11 +1468,11 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
             if phase == FORWARD:
                 _dropout_rows(acts + op[IN], acts + op[OUT], r0, r1, nin,
                               _dropout_threshold(p_drop), <floating> (1.0 / (1.0 - p_drop)),
-                              _dropout_key(net.seed, draw, op[AUX]), GRAD_WRITE)
+                              _dropout_key(net.seed, draw, op[AUX]), GRAD_WRITE, NULL)
             elif op[DX] != GRAD_SKIP:                        # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
                 _dropout_rows(dacts + op[OUT], dacts + op[IN], r0, r1, nin,
                               _dropout_threshold(p_drop), <floating> (1.0 / (1.0 - p_drop)),
-                              _dropout_key(net.seed, draw, op[AUX]), <int> op[DX])
+                              _dropout_key(net.seed, draw, op[AUX]), <int> op[DX], NULL)
             continue
         if phase == FORWARD:                                 # Dense: a = f(x·W + b)
             _dense_forward(acts + op[IN] + r0 * nin, p + op[POFF], p + op[POFF] + nin * nout,

@@ -168,11 +168,13 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
 
 
 @serialised
-def dropout(X, p, key, out):
-    """out = X ⊙ mask / (1 − p), the counter-based mask of ``key`` (fastnn.kernels)."""
+def dropout(X, p, key, out, rows=None):
+    """out = X ⊙ mask / (1 − p), the counter-based mask of ``key`` (fastnn.kernels); ``rows``
+    numbers the rows in their minibatch (default 0, 1, …)."""
     dt = _dtype(out)
     o = _output(out, dt)
-    dropout_kernel(_input(X, dt), dropout_threshold(p), 1.0 / (1.0 - p), int(key), o,
+    r = _NO_LABELS if rows is None else _input(rows, np.int64).reshape(-1)
+    dropout_kernel(_input(X, dt), dropout_threshold(p), 1.0 / (1.0 - p), int(key), o, r,
                    numba.get_num_threads())
     _write_back(out, o)
 

@@ -175,11 +175,11 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fo
         threshold, scale = dropout_threshold(p), 1.0 / (1.0 - p)
         key = dropout_key(seed, draw, ops[op, AUX])
         if phase == FORWARD:
-            dropout_rows(x_in, a_out, threshold, scale, key, GRAD_WRITE, r0, r1)
+            dropout_rows(x_in, a_out, threshold, scale, key, GRAD_WRITE, r0, r1, order[:0])
         elif ops[op, DX] != GRAD_SKIP:                    # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
             dropout_rows(_view(dacts, ops[op, OUT], nb, nout), _view(dacts, ops[op, IN], nb,
                                                                       nin),
-                         threshold, scale, key, ops[op, DX], r0, r1)
+                         threshold, scale, key, ops[op, DX], r0, r1, order[:0])
         return
     p = ops[op, POFF]
     W = _view(params, p, nin, nout)

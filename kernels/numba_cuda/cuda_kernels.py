@@ -358,14 +358,15 @@ def batchnorm_backward(dY, xhat, inv_std, gamma, dX, dgamma, dbeta):
 
 
 @cuda.jit
-def dropout(X, threshold, scale, key, mode, out):
+def dropout(X, threshold, scale, key, mode, out, rows, use_rows):
     """out = X ⊙ mask · scale (or += with mode GRAD_ADD), the counter-based mask of ``key``
-    (fastnn.kernels): element (i, j) kept when hash32(((i·n + j)·GOLDEN) XOR key) ≥
-    threshold; 2-D grid of COLUMN_BLOCK blocks."""
+    (fastnn.kernels): element (i, j) kept when hash32(((rᵢ·n + j)·GOLDEN) XOR key) ≥
+    threshold, rᵢ = rows[i] if ``use_rows`` else i; 2-D grid of COLUMN_BLOCK blocks."""
     j, i = cuda.grid(2)
     n = out.shape[1]
     if i < out.shape[0] and j < n:
-        keep = hash32_device((((i * n + j) * GOLDEN) & MASK32) ^ key) >= threshold
+        r = rows[i] if use_rows else i
+        keep = hash32_device((((r * n + j) * GOLDEN) & MASK32) ^ key) >= threshold
         v = X[i, j] * scale if keep else 0.0
         if mode == GRAD_ADD:
             out[i, j] += v

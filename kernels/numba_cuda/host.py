@@ -86,10 +86,12 @@ def sigmoid_binary_cross_entropy(Z, Y, dZ, weights=None):
     return _loss(BINARY_CROSS_ENTROPY, Z, Y, dZ, weights)
 
 
-def dropout(X, p, key, out):
-    """out = X ⊙ mask / (1 − p), the counter-based mask of ``key`` (fastnn.kernels)."""
+def dropout(X, p, key, out, rows=None):
+    """out = X ⊙ mask / (1 − p), the counter-based mask of ``key`` (fastnn.kernels); ``rows``
+    numbers the rows in their minibatch (default 0, 1, …)."""
     d_out = _out(out)
-    ops.dropout(_in(X), p, key, d_out)
+    ops.dropout(_in(X), p, key, d_out, rows=None if rows is None else _in(
+        np.asarray(rows, np.int64).reshape(-1)))
     _back(d_out, out)
 
 

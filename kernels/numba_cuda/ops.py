@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 from numba import cuda
 
 from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CLIP_EPS, CROSS_ENTROPY, GRAD_WRITE, IDENTITY,
@@ -100,11 +101,12 @@ def loss(code: int, Z, targets, dZ, totals, w=None, inv_mass: float | None = Non
         float(1.0 / len(Z) if inv_mass is None else inv_mass))
 
 
-def dropout(X, p: float, key: int, out, mode: int = GRAD_WRITE) -> None:
+def dropout(X, p: float, key: int, out, mode: int = GRAD_WRITE, rows=None) -> None:
     """out = X ⊙ mask / (1 − p) (or += with mode GRAD_ADD), the counter-based mask of
-    ``key`` (fastnn.kernels)."""
+    ``key`` (fastnn.kernels); ``rows`` (device int64) numbers the rows in their minibatch."""
     K.dropout[_grid_2d(*out.shape), K.COLUMN_BLOCK](
-        X, dropout_threshold(p), out.dtype.type(1.0 / (1.0 - p)), int(key), int(mode), out)
+        X, dropout_threshold(p), out.dtype.type(1.0 / (1.0 - p)), int(key), int(mode), out,
+        _placeholder(np.int64) if rows is None else rows, rows is not None)
 
 
 def optimizer_step(rule: int, params, grads, s1, s2, lr: float, mu_or_beta1: float = 0.0,
