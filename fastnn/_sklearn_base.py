@@ -139,44 +139,29 @@ class BaseMLP(BaseEstimator):
         return sample_weight
 
     def _fit(self, X, y, sample_weight=None, incremental: bool = False):
+        """scikit-learn's ``_fit`` and ``_fit_stochastic``: validate, initialise on a first
+        pass, hold out the early-stopping rows, then train for max_iter epochs (one for
+        partial_fit) with :class:`SklearnMonitor` keeping the books between epochs."""
         hidden = self._hidden()
         first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
         X, y, y_labels = self._validate_input(X, y, incremental, reset=first_pass)
         weights = self._sample_weight(sample_weight, X, y_labels, incremental)
+        if weights is not None and not weights.any():
+            raise ValueError("sample_weight (times class_weight) is zero for every row; at "
+                             "least one must be positive")
         n_outputs = self._n_outputs(y)
         random_state = check_random_state(self.random_state)
-        if first_pass:
-            units = [X.shape[1], *hidden, n_outputs]
-            initial = network.initial_weights(units, self.activation, random_state)
+        if first_pass:          # drawn before the split, as scikit-learn does
+            initial = network.initial_weights([X.shape[1], *hidden, n_outputs],
+                                              self.activation, random_state)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        validation = None
-        rows = np.arange(len(X))
-        if self.early_stopping:
-            stratify = y if self._stratify(n_outputs) else None
-            rows, val = train_test_split(rows, random_state=random_state,
-                                         test_size=self.validation_fraction,
-                                         stratify=stratify)
-            if len(val) < 2:
-                raise ValueError("The validation set is too small. Increase "
-                                 "'validation_fraction' or the size of your dataset.")
-            validation = (X[val], y_labels[val], None if weights is None else weights[val])
-            X, y = X[rows], y[rows]
-            weights = None if weights is None else weights[rows]
+        X, y, weights, validation = self._hold_out(X, y, y_labels, weights, n_outputs,
+                                                   random_state)
         if first_pass:
             self._initialize(X.shape[1], hidden, n_outputs, initial, random_state)
-        n = len(X)
-        if self.batch_size == "auto":
-            batch_size = min(AUTO_BATCH, n)
-        else:
-            if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It "
-                              "is going to be clipped", stacklevel=4)
-            batch_size = int(np.clip(self.batch_size, 1, n))
+        batch_size = self._batch_size(len(X))
         mean_weight = 1.0 if weights is None else float(weights.mean())
-        if mean_weight == 0:
-            raise ValueError("sample_weight (times class_weight) is zero for every training "
-                             "row; at least one must be positive")
         decay = network.weight_decay(self.alpha, batch_size, mean_weight)
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = network.make_optimizer(
@@ -184,8 +169,8 @@ class BaseMLP(BaseEstimator):
                 self.nesterovs_momentum, self.beta_1, self.beta_2, self.epsilon)
         else:
             self._optimizer.weight_decay = decay     # this call's batch size and weights
-        monitor = SklearnMonitor(self, n, self._loss_scale(n_outputs),
-                                 l2_factor(self.alpha, decay, n, batch_size), validation,
+        monitor = SklearnMonitor(self, len(X), self._loss_scale(n_outputs),
+                                 l2_factor(self.alpha, decay, len(X), batch_size), validation,
                                  incremental)
         extra = {} if weights is None else {"sample_weight": weights}
         self.n_iter_ = 0
@@ -205,6 +190,29 @@ class BaseMLP(BaseEstimator):
         if self.early_stopping:
             self.model_.set_weights(self._best_weights)
         return self
+
+    def _hold_out(self, X, y, y_labels, weights, n_outputs, random_state):
+        """(X, y, weights) to train on and (X_val, labels, weights) or None: scikit-learn's
+        early-stopping split, the same rows for the same random_state."""
+        if not self.early_stopping:
+            return X, y, weights, None
+        stratify = y if self._stratify(n_outputs) else None
+        rows, val = train_test_split(np.arange(len(X)), random_state=random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+        if len(val) < 2:
+            raise ValueError("The validation set is too small. Increase "
+                             "'validation_fraction' or the size of your dataset.")
+        validation = (X[val], y_labels[val], None if weights is None else weights[val])
+        return X[rows], y[rows], None if weights is None else weights[rows], validation
+
+    def _batch_size(self, n: int) -> int:
+        """scikit-learn's: "auto" is min(200, n); a larger one is clipped to n, warning."""
+        if self.batch_size == "auto":
+            return min(AUTO_BATCH, n)
+        if self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                          "going to be clipped", stacklevel=5)
+        return int(np.clip(self.batch_size, 1, n))
 
     def _initialize(self, n_features: int, hidden: list[int], n_outputs: int, initial,
                     random_state) -> None:
