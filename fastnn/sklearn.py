@@ -173,6 +173,16 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         p = expit(z)
         return np.column_stack([1 - p[:, 0], p[:, 0]]) if self.n_outputs_ == 1 else p
 
+    def to_onnx(self, path, opset: int = 17) -> None:
+        """Write the fitted classifier as ONNX: input ``input`` (rows, n_features) float32,
+        outputs ``label`` (the original label values; multilabel: the 0/1 indicator rows)
+        and ``probabilities`` (as :meth:`predict_proba`), no ZipMap. Needs the ``onnx``
+        extra."""
+        from .onnx_export import export_classifier
+        check_is_fitted(self)
+        export_classifier(self.model_, self.classes_, path, opset,
+                          multilabel=self._label_binarizer.y_type_.startswith("multilabel"))
+
     def predict_log_proba(self, X) -> np.ndarray:
         """log of :meth:`predict_proba`, computed from the logits (finite where the
         probability underflows to 0)."""
@@ -329,6 +339,14 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         """Predictions (n_samples,), or (n_samples, n_targets) for 2-D y."""
         check_is_fitted(self)
         return self._predict(X)
+
+    def to_onnx(self, path, opset: int = 17) -> None:
+        """Write the fitted regressor as ONNX: input ``input`` (rows, n_features) float32,
+        output ``output`` (rows, n_outputs_), which is :meth:`predict` (as a column for 1-D
+        y). Needs the ``onnx`` extra."""
+        from .onnx_export import export_model
+        check_is_fitted(self)
+        export_model(self.model_, path, opset)
 
     # -- the parts BaseMLP asks for ----------------------------------------------------------
     _loss = "mse"

@@ -1,13 +1,11 @@
-"""ONNX export of fastnn.sklearn's estimators through the functions their to_onnx calls:
-export_classifier(est.model_, est.classes_, ...) and export_model(est.model_, ...), against
-predict and predict_proba (float32, rtol 1e-5)."""
+"""ONNX export of fastnn.sklearn's estimators (``to_onnx``, which calls export_classifier
+and export_model), against predict and predict_proba (float32, rtol 1e-5)."""
 import warnings
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fastnn.onnx_export import export_classifier, export_model
 from fastnn.sklearn import MLPClassifier, MLPRegressor
 
 RNG = np.random.default_rng(0)
@@ -38,7 +36,7 @@ def test_classifier_matches_predict_and_predict_proba(kind, tmp_path):
     est = fitted(MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, backend="reference",
                                random_state=0), y)
     path = tmp_path / "clf.onnx"
-    export_classifier(est.model_, est.classes_, path, multilabel=y.ndim == 2)
+    est.to_onnx(path)
     for rows in (X, X[7:8]):
         proba, label = run(path, rows)
         np.testing.assert_allclose(proba, est.predict_proba(rows), rtol=1e-5, atol=1e-6)
@@ -51,7 +49,14 @@ def test_regressor_matches_predict(targets, tmp_path):
     y = X[:, :targets] @ np.arange(1, targets + 1) if targets == 1 else X[:, :targets] * 2
     est = fitted(MLPRegressor(hidden_layer_sizes=(16,), max_iter=20, backend="reference",
                               random_state=0), y)
-    export_model(est.model_, tmp_path / "reg.onnx")
+    est.to_onnx(tmp_path / "reg.onnx")
     got = run(tmp_path / "reg.onnx", X)[0]
     want = est.predict(X).reshape(len(X), -1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_to_onnx_needs_a_fitted_estimator(tmp_path):
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        MLPClassifier().to_onnx(tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
