@@ -37,6 +37,10 @@ def set_num_threads(n: int) -> None:
                              f"(set NUMBA_NUM_THREADS before importing fastnn to raise it)")
         choose_numba_layer()                  # before set_num_threads starts Numba's pool
         numba.set_num_threads(n)
+    try:                    # threadpoolctl limits only the OpenMP runtimes already loaded:
+        from .kernels import cython  # noqa: F401  load the cython kernels' first, so a later
+    except ImportError:     # import does not bring a runtime at the default (all cores)
+        pass
     from threadpoolctl import threadpool_limits
     threadpool_limits(n, user_api="openmp")
     for controllers in blas_controllers():

@@ -179,3 +179,24 @@ def test_bad_shapes_raise_instead_of_reading_out_of_bounds():
     trainer = model._make_trainer(fastnn.losses.get("mse"), fastnn.SGD(0.1), 2)
     with pytest.raises(ValueError, match="is not a row of X"):
         trainer.run_epoch(X, np.ones((4, 2), np.float32), np.array([0, 1, 2, 4]))
+
+
+def test_set_num_threads_before_the_first_cython_fit_limits_its_openmp():
+    """threadpoolctl limits only the OpenMP runtimes already loaded: set_num_threads loads
+    the cython kernels' first, so one called at the top of a script still holds when the
+    first fit imports the extension."""
+    script = textwrap.dedent("""
+        import json, fastnn
+        from threadpoolctl import threadpool_info
+        fastnn.set_num_threads(1)
+        model = fastnn.Sequential([fastnn.Dense(3, 2)], backend="cython")
+        model.fit([[1.0, 2.0, 3.0]] * 4, [0, 1, 0, 1], loss="cross_entropy", epochs=1,
+                  verbose=0)
+        print(json.dumps([d["num_threads"] for d in threadpool_info()
+                          if d["user_api"] == "openmp"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts and set(counts) == {1}
