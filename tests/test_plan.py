@@ -299,14 +299,15 @@ def test_a_slow_compile_is_announced_once_before_the_progress_bar(monkeypatch, c
     import time
 
     from fastnn import model as model_module
+    from fastnn import training
     from fastnn.kernels.numba_cpu import trainer
 
     calls = []
     monkeypatch.setattr(model_module, "COMPILE_NOTICE_S", 0.05)
     monkeypatch.setattr(trainer.Trainer, "prepare",
                         lambda self, X, y: (calls.append("prepare"), time.sleep(0.3)))
-    real_tqdm = model_module.tqdm
-    monkeypatch.setattr(model_module, "tqdm",
+    real_tqdm = training.tqdm                             # the epoch loop's progress bar
+    monkeypatch.setattr(training, "tqdm",
                         lambda *a, **k: (calls.append("bar"), real_tqdm(*a, **k))[1])
     model = Sequential([Dense(3, 2)], backend="numba_cpu")
     model.fit(np.ones((8, 3)), np.ones((8, 2)), loss="mse", epochs=3, verbose=1)
