@@ -428,8 +428,9 @@ class DistributedRun:
             wb = None if w is None else w[idx]
             local_mass = len(idx) if w is None else wb.sum()
             if local_mass > 0:
-                for layer in self.dropouts:                # the masks of these rows' places
-                    layer._rows = np.flatnonzero(sel)      # in the global minibatch
+                places = np.flatnonzero(sel)               # these rows' places in the global
+                for layer in self.dropouts:                # minibatch: their Dropout masks
+                    layer._rows = places
                 Xb, yb = model._batch_buffers(len(idx), X, y)
                 np.take(X, idx, axis=0, out=Xb)
                 np.take(y, idx, axis=0, out=yb)
