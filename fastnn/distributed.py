@@ -400,9 +400,17 @@ class DistributedRun:
             for layer in self.dropouts:
                 layer._rows = None                         # the model trains alone again
 
-        return training.run_epochs(model, optimizer, epochs, callbacks, verbose, train_epoch,
-                                   lambda: {"allreduce_time": self.allreduce_time},
-                                   forget_restored_weights, forget_row_numbers)
+        try:
+            return training.run_epochs(model, optimizer, epochs, callbacks, verbose,
+                                       train_epoch,
+                                       lambda: {"allreduce_time": self.allreduce_time},
+                                       forget_restored_weights, forget_row_numbers)
+        except Exception as exc:
+            # say it in one flushed line first: the job's abort may cut the traceback that
+            # the runner prints after this, and the other ranks only see the abort
+            print(f"fastnn.distributed: rank {self.rank} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+            raise
 
     def _run_epoch(self, X, y, w, order, loss, optimizer, batch_size, clip_norm):
         """One epoch over the global minibatches: local forward/backward on the rows this
