@@ -15,17 +15,28 @@ Semantics (global, exact)
   model's seed, as single-process ``fit`` does; global minibatch b is ``order[b·B:(b+1)·B]``
   with B the global ``batch_size``. Each rank trains on the rows of it that it owns (maybe
   none).
-* **Step.** Forward, loss and backward run on the local rows through the backend's kernels,
-  layer by layer (``Sequential._loss_and_gradients``). The local gradient is rescaled from the
-  local mass of the minibatch to the global one (rows, or Σ sample weights): the loss kernel
-  gives Σ_local wᵢ∇lᵢ / m_local, times m_local / M gives this rank's share of
-  Σ_global wᵢ∇lᵢ / M. Then ONE in-place ``Allreduce`` (SUM) of the flat gradient buffer, the
-  global-norm clip (if ``clip_norm``) and the optimizer step, identical on every rank: the
-  parameters stay bit-identical with no further communication (checked once per epoch; a rank
-  that drifted, e.g. on a different CPU type, gets rank 0's parameters back, with a warning).
+* **Step.** Each rank computes its share of the step's gradient, Σ_local wᵢ∇lᵢ / M with M
+  the minibatch's global mass (rows, or Σ sample weights), on the rows it owns: by the
+  backend's fused trainer in one compiled call (``trainer.gradients``: gather, forward, loss,
+  backward; numba_cpu, cython, numba_cuda) or, on the reference backend, with ``fuse=False``
+  or with BatchNorm, layer by layer (``Sequential._loss_and_gradients``, the loss's gradient
+  scaled by m_local / M before the backward pass). Then ONE in-place ``Allreduce`` (SUM) of
+  the flat gradient buffer, the global-norm clip (if ``clip_norm``) and the optimizer step
+  (the backend's optimizer kernel), identical on every rank: the parameters stay
+  bit-identical with no further communication (checked once per epoch; a rank that drifted,
+  e.g. on a different CPU type, gets rank 0's parameters and state back, with a warning).
   A rank without rows in a minibatch joins the Allreduce with zero gradients; a minibatch
   whose global mass is 0 is skipped everywhere. The result equals single-process training up
-  to the order of floating-point sums (1e-12 in float64).
+  to the order of floating-point sums (1e-12 in float64). ``history.fused`` says whether the
+  fused trainer ran.
+* **BatchNorm** is synchronised (SyncBatchNorm, ``fastnn.layers.BatchNorm``): it normalises
+  by the mean and variance of the *global* minibatch, reduced in two small Allreduces in
+  the forward pass (Σx, then Σ(x − μ)², in float64) and one in the backward pass
+  (Σ∂L/∂y, Σ∂L/∂y·x̂), so with BatchNorm too the run equals single-process training and
+  the running statistics are the same on every rank. A rank with no rows in a minibatch
+  joins those sums with zeros. Those collectives sit in the middle of the step, where the
+  fused trainers have no exit, so a BatchNorm network trains layer by layer under
+  ``distributed`` (with compiled kernels per layer).
 * **Figures.** loss and accuracy are global (sums reduced once per epoch). Validation: each
   rank evaluates its own validation rows (its ``validation_data``, its share of it with
   ``shard=True``, or its ``validation_split`` of its shard) and the sums are reduced, so
@@ -36,22 +47,15 @@ Semantics (global, exact)
   CSVLogger (they write files), which run on rank 0 only; the progress bar and callback
   messages show on rank 0 only.
 
-This version's limits (documented, tested as such)
---------------------------------------------------
-* **Fused trainers are not used** under ``distributed``: the epoch runs layer by layer on
-  every backend (compiled kernels per layer, Python between them), because the fused
-  trainers run a whole epoch in one compiled call with no point to Allreduce from. The cost
-  is measured in bench/README.md.
-* **BatchNorm uses per-rank statistics** (not SyncBatchNorm): each rank normalises its local
-  rows by their own mean and variance, so with BatchNorm the result depends on the world
-  size (world size 1 equals plain ``fit``). The running statistics are averaged over the
-  ranks at the end of every epoch (exact for the EMA when every rank trains every step), so
-  evaluation and saved models agree on every rank.
+Dropout, and this version's limits
+----------------------------------
 * **Dropout masks** are drawn per global row: each rank's rows draw the masks of their
   places in the global minibatch (``dropout(..., rows=)``), so with Dropout the run equals
   single-process training whatever the world size.
 * ``track_gradients`` and ``class_weight="balanced"`` without ``shard=True`` (it needs the
   global class counts) are refused.
+* The gradient Allreduce starts when the rank's backward pass is done; it does not overlap
+  the backward of earlier layers (bench/README.md measures its share of a step).
 
 Failure behaviour
 -----------------
@@ -81,7 +85,7 @@ import numpy as np
 from . import threads, training, validation
 from .callbacks import CSVLogger, ModelCheckpoint
 from .kernels import CLIP_EPS
-from .layers import BatchNorm, Residual, dropout_layers
+from .layers import BatchNorm, Dropout, layers_of
 
 #: callbacks that write files: run on rank 0 only
 RANK0_CALLBACKS = (ModelCheckpoint, CSVLogger)
@@ -235,7 +239,7 @@ def check_agreement(comm, model, X, y, loss, settings: dict, shard: bool) -> Non
     try:
         Xp, yp, lossp = model._prepare(X, y, loss)
         model._row_weights(yp, lossp, settings.get("sample_weight"),
-                           settings.get("class_weight"))
+                           settings.get("class_weight"), some_count=False)
         if settings.get("validation_data") is not None:
             X_val, y_val = settings["validation_data"]
             model._prepare(X_val, y_val, lossp.name, "X_val", "y_val")
@@ -279,16 +283,15 @@ def _share(n: int, rank_: int, size: int) -> slice:
     return slice(rank_ * n // size, (rank_ + 1) * n // size)
 
 
-def _batchnorm_state_mask(layers, mask: np.ndarray, start: int = 0) -> int:
-    """Mark the entries of the model's state buffer that are BatchNorm running statistics
-    (bound in the order of ``layers.bind_chain``); return the next offset."""
-    for layer in layers:
-        if isinstance(layer, Residual):
-            _batchnorm_state_mask(layer.block, mask, start)
-        elif isinstance(layer, BatchNorm):
-            mask[start:start + layer.n_state] = True
-        start += layer.n_state
-    return start
+class _GlobalBatch:
+    """What a BatchNorm layer needs to normalise over the global minibatch (SyncBatchNorm,
+    see ``fastnn.layers.BatchNorm``): its number of rows, and sums over every rank."""
+
+    def __init__(self, run: DistributedRun):
+        self.run, self.rows = run, 0
+
+    def sum(self, values) -> np.ndarray:
+        return self.run._allreduce(values)
 
 
 class DistributedRun:
@@ -368,9 +371,17 @@ class DistributedRun:
         order = np.arange(self.n)
         verbose = verbose if main else 0
         callbacks = [c for c in callbacks if main or not isinstance(c, RANK0_CALLBACKS)]
-        bn_mask = np.zeros(model._state.size, bool)
-        _batchnorm_state_mask(model.layers, bn_mask)
-        self.dropouts = dropout_layers(model.layers)
+        self.dropouts = layers_of(model.layers, Dropout)
+        self.batchnorms = layers_of(model.layers, BatchNorm) if self.size > 1 else []
+        # the fused trainer computes each rank's share of a step, unless BatchNorm needs its
+        # statistics reduced in mid-step (then the layer path: see the module docstring)
+        self.trainer = None if self.batchnorms else model._make_trainer(loss, optimizer,
+                                                                        batch_size)
+        if self.trainer is not None:
+            self.trainer.prepare(X, y)
+        self.global_batch = _GlobalBatch(self)
+        for layer in self.batchnorms:
+            layer._sync = self.global_batch
         warned = []
 
         def train_epoch(epoch: int) -> dict:
@@ -380,8 +391,6 @@ class DistributedRun:
             total, correct = self._run_epoch(X, y, w, order, loss, optimizer, batch_size,
                                              clip_norm)
             total, correct = self._allreduce([total, -1 if correct is None else correct])
-            if bn_mask.any():                              # per-rank BatchNorm: mean of ranks
-                model._state[bn_mask] = self._allreduce(model._state[bn_mask]) / self.size
             if self._resync_if_drifted(optimizer) and not warned:
                 warnings.warn("the ranks' parameters drifted apart (a non-deterministic "
                               "Allreduce or different CPUs?); rank 0's were broadcast",
@@ -396,15 +405,19 @@ class DistributedRun:
         def forget_restored_weights() -> None:
             model._weights_changed = False                 # (no trainer holds a copy)
 
-        def forget_row_numbers() -> None:
+        def detach() -> None:                              # the model trains alone again
             for layer in self.dropouts:
-                layer._rows = None                         # the model trains alone again
+                layer._rows = None
+            for layer in self.batchnorms:
+                layer._sync = None
 
         try:
-            return training.run_epochs(model, optimizer, epochs, callbacks, verbose,
-                                       train_epoch,
-                                       lambda: {"allreduce_time": self.allreduce_time},
-                                       forget_restored_weights, forget_row_numbers)
+            history = training.run_epochs(model, optimizer, epochs, callbacks, verbose,
+                                          train_epoch,
+                                          lambda: {"allreduce_time": self.allreduce_time},
+                                          forget_restored_weights, detach)
+            history.fused = self.trainer is not None
+            return history
         except Exception as exc:
             # say it in one flushed line first: the job's abort may cut the traceback that
             # the runner prints after this, and the other ranks only see the abort
@@ -413,9 +426,9 @@ class DistributedRun:
             raise
 
     def _run_epoch(self, X, y, w, order, loss, optimizer, batch_size, clip_norm):
-        """One epoch over the global minibatches: local forward/backward on the rows this
-        rank owns, gradient rescaled to the global mass, one Allreduce, the same update
-        everywhere. Returns this rank's (Σ wᵢ lᵢ, n right or None)."""
+        """One epoch over the global minibatches: this rank's share of each step's gradient,
+        one Allreduce, the same update everywhere. Returns this rank's (Σ wᵢ lᵢ, n right or
+        None)."""
         model, MPI, grads = self.model, self._MPI, self.model._grads
         n, lo = len(X), self.offset
         local = order - lo
@@ -432,23 +445,12 @@ class DistributedRun:
             if mass == 0:                                  # globally weightless: skipped
                 continue
             sel = owned[s:s + batch_size]
-            idx = local[s:s + batch_size][sel]
-            wb = None if w is None else w[idx]
-            local_mass = len(idx) if w is None else wb.sum()
-            if local_mass > 0:
-                places = np.flatnonzero(sel)               # these rows' places in the global
-                for layer in self.dropouts:                # minibatch: their Dropout masks
-                    layer._rows = places
-                Xb, yb = model._batch_buffers(len(idx), X, y)
-                np.take(X, idx, axis=0, out=Xb)
-                np.take(y, idx, axis=0, out=yb)
-                value, out = model._loss_and_gradients(Xb, yb, loss, wb)
-                grads *= grads.dtype.type(local_mass / mass)   # local mean → share of global
-                total += value * local_mass
-                n_right = loss.n_correct(out, yb, probabilities=not loss.on_logits)
-                correct = None if n_right is None else correct + n_right
-            else:
-                grads[...] = 0                             # still joins the Allreduce
+            self.global_batch.rows = len(sel)
+            value, n_right = self._share_of_step(X, y, w, local[s:s + batch_size][sel],
+                                                 np.flatnonzero(sel), mass, loss)
+            total += value
+            if correct is not None:                        # (None: mse, no accuracy)
+                correct += n_right
             t0 = time.perf_counter()
             self.comm.Allreduce(MPI.IN_PLACE, grads, op=MPI.SUM)
             self.allreduce_time += time.perf_counter() - t0
@@ -458,6 +460,32 @@ class DistributedRun:
             optimizer.step(model._k, model._params, grads)
             model._steps[0] += 1
         return total, correct
+
+    def _share_of_step(self, X, y, w, idx, places, mass, loss):
+        """This rank's share of a step's gradient, Σ_local wᵢ∇lᵢ / (the global mass), in the
+        gradient buffer, from its rows ``idx`` at ``places`` in the global minibatch (maybe
+        none: zeros, and it joins BatchNorm's sums); returns (Σ_local wᵢ lᵢ, n right)."""
+        model = self.model
+        if not len(idx):
+            model._grads[...] = 0
+            none = {layer: (np.empty((0, layer.in_features), model.dtype),
+                            layer._workspace(0, model.dtype)) for layer in self.batchnorms}
+            for layer in self.batchnorms:                  # the collectives of the others'
+                layer._synced_forward(model._k, *none[layer])      # forward and backward
+            for layer in reversed(self.batchnorms):        # passes, with no rows
+                layer._synced_backward(*none[layer])
+            return 0.0, 0
+        if self.trainer is not None:                       # compiled: no Python per layer
+            return self.trainer.gradients(X, y, idx, w, places, mass)
+        for layer in self.dropouts:                        # each row's mask: its place's
+            layer._rows = places
+        Xb, yb = model._batch_buffers(len(idx), X, y)
+        np.take(X, idx, axis=0, out=Xb)
+        np.take(y, idx, axis=0, out=yb)
+        wb = None if w is None else w[idx]
+        local_mass = len(idx) if w is None else wb.sum()
+        value, out = model._loss_and_gradients(Xb, yb, loss, wb, local_mass / mass)
+        return value * local_mass, loss.n_correct(out, yb, probabilities=not loss.on_logits)
 
     def _validate(self, X_val, y_val, loss, n_val: int) -> dict:
         """Global val_loss (and val_accuracy): each rank's sums over its validation rows,
@@ -476,7 +504,8 @@ class DistributedRun:
     def _resync_if_drifted(self, optimizer) -> bool:
         """Compare a checksum of the parameters across ranks (one small allgather per
         epoch); if they differ, broadcast rank 0's model and optimizer state. True if so."""
-        checksum = zlib.crc32(self.model._params.view(np.uint8))
+        checksum = zlib.crc32(self.model._state.view(np.uint8),
+                              zlib.crc32(self.model._params.view(np.uint8)))
         if len(set(self.comm.allgather(checksum))) == 1:
             return False
         broadcast_model(self.model, self.comm, optimizer=optimizer)

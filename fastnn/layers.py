@@ -190,6 +190,12 @@ class BatchNorm(Layer):
 
     Training uses the batch's statistics and updates running ones with ``momentum``;
     prediction uses the running statistics. γ starts at 1 and β at 0.
+
+    In data-parallel training (``fit(distributed=...)``) the statistics are those of the
+    global minibatch (SyncBatchNorm): ``_sync`` is then an object with ``rows`` (the global
+    minibatch's rows) and ``sum(values)`` (the float64 sum over every process), and each
+    training pass reduces Σx, then Σ(x − μ)² forward and (Σ∂L/∂y, Σ∂L/∂y·x̂) backward. It
+    is None otherwise.
     """
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
@@ -201,6 +207,7 @@ class BatchNorm(Layer):
             raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
         self.eps = validation.positive_float(eps, "eps")
         self.n_params = self.n_state = 2 * self.in_features
+        self._sync = None
 
     def _bind(self, params, grads, state):
         super()._bind(params, grads, state)
@@ -221,14 +228,48 @@ class BatchNorm(Layer):
                 "inv_std": np.empty(n, dtype), "dX": np.empty((batch, n), dtype)}
 
     def _forward(self, k, X, ws, training, logits=False):
+        if training and self._sync is not None:
+            return self._synced_forward(k, X, ws)
         k.batchnorm_forward(X, self.gamma, self.beta, self.running_mean, self.running_var,
                             self.momentum, self.eps, training, ws["out"], ws["xhat"],
                             ws["inv_std"])
         return ws["out"]
 
     def _backward(self, k, dOut, ws, need_dX):
+        if self._sync is not None:
+            return self._synced_backward(dOut, ws)
         k.batchnorm_backward(dOut, ws["xhat"], ws["inv_std"], self.gamma, ws["dX"],
                              self._dgamma, self._dbeta)
+        return ws["dX"]
+
+    def _synced_forward(self, k, X, ws):
+        """Training forward pass with the global minibatch's μ and σ² (two-pass, float64);
+        X may have no rows (this process joins the sums). The normalisation itself is the
+        backend's kernel in evaluation mode, given those statistics."""
+        sync, n = self._sync, self._sync.rows
+        X64 = X.astype(np.float64)
+        mean = sync.sum(X64.sum(axis=0)) / n
+        var = sync.sum(((X64 - mean) ** 2).sum(axis=0)) / n
+        m = self.momentum
+        self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+        self.running_var[...] = (1 - m) * self.running_var + m * var * (n / max(n - 1, 1))
+        if len(X):
+            k.batchnorm_forward(X, self.gamma, self.beta, mean.astype(X.dtype),
+                                var.astype(X.dtype), m, self.eps, False, ws["out"],
+                                ws["xhat"], ws["inv_std"])
+        return ws["out"]
+
+    def _synced_backward(self, dOut, ws):
+        """∂L/∂x = γ/(Nσ)·(N·dy − Σdy − x̂·Σdy·x̂) with the sums over the global minibatch of N
+        rows (dy: each process's rows' share of the global loss's gradient); ∂L/∂γ and ∂L/∂β
+        are this process's shares, which the gradient Allreduce adds."""
+        n, width = self._sync.rows, self.in_features
+        dy, xhat = dOut.astype(np.float64), ws["xhat"].astype(np.float64)
+        local = np.concatenate([dy.sum(axis=0), (dy * xhat).sum(axis=0)])
+        self._dbeta[...], self._dgamma[...] = local[:width], local[width:]
+        total = self._sync.sum(local)
+        scale = self.gamma.astype(np.float64) * ws["inv_std"] / n
+        ws["dX"][...] = scale * (n * dy - total[:width] - xhat * total[width:])
         return ws["dX"]
 
     def get_config(self):
@@ -345,14 +386,15 @@ class Dropout(Layer):
         return f"Dropout(p={self.p})"
 
 
-def dropout_layers(layers) -> list[Dropout]:
-    """The Dropout layers in forward order (Residual blocks included): their streams."""
+def layers_of(layers, kind: type) -> list:
+    """The layers of type ``kind`` in forward order, Residual blocks included (for Dropout:
+    the order of their streams)."""
     found = []
     for layer in layers:
-        if isinstance(layer, Dropout):
+        if isinstance(layer, kind):
             found.append(layer)
         elif isinstance(layer, Residual):
-            found += dropout_layers(layer.block)
+            found += layers_of(layer.block, kind)
     return found
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from . import backends, diagnostics, losses, training, validation
 from . import plan as plan_module
 from .kernels import CLIP_EPS, CLIP_NORM
-from .layers import Dense, Layer, bind_chain, check_chain, dropout_layers
+from .layers import Dense, Dropout, Layer, bind_chain, check_chain, layers_of
 from .optimizers import SGD, Optimizer
 from .preprocessing import leading_standardize
 from .training import History
@@ -80,7 +80,7 @@ class Sequential:
         bind_chain(layers, self._params, self._grads, self._state)
         #: minibatches trained so far, over all fits: with the seed, it keys Dropout's masks
         self._steps = np.zeros(1, np.int64)
-        for stream, layer in enumerate(dropout_layers(layers)):
+        for stream, layer in enumerate(layers_of(layers, Dropout)):
             layer._seed, layer._steps, layer.stream = self.seed, self._steps, stream
         rng = np.random.default_rng(self.seed)
         for layer in layers:
@@ -156,24 +156,28 @@ class Sequential:
         for i in range(len(self.layers) - 1, -1, -1):
             d = self.layers[i]._backward(self._k, d, ws[i], need_dX=i > 0)
 
-    def _loss_and_gradients(self, X, y, loss: losses.Loss, w=None):
+    def _loss_and_gradients(self, X, y, loss: losses.Loss, w=None, scale: float = 1.0):
         """Forward in training mode, loss kernel (weighted by rows ``w`` if given), backward:
-        fills the gradient buffer."""
+        fills the gradient buffer with ``scale`` × the loss's gradient (a process's share of a
+        distributed minibatch's loss); returns (loss, output)."""
         out = self._forward(X, training=True, logits=loss.on_logits)
         dout = self._workspace(len(X))["dout"]
         value = getattr(self._k, loss.kernel)(out, y, dout, w)
+        if scale != 1.0:
+            dout *= dout.dtype.type(scale)
         self._backward(dout)
         return value, out
 
-    def _row_weights(self, y, loss, sample_weight, class_weight):
-        """The fit's per-row weights (float64), or None when every row weighs 1."""
+    def _row_weights(self, y, loss, sample_weight, class_weight, some_count: bool = True):
+        """The fit's per-row weights (float64), or None when every row weighs 1; with
+        ``some_count`` (not for one rank's shard), some must be non-zero."""
         w = None
         if sample_weight is not None:
-            w = validation.sample_weights(sample_weight, len(y))
+            w = validation.sample_weights(sample_weight, len(y), allow_all_zero=not some_count)
         if class_weight is not None:
             cw = loss.class_weights(y, class_weight, self.out_features)
             w = cw if w is None else w * cw
-            if not w.any():
+            if some_count and not w.any():
                 raise ValueError("class_weight (with sample_weight) gives every row weight 0")
         return w
 
@@ -262,7 +266,7 @@ class Sequential:
         callbacks = training.callback_list(callbacks, early_stopping)
         if clip_norm is not None:
             clip_norm = validation.positive_float(clip_norm, "clip_norm")
-        w = self._row_weights(y, loss, sample_weight, class_weight)
+        w = self._row_weights(y, loss, sample_weight, class_weight, distributed is None)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
@@ -272,8 +276,9 @@ class Sequential:
             X, y, w, X_val, y_val = training.split(X, y, fraction, loss.name != "mse",
                                                     np.random.default_rng((self.seed, 1 << 20)),
                                                     w)
-            if w is not None and not w.any():
-                raise ValueError("every training row left after validation_split has weight 0")
+            if w is not None and not w.any() and run is None:   # (distributed: checked
+                raise ValueError("every training row left after validation_split has "
+                                 "weight 0")                    # over every rank)
         if run is not None:                 # the epochs run in fastnn.distributed
             return run.fit(X, y, w, X_val, y_val, loss, optimizer, epochs, batch_size, shuffle,
                            callbacks, clip_norm, scaler, verbose)
@@ -326,9 +331,12 @@ class Sequential:
                 trainer.push()              # a callback restored weights: the trainer's copy
                 self._weights_changed = False
 
-        return training.run_epochs(self, optimizer, epochs, callbacks, verbose, train_epoch,
-                                   probe if track_gradients else None, take_restored_weights,
-                                   trainer.sync if trainer is not None else training._nothing)
+        history = training.run_epochs(self, optimizer, epochs, callbacks, verbose, train_epoch,
+                                      probe if track_gradients else None,
+                                      take_restored_weights,
+                                      trainer.sync if trainer is not None else training._nothing)
+        history.fused = trainer is not None
+        return history
 
     def get_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(parameters, BatchNorm running statistics): copies of the model's flat buffers."""

@@ -27,6 +27,8 @@ class History:
         #: without validation), and the epoch at which training stopped early (else None)
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
+        #: whether a backend's fused trainer ran the steps (False: layer by layer)
+        self.fused = False
 
     def record(self, **values) -> None:
         for name, value in values.items():

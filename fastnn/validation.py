@@ -74,8 +74,10 @@ def choice(value, name: str, options) -> str:
     return value
 
 
-def sample_weights(w, n_rows: int, name: str = "sample_weight") -> np.ndarray:
-    """Validate per-row weights: (n_rows,), finite, non-negative, not all zero; float64."""
+def sample_weights(w, n_rows: int, name: str = "sample_weight",
+                   allow_all_zero: bool = False) -> np.ndarray:
+    """Validate per-row weights: (n_rows,), finite, non-negative, not all zero (unless
+    ``allow_all_zero``: one rank's shard, when another's count); float64."""
     arr = as_numeric_array(w, name)
     if arr.shape != (n_rows,):
         raise ValueError(f"{name} must have shape ({n_rows},), one weight per row, got "
@@ -84,6 +86,6 @@ def sample_weights(w, n_rows: int, name: str = "sample_weight") -> np.ndarray:
     if (arr < 0).any():
         i = int(np.argmax(arr < 0))
         raise ValueError(f"{name} must be non-negative, got {arr[i]} at index {i}")
-    if not arr.any():
+    if not (allow_all_zero or arr.any()):
         raise ValueError(f"{name} is all zero: no row would count")
     return np.ascontiguousarray(arr, dtype=np.float64)

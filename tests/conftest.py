@@ -43,3 +43,40 @@ def layout(a: np.ndarray, kind: str) -> np.ndarray:
     wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
     wide[..., ::2] = a
     return wide[..., ::2]
+
+
+def check_trainer_gradients(backend: str, layers, dtype, batch: int, rows: int,
+                            loss: str = "cross_entropy") -> None:
+    """A fused trainer's ``gradients`` (a rank's share of a distributed step: ``rows`` rows of
+    a global minibatch of ``batch``, weighted, Dropout masks of their places in it) equals the
+    reference's layer path with the same masks, scaled from the rows' weight to the step's
+    global weight; nothing is trained."""
+    import copy
+
+    from fastnn import Dropout, Sequential, SGD, losses
+    from fastnn.layers import layers_of
+
+    rng = np.random.default_rng(7)
+    n_in, k = layers[0].in_features, layers[-1].out_features
+    X = rng.standard_normal((3 * batch, n_in))
+    y = rng.integers(0, k, len(X)) if loss == "cross_entropy" else rng.standard_normal(
+        (len(X), k))
+    w = rng.uniform(0.5, 2.0, len(X))
+    idx = rng.choice(len(X), rows, replace=False)
+    places = np.sort(rng.choice(batch, rows, replace=False))
+    mass = w[idx].sum() + 3.5                        # other ranks' rows weigh 3.5
+    model = Sequential(copy.deepcopy(layers), backend=backend, seed=5, dtype=dtype)
+    ref = Sequential(copy.deepcopy(layers), backend="reference", seed=5, dtype=dtype)
+    Xp, yp, lossp = model._prepare(X, y, loss)
+    trainer = model._make_trainer(lossp, SGD(0.1), batch)
+    trainer.prepare(Xp, yp)
+    before = model._params.copy(), int(model._steps[0])
+    total, right = trainer.gradients(Xp, yp, idx, w, places, mass)
+    for layer in layers_of(ref.layers, Dropout):
+        layer._rows = places
+    Xr, yr, lr = ref._prepare(X[idx], y[idx], loss)
+    value, out = ref._loss_and_gradients(Xr, yr, lr, w[idx], w[idx].sum() / mass)
+    np.testing.assert_allclose(model._grads, ref._grads, **tolerance(dtype, rows))
+    np.testing.assert_allclose(total, value * w[idx].sum(), **tolerance(dtype, rows))
+    assert right == losses.get(loss).n_correct(out, yr, probabilities=False)
+    assert np.array_equal(model._params, before[0]) and int(model._steps[0]) == before[1]

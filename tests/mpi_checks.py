@@ -87,8 +87,9 @@ def shard_bounds(n, sizes):
 
 # -- the equality cases ----------------------------------------------------------------------
 def case(build, dtype, optimizer, fit_kwargs=None, sizes=None, weights=False,
-         compare_fused=False, validation=False, expect_equal=True):
-    """Train ``build(dtype)`` on 2 ranks (shard sizes ``sizes``, else shard=True) and compare
+         compare_fused=False, validation=False, fuse=True):
+    """Train ``build(dtype)`` on 2 ranks (shard sizes ``sizes``, else shard=True; ``fuse``
+    False: the layer path, else the fused trainer where the backend has one) and compare
     with single-process training on rank 0. Returns (ok, why)."""
     X, y = data()
     fit_kwargs = {"loss": "cross_entropy", "epochs": 3, "batch_size": 16, "verbose": 0,
@@ -102,6 +103,7 @@ def case(build, dtype, optimizer, fit_kwargs=None, sizes=None, weights=False,
         Xv, yv = data(41, seed=9)
         fit_kwargs["validation_data"] = (Xv, yv)
     model = build(dtype)
+    model.fuse = fuse
     if sizes is None:
         hist = model.fit(X, y, optimizer=optimizer(), distributed="mpi", shard=True,
                          **fit_kwargs)
@@ -117,6 +119,10 @@ def case(build, dtype, optimizer, fit_kwargs=None, sizes=None, weights=False,
     why = []
     if not identical_across_ranks(model):
         why.append("parameters differ across ranks")
+    fusible = BACKEND != "reference" and not fastnn.layers.layers_of(model.layers,
+                                                                     fastnn.BatchNorm)
+    if hist.fused != (fuse and fusible):
+        why.append(f"history.fused is {hist.fused}")
     if RANK == 0:
         refs = [False] + ([True] if compare_fused else [])
         for fuse in refs:
@@ -125,32 +131,27 @@ def case(build, dtype, optimizer, fit_kwargs=None, sizes=None, weights=False,
             ref_hist = ref.fit(X, y, optimizer=optimizer(), **fit_kwargs)
             t = tol(dtype) if not fuse else tol("float32")
             try:
-                if expect_equal:
-                    np.testing.assert_allclose(model._params, ref._params, **t)
-                    np.testing.assert_allclose(model._state, ref._state, **t)
-                    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-                        if key in ref_hist.history:
-                            np.testing.assert_allclose(hist[key], ref_hist[key], **t)
-                    if hist.stopped_epoch != ref_hist.stopped_epoch:
-                        why.append(f"stopped at {hist.stopped_epoch}, single process at "
-                                   f"{ref_hist.stopped_epoch}")
-                else:                                     # per-rank statistics: trains
-                    if not hist["loss"][-1] < hist["loss"][0]:
-                        why.append(f"loss did not fall: {hist['loss']}")
-                    if np.array_equal(model._params, ref._params):
-                        why.append("equals single process although statistics are per rank")
+                np.testing.assert_allclose(model._params, ref._params, **t)
+                np.testing.assert_allclose(model._state, ref._state, **t)
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                    if key in ref_hist.history:
+                        np.testing.assert_allclose(hist[key], ref_hist[key], **t)
+                if hist.stopped_epoch != ref_hist.stopped_epoch:
+                    why.append(f"stopped at {hist.stopped_epoch}, single process at "
+                               f"{ref_hist.stopped_epoch}")
             except AssertionError as exc:
                 why.append(f"{'fused' if fuse else 'layer path'}: {str(exc).strip()[:400]}")
     return why
 
 
 def world_size_one(build, dtype, optimizer):
-    """On rank 0 alone (MPI.COMM_SELF): distributed fit equals plain fit, bit for bit."""
+    """On rank 0 alone (MPI.COMM_SELF): distributed fit on the layer path equals plain fit on
+    the layer path, bit for bit."""
     X, y = data()
     if RANK != 0:
         return []
     a, b = build(dtype), build(dtype)
-    b.fuse = False
+    a.fuse = b.fuse = False
     ha = a.fit(X, y, "cross_entropy", optimizer(), epochs=3, batch_size=16, verbose=0,
                distributed=MPI.COMM_SELF)
     hb = b.fit(X, y, "cross_entropy", optimizer(), epochs=3, batch_size=16, verbose=0)
@@ -201,6 +202,10 @@ CASES = {
     "dense_sgd_momentum_f32": lambda: case(dense, "float32", momentum, compare_fused=True),
     "dense_adam_f64": lambda: case(dense, "float64", adam),
     "dense_adam_f32": lambda: case(dense, "float32", adam, compare_fused=True),
+    "dense_adam_layer_path_f64": lambda: case(dense, "float64", adam, sizes=[40, 57],
+                                              fuse=False),
+    "dense_adam_layer_path_f32": lambda: case(dense, "float32", adam, compare_fused=True,
+                                              fuse=False),
     "uneven_shards_partial_batch_clip_f64": lambda: case(
         dense, "float64", momentum, sizes=[30, 67], fit_kwargs={"clip_norm": 0.5}),
     "one_rank_empty_in_many_batches_f64": lambda: case(
@@ -212,12 +217,18 @@ CASES = {
         dense, "float64", adam, sizes=[40, 57], validation=True,
         fit_kwargs={"epochs": 30, "callbacks": [EarlyStopping(patience=2)]}),
     "mse_uneven_f64": lambda: mse_case(),
-    "batchnorm_residual_trains_f64": lambda: case(bn_residual, "float64", adam,
-                                                  expect_equal=False),
+    "batchnorm_residual_f64": lambda: case(bn_residual, "float64", adam, sizes=[40, 57]),
+    "batchnorm_residual_f32": lambda: case(bn_residual, "float32", momentum,
+                                           compare_fused=True),
+    "batchnorm_one_rank_empty_in_many_batches_f64": lambda: case(
+        bn_residual, "float64", momentum, sizes=[5, 92], weights=True,
+        fit_kwargs={"batch_size": 7}),
     "batchnorm_residual_world_size_1_f32": lambda: world_size_one(bn_residual, "float32",
                                                                   adam),
     "dropout_f64": lambda: case(with_dropout, "float64", adam, sizes=[30, 67]),
     "dropout_f32": lambda: case(with_dropout, "float32", momentum, compare_fused=True),
+    "dropout_layer_path_f64": lambda: case(with_dropout, "float64", adam, sizes=[30, 67],
+                                           fuse=False),
     "dropout_world_size_1_f32": lambda: world_size_one(with_dropout, "float32", adam),
     "standardize_global_adapt_f64": lambda: standardize_global("float64"),
 }

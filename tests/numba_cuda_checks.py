@@ -11,7 +11,7 @@ block has threads). On a machine with a GPU run it directly: ``pytest tests/numb
 import numpy as np
 import pytest
 
-from conftest import layout, tolerance
+from conftest import check_trainer_gradients, layout, tolerance
 from fastnn import Adam, AdamW, BatchNorm, Dense, Dropout, Residual, RMSprop, SGD, Sequential
 from fastnn.backends import available_backends, resolve
 from fastnn.kernels import ACTIVATIONS
@@ -327,3 +327,11 @@ def test_standardize_on_the_device(monkeypatch):
     X, y = 5 * rng.standard_normal((10, 4)) + 2, rng.standard_normal((10, 2))
     runs, _ = fit_both(build, X, y, "mse", lambda: SGD(0.05), 2, 4, monkeypatch)
     assert_same_training(runs, np.dtype("float64"))
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_gradients_of_a_distributed_share_on_the_device(dtype):
+    """``DeviceTrainer.gradients`` (a rank's share of a distributed step): weighted rows,
+    the global weight, Dropout masks of the rows' global places."""
+    check_trainer_gradients("numba_cuda", [Dense(6, 9, "gelu"), Dropout(0.3), Dense(9, 3)],
+                            dtype, batch=12, rows=7)

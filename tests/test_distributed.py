@@ -46,17 +46,19 @@ def equality_results():
 
 @pytest.mark.parametrize("case", [
     "dense_sgd_momentum_f64", "dense_sgd_momentum_f32", "dense_adam_f64", "dense_adam_f32",
+    "dense_adam_layer_path_f64", "dense_adam_layer_path_f32",
     "uneven_shards_partial_batch_clip_f64", "one_rank_empty_in_many_batches_f64",
     "sample_weights_f64", "sample_weights_shard_f32", "validation_early_stopping_f64",
-    "mse_uneven_f64", "batchnorm_residual_trains_f64", "batchnorm_residual_world_size_1_f32",
-    "dropout_f64", "dropout_f32", "dropout_world_size_1_f32", "standardize_global_adapt_f64",
-    "api_and_threads"])
+    "mse_uneven_f64", "batchnorm_residual_f64", "batchnorm_residual_f32",
+    "batchnorm_one_rank_empty_in_many_batches_f64", "batchnorm_residual_world_size_1_f32",
+    "dropout_f64", "dropout_f32", "dropout_layer_path_f64", "dropout_world_size_1_f32",
+    "standardize_global_adapt_f64", "api_and_threads"])
 def test_two_ranks_equal_single_process(equality_results, case):
     """Parameters after 3 epochs equal single-process training (float64 to 1e-12, float32 to
     rtol 1e-4 / atol 1e-5, against both the layer path and the fused trainer), and are
-    bit-identical on both ranks, Dropout included (each row draws the mask of its place in
-    the global minibatch); BatchNorm (per-rank statistics) trains and equals plain fit on
-    one rank."""
+    bit-identical on both ranks: on the fused trainer and on the layer path, Dropout included
+    (each row draws the mask of its place in the global minibatch), BatchNorm included
+    (statistics of the global minibatch, also when a rank has no rows in it)."""
     assert equality_results.get(case) == "ok", equality_results.get(case, "not run")
 
 

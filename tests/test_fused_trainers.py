@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from conftest import tolerance
+from conftest import check_trainer_gradients, tolerance
 from fastnn import SGD, Adam, AdamW, BatchNorm, Dense, Dropout, Residual, RMSprop, Sequential
 from fastnn.backends import available_backends
 
@@ -265,3 +265,15 @@ def test_standardize_true_needs_a_leading_standardize():
     with pytest.raises(ValueError, match="needs fastnn.Standardize"):
         model.fit(np.ones((4, 3)), np.ones((4, 2)), loss="mse", standardize=True, verbose=0)
     np.testing.assert_array_equal(model.parameters(), before)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["mlp", "wide"])
+@pytest.mark.parametrize("backend", FUSED)
+def test_gradients_of_a_distributed_share_equal_the_reference(backend, kind, dtype):
+    """``trainer.gradients``: what each rank computes of a distributed step (fastnn.distributed)
+    — its rows of the global minibatch, normalised by the global weight, Dropout masks of the
+    rows' global places; "wide" splits the rows over threads."""
+    layers = ([Dense(12, 24, "gelu"), Dropout(0.3), Dense(24, 3)] if kind == "mlp" else
+              [Dense(12, 384, "relu"), Dropout(0.2), Dense(384, 384, "silu"), Dense(384, 3)])
+    check_trainer_gradients(backend, layers, dtype, batch=BATCH[kind], rows=BATCH[kind] - 5)

@@ -1216,6 +1216,7 @@ cdef struct Net:
     void* yb                   # gathered targets, batch × k floats (the other losses)
     double* wb                 # gathered row weights (a weighted fit)
     const double* weights      # the epoch's row weights in data order, or NULL (all 1)
+    const int64_t* places      # the rows' numbers for Dropout's masks, or NULL (row i is i)
     int64_t seed               # the model's seed (Dropout's keys)
 
 
@@ -1271,6 +1272,7 @@ cdef class Trainer:
         net.aux, net.tmp = _address(self.aux), _address(self.tmp)
         net.labels_b, net.yb = _address(self.labels_b), _address(self.yb)
         net.wb, net.weights, net.seed = <double*> _address(self.wb), NULL, plan.seed
+        net.places = NULL
 
     def prepare(self, X, y):
         """Nothing to compile: the extension was compiled when fastnn was installed."""
@@ -1279,6 +1281,20 @@ cdef class Trainer:
         """Train on the minibatches ``order[i:i + batch]`` of (X, y), rows weighted by ``w``
         (float64 in data order, or None for all 1; a minibatch of weight 0 is skipped); return
         (Σ wᵢ × row loss, number of correct predictions or None for mse)."""
+        return self._run(X, y, order, w, None, 0.0, True)
+
+    def gradients(self, X, y, rows, w, places, double mass):
+        """Fill the plan's gradients with Σ wᵢ∇lᵢ / mass over the minibatch X[rows] (at most
+        a batch; Dropout masks of row numbers ``places``), updating nothing; return what
+        :meth:`run_epoch` returns for it."""
+        places = _input(places, _I64)
+        if places.shape != (len(rows),) or len(rows) > self.net.batch or not mass > 0:
+            raise ValueError(f"gradients needs at most {self.net.batch} rows, as many places "
+                             f"and mass > 0; got {len(rows)} rows, places "
+                             f"{np.shape(places)}, mass {mass}")
+        return self._run(X, y, rows, w, places, mass, False)
+
+    cdef tuple _run(self, X, y, order, w, places, double mass, bint update):
         plan = self.plan
         cdef Py_ssize_t n_in = self.net.n_in, k = self.net.k, bad
         X = _input(X, self.dtype)
@@ -1310,9 +1326,11 @@ cdef class Trainer:
         # the bands call BLAS inside the parallel region: one BLAS thread each, for this call
         with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
             if self.dtype is _F32:
-                total, correct = _epoch[float](self, X, Y, labels, order, w, threads)
+                total, correct = _epoch[float](self, X, Y, labels, order, w, threads, places,
+                                               mass, update)
             else:
-                total, correct = _epoch[double](self, X, Y, labels, order, w, threads)
+                total, correct = _epoch[double](self, X, Y, labels, order, w, threads, places,
+                                                mass, update)
         return total, None if self.net.loss == MSE else correct
 
     def sync(self):
@@ -1471,11 +1489,12 @@ cdef double _band_actions(const Net* net, Py_ssize_t a, Py_ssize_t b, floating* 
             if phase == FORWARD:
                 _dropout_rows(acts + op[IN], acts + op[OUT], r0, r1, nin,
                               _dropout_threshold(p_drop), <floating> (1.0 / (1.0 - p_drop)),
-                              _dropout_key(net.seed, draw, op[AUX]), GRAD_WRITE, NULL)
+                              _dropout_key(net.seed, draw, op[AUX]), GRAD_WRITE, net.places)
             elif op[DX] != GRAD_SKIP:                        # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
                 _dropout_rows(dacts + op[OUT], dacts + op[IN], r0, r1, nin,
                               _dropout_threshold(p_drop), <floating> (1.0 / (1.0 - p_drop)),
-                              _dropout_key(net.seed, draw, op[AUX]), <int> op[DX], NULL)
+                              _dropout_key(net.seed, draw, op[AUX]), <int> op[DX],
+                              net.places)
             continue
         if phase == FORWARD:                                 # Dense: a = f(x·W + b)
             _dense_forward(acts + op[IN] + r0 * nin, p + op[POFF], p + op[POFF] + nin * nout,
@@ -1518,10 +1537,15 @@ cdef void _batchnorm_block(const Net* net, floating* p, int phase, const int64_t
 
 cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
                   const int64_t[::1] labels, const int64_t[::1] order,
-                  const double[::1] weights, int threads):
+                  const double[::1] weights, int threads, const int64_t[::1] places,
+                  double mass, bint update):
     """One epoch of :class:`Trainer`: returns (Σ wᵢ × row loss, correct predictions) and
     advances ``plan.step`` and ``plan.train_steps`` by the minibatches trained (a minibatch
     whose weights sum to 0 is skipped).
+
+    With ``update`` False (:meth:`Trainer.gradients`: one minibatch) the bands' gradients are
+    summed, normalised by ``mass``, and nothing is updated or counted; ``places`` (or None)
+    numbers the rows for Dropout.
 
     One parallel region for the whole epoch: every thread walks the minibatches and their
     stages; after each stage the threads wait for each other; then the blocks of the
@@ -1562,9 +1586,12 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef int64_t[::1] Before = np.zeros(max(n_batches, 1), _I64)
     cdef Py_ssize_t trained = 0
     self.net.weights = &weights[0] if weights is not None else NULL
+    self.net.places = &places[0] if places is not None and places.shape[0] else NULL
     for mb in range(n_batches):
         rows = min(batch, n - mb * batch)
-        if weights is None:
+        if mass > 0:
+            InvMass[mb] = 1.0 / mass
+        elif weights is None:
             InvMass[mb] = 1.0 / rows
         else:
             InvMass[mb] = 0
@@ -1601,6 +1628,12 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                         _batchnorm_block(net, p, <int> actions[2 * a], op,
                                          net.fops + 2 * actions[2 * a + 1], rows, jb)
                 fastnn_barrier()                        # the stage is done for every row
+            if not update:                              # the gradients are the result
+                for blk in prange(n_blocks, schedule="static"):
+                    lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
+                    _sum_bands(g, partials, n_params, bands, lo, hi)
+                fastnn_barrier()
+                continue
             summed, scale = bands, 1.0
             if clip > 0:                                # the global norm: every band summed
                 for blk in prange(n_blocks, schedule="static"):
@@ -1623,9 +1656,10 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     for c in range(MAX_BANDS):
         total += band_loss[c]
         correct += band_right[c]
-    plan.step[0] = t + trained
-    plan.train_steps[0] = draws + trained
-    self.net.weights = NULL
+    if update:
+        plan.step[0] = t + trained
+        plan.train_steps[0] = draws + trained
+    self.net.weights, self.net.places = NULL, NULL
     return total, correct
 
 

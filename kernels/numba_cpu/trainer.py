@@ -94,13 +94,14 @@ def _add_rows(dst, src, mode, r0, r1):
 @njit(cache=True, error_model="numpy")
 def _row_actions(a, b, actions, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fops,
                  params, grads, partials, state, acts, dacts, aux, tmp, labels_b, Yb, wb,
-                 minibatch, loss_code, lossp, corrp):
+                 minibatch, places, loss_code, lossp, corrp):
     """Run the row-local actions a:b for rows r0:r1 (chunk c) of the current minibatch;
-    ``minibatch`` is its (1/Σ weights, seed, training-step count)."""
+    ``minibatch`` is its (1/Σ weights, seed, training-step count), ``places`` the rows'
+    numbers for Dropout's masks (empty: row i is number i)."""
     for k in range(a, b):
         _row_action(actions[k, 0], actions[k, 1], c, r0, r1, nb, start, X, labels, Y, w, order,
                     ops, fops, params, grads, partials, state, acts, dacts, aux, tmp, labels_b,
-                    Yb, wb, minibatch, loss_code, lossp, corrp)
+                    Yb, wb, minibatch, places, loss_code, lossp, corrp)
 
 
 @njit(inline="always", error_model="numpy")
@@ -116,7 +117,7 @@ def _preactivations(aux, ops, op, nb, fallback):
 @njit(inline="always", error_model="numpy")
 def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fops, params,
                 grads, partials, state, acts, dacts, aux, tmp, labels_b, Yb, wb, minibatch,
-                loss_code, lossp, corrp):
+                places, loss_code, lossp, corrp):
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
     inv_mass, seed, draw = minibatch
     if phase == GATHER:                                   # minibatch rows order[start + i]
@@ -175,11 +176,11 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fo
         threshold, scale = dropout_threshold(p), 1.0 / (1.0 - p)
         key = dropout_key(seed, draw, ops[op, AUX])
         if phase == FORWARD:
-            dropout_rows(x_in, a_out, threshold, scale, key, GRAD_WRITE, r0, r1, order[:0])
+            dropout_rows(x_in, a_out, threshold, scale, key, GRAD_WRITE, r0, r1, places)
         elif ops[op, DX] != GRAD_SKIP:                    # ∂L/∂x = ∂L/∂y ⊙ mask / (1 − p)
             dropout_rows(_view(dacts, ops[op, OUT], nb, nout), _view(dacts, ops[op, IN], nb,
                                                                       nin),
-                         threshold, scale, key, ops[op, DX], r0, r1, order[:0])
+                         threshold, scale, key, ops[op, DX], r0, r1, places)
         return
     p = ops[op, POFF]
     W = _view(params, p, nin, nout)
@@ -261,12 +262,17 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
 def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads,
                  state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp,
                  loss_code, opt_code, hyper, step, seed, train_steps, threads, work_per_row,
-                 min_chunk_work):
+                 min_chunk_work, places, mass, update):
     """Train one epoch over minibatches order[s:s + batch]; return (Σ wᵢ × row loss, n right).
 
     ``w`` holds the rows' weights (empty: all 1); a minibatch whose weights sum to 0 is
     skipped. Where the batch is too small to split (one chunk), every stage runs serially: a
     parallel region costs more than it saves there, and far more on a loaded machine.
+
+    With ``update`` False (one minibatch, a rank's share of a distributed step) the kernel
+    only leaves Σ wᵢ∇lᵢ / ``mass`` in ``grads`` (the chunks summed), ``places`` numbering the
+    rows for Dropout; it updates nothing and counts no step. (``mass`` 0 and empty
+    ``places``: the minibatch's own weight sum and row numbers.)
     """
     X, labels, Y, w, order, ops, fops, actions, hyper = (
         _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(w), _borrowed(order),
@@ -282,8 +288,8 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
     n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
     for start in range(0, n, batch):
         nb = min(batch, n - start)
-        inv_mass = 1.0 / nb
-        if w.shape[0]:                                    # a weighted mean: Σ w l / Σ w
+        inv_mass = 1.0 / nb if mass == 0 else 1.0 / mass
+        if w.shape[0] and mass == 0:                      # a weighted mean: Σ w l / Σ w
             mass = 0.0
             for i in range(nb):
                 mass += w[order[start + i]]
@@ -302,14 +308,14 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
                 c = np.int64(0)
                 _row_actions(a, b, actions, c, c, nb, nb, start, X, labels, Y, w, order, ops,
                              fops, params, grads, partials, state, acts, dacts, aux, tmp,
-                             labels_b, Yb, wb, minibatch, loss_code, lossp, corrp)
+                             labels_b, Yb, wb, minibatch, places, loss_code, lossp, corrp)
             elif stages[st, 0] == ROWS:
                 for ci in prange(nchunk):
                     c = np.int64(ci)
                     _row_actions(a, b, actions, c, c * q, min(nb, c * q + q), nb, start, X,
                                  labels, Y, w, order, ops, fops, params, grads, partials,
                                  state, acts, dacts, aux, tmp, labels_b, Yb, wb, minibatch,
-                                 loss_code, lossp, corrp)
+                                 places, loss_code, lossp, corrp)
             else:                                         # BatchNorm over the whole batch
                 phase, op = actions[a, 0], actions[a, 1]
                 if serial:
@@ -323,6 +329,10 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
         for c in range(nchunk):
             total += lossp[c]
             right += corrp[c]
+        if not update:                                    # the gradients are the result
+            for blk in range(n_blocks):
+                _add_chunks(blk, nchunk, grads, partials)
+            continue
         step[0] += 1
         train_steps[0] += 1
         t = step[0]
@@ -369,6 +379,7 @@ class Trainer:
                 "labels_b": np.zeros(plan.batch, np.int64),
                 "Yb": np.zeros((plan.batch, plan.out_features), dt),
                 "wb": np.zeros(plan.batch), "no_weights": np.zeros(0),
+                "no_places": np.zeros(0, np.int64),
                 "partials": np.zeros((0, plan.params.size), dt),
                 "lossp": np.zeros(1), "corrp": np.zeros(1, np.int64)}
         self.ws = ws
@@ -412,8 +423,16 @@ class Trainer:
         total, right = self._run(X, y, order, w)
         return total, (None if right < 0 else int(right))
 
-    def _run(self, X, y, order, w=None):
+    def gradients(self, X, y, rows, w, places, mass: float):
+        """Fill the plan's gradients with Σ wᵢ∇lᵢ / mass over the minibatch X[rows] (Dropout
+        masks of row numbers ``places``), updating nothing (see fastnn.plan)."""
+        total, right = self._run(X, y, rows, w, writeable_input(places, np.int64), mass,
+                                 False)
+        return total, (None if right < 0 else int(right))
+
+    def _run(self, X, y, order, w=None, places=None, mass=0.0, update=True):
         plan, ws = self.plan, self.ws
+        places = ws["no_places"] if places is None else places
         labels, Y = self._targets(y)
         w = ws["no_weights"] if w is None else writeable_input(w, np.float64)
         choose_numba_layer()                  # before numba.get_num_threads starts the pool
@@ -426,7 +445,7 @@ class Trainer:
                 plan.grads, plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
                 ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"], lossp, corrp,
                 plan.loss, plan.rule, plan.hyper, plan.step, plan.seed, plan.train_steps,
-                threads, plan.work_per_row, MIN_CHUNK_WORK)
+                threads, plan.work_per_row, MIN_CHUNK_WORK, places, float(mass), update)
 
     def sync(self) -> None:
         """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""

@@ -9,6 +9,8 @@ predictions), the backward ops in reverse, one optimizer launch. The only transf
 epoch are ``order`` (and the row weights in epoch order, for a weighted fit) in and the two
 totals out; the hyper-parameters are read from the plan each epoch. Dropout's keys and the
 minibatches' weight sums are computed on the host, which launches every minibatch anyway.
+:meth:`DeviceTrainer.gradients` (a rank's share of a distributed step) copies the parameters in
+and the gradients out.
 :meth:`DeviceTrainer.sync` copies everything back into the host buffers, and
 :meth:`DeviceTrainer.push` the weights a callback restored on the host to the device.
 """
@@ -48,6 +50,7 @@ class DeviceTrainer:
         self.tmp = cuda.device_array(plan.batch * plan.width, dt)
         self.row_dot = cuda.device_array(plan.batch, dt)
         self.norm2 = cuda.device_array(1, np.float64)      # clip_norm's squared norm
+        self._places = None        # device row numbers for Dropout (a distributed step)
         self._data = None          # (host X, host y, device X, device Y) of the resident set
         self._staging = {}         # rows -> pinned host buffers for non-resident minibatches,
         #                            (columns, dtype) -> the device targets of a minibatch
@@ -91,12 +94,42 @@ class DeviceTrainer:
                 np.take(Y, idx, axis=0, out=Y_host)
                 Xb.copy_to_device(X_host)
                 Yb.copy_to_device(Y_host)
-            self._step(nb, Yb, totals, None if d_w is None else d_w[start:start + nb], 1 / mass)
-        loss_sum, n_right = totals.copy_to_host()
-        return float(loss_sum), (None if plan.loss == MSE else int(n_right))
+            self._gradients(nb, Yb, totals, None if d_w is None else d_w[start:start + nb],
+                            1 / mass)
+            self._update()
+            plan.train_steps[0] += 1
+        return self._totals(totals)
 
-    def _step(self, nb: int, Yb, totals, wb, inv_mass: float) -> None:
-        """Forward, loss, backward and optimizer update for the gathered minibatch."""
+    def gradients(self, X, y, rows, w, places, mass: float):
+        """Fill the plan's (host) gradients with Σ wᵢ∇lᵢ / mass over the minibatch X[rows]
+        (Dropout masks of row numbers ``places``) from the host parameters, updating nothing:
+        one copy of the parameters in and of the gradients out."""
+        plan, nb = self.plan, len(rows)
+        self.params.copy_to_device(plan.params)
+        Y = y.reshape(len(y), -1)
+        X_host, Y_host = self._staged(nb, X, Y)
+        np.take(X, rows, axis=0, out=X_host)
+        np.take(Y, rows, axis=0, out=Y_host)
+        Xb, Yb = self._rows(self.acts, 0, nb, X.shape[1]), self._targets(Y)[:nb]
+        Xb.copy_to_device(X_host)
+        Yb.copy_to_device(Y_host)
+        totals = cuda.to_device(np.zeros(2))
+        self._places = cuda.to_device(np.ascontiguousarray(places, np.int64))
+        try:
+            self._gradients(nb, Yb, totals, None if w is None else cuda.to_device(
+                np.ascontiguousarray(w[rows], np.float64)), 1 / mass)
+        finally:
+            self._places = None
+        self.grads.copy_to_host(plan.grads)
+        return self._totals(totals)
+
+    def _totals(self, totals):
+        """(Σ wᵢ × row loss, right predictions or None for mse) from the device totals."""
+        loss_sum, n_right = totals.copy_to_host()
+        return float(loss_sum), (None if self.plan.loss == MSE else int(n_right))
+
+    def _gradients(self, nb: int, Yb, totals, wb, inv_mass: float) -> None:
+        """Forward, loss and backward for the gathered minibatch: the gradients on the device."""
         plan = self.plan
         keys = [dropout_key(plan.seed, int(plan.train_steps[0]), op[AUX]) if op[KIND] == DROPOUT
                 else 0 for op in plan.ops]
@@ -108,8 +141,6 @@ class DeviceTrainer:
         ops.loss(plan.loss, Z, Yb, dZ, totals, wb, inv_mass)
         for op, fop, key in zip(plan.ops[::-1], plan.fops[::-1], keys[::-1]):
             self._backward(op, fop, nb, key)
-        self._update()
-        plan.train_steps[0] += 1
 
     def _mean_std(self, op):
         """A Standardize op's (mean, std) device views."""
@@ -129,7 +160,7 @@ class DeviceTrainer:
         if op[KIND] == ADD:                                      # y = x + block(x)
             ops.add(self._rows(self.acts, op[SKIP], nb, nout), x, out)
         elif op[KIND] == DROPOUT:                                # y = x ⊙ mask / (1 − p)
-            ops.dropout(x, fop[DROPOUT_P], key, out)
+            ops.dropout(x, fop[DROPOUT_P], key, out, rows=self._places)
         elif op[KIND] == STANDARDIZE:                            # y = (x − mean) / std
             ops.standardize(x, *self._mean_std(op), out)
         elif op[KIND] == BATCHNORM:
@@ -160,7 +191,7 @@ class DeviceTrainer:
         if op[KIND] == DROPOUT:                                  # ∂L/∂x = ∂L/∂y ⊙ mask/(1 − p)
             if op[DX] != GRAD_SKIP:
                 ops.dropout(d_out, fop[DROPOUT_P], key, self._rows(self.dacts, op[IN], nb, nin),
-                            op[DX])
+                            op[DX], self._places)
             return
         dX, mode = self._input_gradient(op, nb)
         p = op[POFF]
