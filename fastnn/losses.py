@@ -49,7 +49,7 @@ class Loss:
             if arr.ndim != 1:
                 raise ValueError(f"{name} must be 1-D integer class labels for "
                                  f"loss='cross_entropy', got shape {arr.shape}")
-            labels = arr.astype(np.int64)
+            labels = arr.astype(np.int64, copy=False)     # int64 y: no copy
             if arr.dtype.kind == "f" and not np.array_equal(labels, arr):
                 raise ValueError(f"{name} holds non-integer class labels "
                                  f"(e.g. {arr[labels != arr][0]})")

@@ -242,6 +242,14 @@ class Sequential:
         global minibatch, and the result equals single-process training on the shards
         concatenated in rank order. Layer by layer, one Allreduce per step; see
         :mod:`fastnn.distributed` for the semantics and this version's limits.
+
+        Memory: a C-contiguous X in the model's dtype is trained in place; beyond it fit
+        needs the minibatch buffers, O(n) index and target arrays (the int64 epoch order and
+        validation rows: 8 bytes a row; int labels other than int64 are converted once) and
+        blocks of a few hundred KiB for the finiteness check and ``standardize``. An X in
+        another dtype or layout is converted once, a full copy; so is a read-only X on the
+        numba_cpu backend, whose compiled trainer takes writeable arrays. ``distributed``
+        still copies the split's rows.
         """
         run = None
         if distributed is not None:         # data-parallel over MPI: see fastnn.distributed
@@ -267,29 +275,35 @@ class Sequential:
         if clip_norm is not None:
             clip_norm = validation.positive_float(clip_norm, "clip_norm")
         w = self._row_weights(y, loss, sample_weight, class_weight, distributed is None)
+        # the training rows and the validation rows of X_val: indices, or None for all rows
+        rows = val_rows = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             X_val, y_val, _ = self._prepare(*validation_data, loss.name, "X_val", "y_val")
         else:
             fraction = training.split_fraction(validation_split, early_stopping)
-            X, y, w, X_val, y_val = training.split(X, y, fraction, loss.name != "mse",
-                                                    np.random.default_rng((self.seed, 1 << 20)),
-                                                    w)
-            if w is not None and not w.any() and run is None:   # (distributed: checked
-                raise ValueError("every training row left after validation_split has "
-                                 "weight 0")                    # over every rank)
-        if run is not None:                 # the epochs run in fastnn.distributed
-            return run.fit(X, y, w, X_val, y_val, loss, optimizer, epochs, batch_size, shuffle,
-                           callbacks, clip_norm, scaler, verbose)
-        batch_size = min(validation.positive_int(batch_size, "batch_size"), len(X))
+            rows, val_rows = training.split(y, fraction, loss.name != "mse",
+                                            np.random.default_rng((self.seed, 1 << 20)))
+            X_val, y_val = (None, None) if val_rows is None else (X, y)
+        n = len(X) if rows is None else len(rows)
+        mass = n if w is None else float(w.sum() if rows is None else w[rows].sum())
+        if mass == 0 and run is None:       # (distributed: checked over every rank)
+            raise ValueError("every training row left after validation_split has weight 0")
+        if run is not None:                 # the epochs run in fastnn.distributed, on copies
+            X_val, y_val = training.take(val_rows, X_val, y_val)
+            return run.fit(*training.take(rows, X, y, w), X_val, y_val, loss, optimizer,
+                           epochs, batch_size, shuffle, callbacks, clip_norm, scaler, verbose)
+        batch_size = min(validation.positive_int(batch_size, "batch_size"), n)
         training.check_monitors(callbacks, X_val is not None, loss.name != "mse")
         if scaler is not None:                           # on the training rows only
-            scaler.adapt(X)
+            scaler.adapt(X, rows)
+        probed = diagnostics.probe_rows(n, batch_size)   # taken before rows are shuffled
+        probed = probed if rows is None else rows[probed]
 
         rng = np.random.default_rng((self.seed, self._fits))
         self._fits += 1
-        order = np.arange(len(X))
+        order = np.arange(n) if rows is None else rows   # shuffled in place: rows is ours
         plan = self._fused_plan(loss, optimizer, batch_size)
         if plan is not None:
             plan.hyper[CLIP_NORM] = clip_norm or 0.0
@@ -300,7 +314,8 @@ class Sequential:
             if trainer is not None:
                 trainer.prepare(X, y)
             if X_val is not None:
-                self._evaluate(X_val[:1], y_val[:1], loss)
+                first = slice(0, 1) if val_rows is None else val_rows[:1]
+                self._evaluate(X_val[first], y_val[first], loss)
 
         def train_epoch(epoch: int) -> dict:
             if shuffle:
@@ -312,19 +327,18 @@ class Sequential:
             else:
                 total, correct = self._run_epoch(X, y, order, loss, optimizer, batch_size,
                                                  clip_norm, w)
-            logs = {"loss": float(total / (len(X) if w is None else w.sum())),
-                    "accuracy": None if correct is None else correct / len(X)}
+            logs = {"loss": float(total / mass),
+                    "accuracy": None if correct is None else correct / n}
             if trainer is not None and (X_val is not None or track_gradients or callbacks):
                 trainer.sync()              # evaluation, probes and callbacks read host weights
             if X_val is not None:
                 logs.update({f"val_{k}": v for k, v in
-                             self._evaluate(X_val, y_val, loss).items()})
+                             self._evaluate(X_val, y_val, loss, rows=val_rows).items()})
             return logs
 
         def probe() -> dict:
-            rows = diagnostics.probe_rows(len(X), batch_size)
             return {"gradient_norms": diagnostics.gradient_norms(
-                self, X[rows], y[rows], loss.name).weight_norms}
+                self, X[probed], y[probed], loss.name).weight_norms}
 
         def take_restored_weights() -> None:
             if trainer is not None and self._weights_changed:
@@ -391,7 +405,7 @@ class Sequential:
         """One epoch layer by layer: per minibatch, forward, loss, backward, (clip,) optimizer
         step; returns (Σ wᵢ lᵢ, n right or None), skipping minibatches of weight 0."""
         total, correct = 0.0, 0
-        for s in range(0, len(X), batch_size):
+        for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             wb, mass = (None, len(idx)) if w is None else (w[idx], w[idx].sum())
             if mass == 0:
@@ -436,11 +450,15 @@ class Sequential:
         w = None if sample_weight is None else validation.sample_weights(sample_weight, len(y))
         return self._evaluate(X, y, loss, validation.positive_int(batch_size, "batch_size"), w)
 
-    def _evaluate(self, X, y, loss, batch_size=1024, w=None) -> dict:
+    def _evaluate(self, X, y, loss, batch_size=1024, w=None, rows=None) -> dict:
+        """evaluate on (X, y), or on their rows ``rows`` (indices), gathered a batch at a
+        time."""
         total, correct = 0.0, 0.0
-        for s in range(0, len(X), batch_size):
-            Xc, yc = X[s:s + batch_size], y[s:s + batch_size]
-            wc = None if w is None else w[s:s + batch_size]
+        n = len(X) if rows is None else len(rows)
+        for s in range(0, n, batch_size):
+            chunk = slice(s, s + batch_size) if rows is None else rows[s:s + batch_size]
+            Xc, yc = X[chunk], y[chunk]
+            wc = None if w is None else w[chunk]
             mass = len(Xc) if w is None else wc.sum()
             out = self._forward(Xc, training=False, logits=loss.on_logits)
             total += getattr(self._k, loss.kernel)(out, yc, self._workspace(len(Xc))["dout"],
@@ -448,7 +466,7 @@ class Sequential:
             right = loss.correct(out, yc, probabilities=not loss.on_logits)
             correct = None if right is None else correct + (
                 right.sum() if w is None else np.dot(wc, right))
-        mass = len(X) if w is None else w.sum()
+        mass = n if w is None else (w.sum() if rows is None else w[rows].sum())
         result = {"loss": total / mass}
         if correct is not None:
             result["accuracy"] = float(correct / mass)

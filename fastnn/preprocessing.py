@@ -10,6 +10,7 @@ import numpy as np
 
 from . import validation
 from .layers import Layer
+from .rowblocks import row_blocks
 
 
 class Standardize(Layer):
@@ -44,15 +45,15 @@ class Standardize(Layer):
         self.std[...] = std
         self._pending = None
 
-    def adapt(self, X) -> Standardize:
-        """Set mean and std from the rows of X (samples, num_features); return self.
+    def adapt(self, X, rows: np.ndarray | None = None) -> Standardize:
+        """Set mean and std from the rows of X (samples, num_features), or from its rows
+        ``rows`` (indices) only; return self.
 
-        The statistics are computed in float64 and stored in the model's dtype.
+        The statistics are computed in float64 over blocks of rows, so no float64 copy of X
+        is made, and stored in the model's dtype.
         """
-        X = validation.features(X, self.in_features, np.float64)
-        mean = X.mean(axis=0)
-        std = X.std(axis=0)
-        std[(X == X[0]).all(axis=0)] = 1.0               # constant feature: centred only
+        X = validation.features(X, self.in_features, None)
+        mean, std = _mean_std(X, rows)
         if self._bound:
             self.mean[...] = mean
             self.std[...] = std
@@ -80,6 +81,25 @@ class Standardize(Layer):
 
     def __repr__(self):
         return f"Standardize({self.in_features})"
+
+
+def _mean_std(X: np.ndarray, rows=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and population std (std 1 where the feature is constant) of X, or of
+    X[rows], in float64: two passes (Σx, then Σ(x − mean)²) over blocks of rows."""
+    n = len(X) if rows is None else len(rows)
+    first = X[0] if rows is None else X[rows[0]]
+    total, constant = np.zeros(X.shape[1]), np.ones(X.shape[1], bool)
+    for _, block in row_blocks(X, rows):
+        total += block.sum(axis=0, dtype=np.float64)
+        constant &= (block == first).all(axis=0)
+    mean, squares = total / n, np.zeros(X.shape[1])
+    for _, block in row_blocks(X, rows):
+        centred = block - mean
+        centred *= centred
+        squares += centred.sum(axis=0)
+    std = np.sqrt(squares / n)
+    std[constant] = 1.0                                  # constant feature: centred only
+    return mean, std
 
 
 def leading_standardize(model) -> Standardize:

@@ -100,24 +100,29 @@ def split_fraction(validation_split, early_stopping) -> float:
     return fraction
 
 
-def split(X, y, fraction: float, stratify: bool, rng: np.random.Generator, w=None):
-    """(X_train, y_train, w_train, X_val, y_val) holding out ``fraction`` of the rows at
-    random (X_val None for 0); ``w`` (row weights or None) follows the training rows.
-    Stratified: each class (each distinct target row) gives its share, rounded, so the
-    validation set has the training set's class balance."""
+def split(y: np.ndarray, fraction: float, stratify: bool, rng: np.random.Generator):
+    """(training rows, validation rows), each sorted indices, holding out ``fraction`` of the
+    rows at random; (None, None) for 0 (every row trains). Indices, not copies of X: the
+    trainers take rows by index anyway. Stratified: each class (each distinct target row)
+    gives its share, rounded, so the validation set has the training set's class balance."""
     if fraction == 0:
-        return X, y, w, None, None
-    n = len(X)
+        return None, None
+    n = len(y)
     n_val = int(round(fraction * n))
     if n_val < 1 or n - n_val < 1:
         raise ValueError(f"validation_split={fraction} of {n} rows leaves {n - n_val} for "
                          f"training and {n_val} for validation; both need at least one")
     if stratify:
-        classes = np.unique(y.reshape(n, -1), axis=0, return_inverse=True)[1].reshape(-1)
+        targets = y.reshape(n, -1)
+        classes = targets[:, 0] if targets.shape[1] == 1 else np.unique(
+            targets, axis=0, return_inverse=True)[1].reshape(-1)
+        # integer classes are counted, which needs no sorted copy of the labels as unique does
+        present = np.flatnonzero(np.bincount(classes)) if classes.dtype.kind == "i" \
+            else np.unique(classes)
         held = []
-        for c in np.unique(classes):
+        for c in present:
             rows = rng.permutation(np.flatnonzero(classes == c))
-            held.append(rows[:int(round(fraction * len(rows)))])
+            held.append(rows[:int(round(fraction * len(rows)))].copy())   # frees the rest
         val = np.concatenate(held)
         if len(val) == 0 or len(val) == n:               # rounding took all or nothing
             val = rng.permutation(n)[:n_val]
@@ -125,8 +130,15 @@ def split(X, y, fraction: float, stratify: bool, rng: np.random.Generator, w=Non
         val = rng.permutation(n)[:n_val]
     keep = np.ones(n, bool)
     keep[val] = False
-    val = np.sort(val)
-    return X[keep], y[keep], None if w is None else w[keep], X[val], y[val]
+    return np.flatnonzero(keep), np.sort(val)
+
+
+def take(rows: np.ndarray | None, *arrays) -> tuple:
+    """The arrays' rows ``rows`` (copies), or the arrays themselves for rows None; a None
+    array stays None."""
+    if rows is None:
+        return arrays
+    return tuple(None if a is None else a[rows] for a in arrays)
 
 
 def best_epoch(history, callbacks) -> int | None:

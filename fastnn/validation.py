@@ -9,6 +9,8 @@ import numbers
 
 import numpy as np
 
+from .rowblocks import row_blocks
+
 
 def as_numeric_array(a, name: str) -> np.ndarray:
     """Convert array-likes to an ndarray of a real numeric dtype, or raise TypeError."""
@@ -24,15 +26,24 @@ def as_numeric_array(a, name: str) -> np.ndarray:
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:
-    """Reject NaN and Inf, saying how many and where the first one is."""
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))
-        raise ValueError(f"{name} contains {len(bad)} NaN or Inf value(s), the first at index "
-                         f"{tuple(int(i) for i in bad[0])}")
+    """Reject NaN and Inf, saying how many and where the first one is. Checked block by
+    block of rows, so no boolean array the size of arr is made (issue 14)."""
+    if arr.dtype.kind != "f":
+        return
+    blocks = row_blocks(np.atleast_1d(arr))
+    start, block = next(((s, b) for s, b in blocks if not np.isfinite(b).all()), (0, None))
+    if block is None:
+        return
+    bad = np.argwhere(~np.isfinite(block))
+    count = len(bad) + sum(np.count_nonzero(~np.isfinite(b)) for _, b in blocks)
+    first = (start + int(bad[0][0]),) + tuple(int(i) for i in bad[0][1:])
+    raise ValueError(f"{name} contains {count} NaN or Inf value(s), the first at index "
+                     f"{first}")
 
 
-def features(X, n_features: int, dtype: np.dtype, name: str = "X") -> np.ndarray:
-    """Validate a feature matrix (samples, n_features) and return it C-contiguous in dtype."""
+def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.ndarray:
+    """Validate a feature matrix (samples, n_features) and return it C-contiguous in dtype
+    (X itself when it already is), or as it is for dtype None."""
     arr = as_numeric_array(X, name)
     if arr.ndim != 2:
         hint = "; use X.reshape(-1, 1) for a single feature" if arr.ndim == 1 else ""
@@ -41,7 +52,7 @@ def features(X, n_features: int, dtype: np.dtype, name: str = "X") -> np.ndarray
         raise ValueError(f"{name} has {arr.shape[1]} columns but the model takes "
                          f"{n_features} inputs")
     check_finite(arr, name)
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return arr if dtype is None else np.ascontiguousarray(arr, dtype=dtype)
 
 
 def same_rows(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:

@@ -74,16 +74,16 @@ class DeviceTrainer:
         d_order = cuda.to_device(np.ascontiguousarray(order, np.int64)) if resident else None
         totals = cuda.to_device(np.zeros(2))
         yb = self._targets(Y)
-        starts = np.arange(0, len(X), plan.batch)
+        starts = np.arange(0, len(order), plan.batch)
         if w is None:
-            d_w, masses = None, np.minimum(plan.batch, len(X) - starts).astype(np.float64)
+            d_w, masses = None, np.minimum(plan.batch, len(order) - starts).astype(np.float64)
         else:
             w_ordered = np.ascontiguousarray(w[order], np.float64)
             d_w, masses = cuda.to_device(w_ordered), np.add.reduceat(w_ordered, starts)
         for start, mass in zip(starts.tolist(), masses.tolist()):
             if mass == 0:
                 continue                           # weight 0: the batch counts for nothing
-            nb = min(plan.batch, len(X) - start)
+            nb = min(plan.batch, len(order) - start)
             Xb, Yb = self._rows(self.acts, 0, nb, X.shape[1]), yb[:nb]
             if resident:
                 ops.gather_rows(self._data[2], self._data[3], d_order, start, Xb, Yb)
