@@ -1,4 +1,5 @@
-"""pytest setup of the benchmark suite: when to time, threads, rounds, and the results table.
+"""pytest setup of the benchmark suite: when to time, threads, rounds, dtype, and the results
+table.
 
 Timing happens only when asked for: ``pytest bench/`` (the command line names ``bench/`` or a
 file in it) or ``--benchmark-enable``. Everywhere else, the default ``pytest`` run included,
@@ -25,6 +26,9 @@ def pytest_addoption(parser):
                     help="threads for every contender (default: all cores of this process)")
     group.addoption("--bench-rounds", type=int, default=10,
                     help="timed rounds per benchmark; the fastest is reported (default: 10)")
+    group.addoption("--bench-dtype", choices=bm.DTYPES, default="float32",
+                    help="what every contender, the data and the matmul peak compute in "
+                         "(default: float32)")
 
 
 def _names_bench(config: pytest.Config) -> bool:
@@ -47,6 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.option.benchmark_disable = not timed
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"fastnn bench: dtype {config.getoption('bench_dtype', default='float32')}"
+
+
 @dataclass
 class BenchRun:
     """The session's timing policy and results, handed to every benchmark."""
@@ -54,6 +62,10 @@ class BenchRun:
     timed: bool
     rounds: int
     results: bm.Results
+
+    @property
+    def dtype(self) -> str:
+        return self.results.dtype
 
     def steps(self, config: bm.Config) -> int:
         """Minibatches per call: the config's count when timing, else one."""
@@ -71,20 +83,28 @@ class BenchRun:
     def record(self, benchmark, config: bm.Config, task: str, contender: str,
                seconds: float) -> None:
         row = self.results.add(config, task, contender, seconds)
-        benchmark.extra_info.update(row.extra_info())
+        benchmark.extra_info.update(row.extra_info(), dtype=self.dtype)
 
 
 @pytest.fixture(scope="session")
-def bench_run(pytestconfig):
+def bench_dtype(pytestconfig) -> str:
+    """``--bench-dtype``: what every contender computes in."""
+    return pytestconfig.getoption("bench_dtype", default="float32")
+
+
+@pytest.fixture(scope="session")
+def bench_run(pytestconfig, bench_dtype):
     timed = pytestconfig.stash.get(TIMED, False)
     threads = pytestconfig.getoption("bench_threads", default=None) or bm.default_threads()
     contenders = bm.usable_contenders()
+    devices = {bm.device_of(c) for c in contenders}
     bm.pin_threads(threads, torch=any(c in bm.TORCH_PEERS for c in contenders))
-    peaks = bm.measure_peaks(threads, {bm.device_of(c) for c in contenders}, quick=not timed)
-    results = pytestconfig.stash[RESULTS] = bm.Results(threads, peaks, bm.thread_state())
+    peaks = bm.measure_peaks(threads, devices, quick=not timed, dtype=bench_dtype)
+    results = pytestconfig.stash[RESULTS] = bm.Results(threads, peaks, bm.thread_state(),
+                                                       dtype=bench_dtype)
     yield BenchRun(timed, pytestconfig.getoption("bench_rounds", default=10), results)
     if timed:
-        results.update_peaks(bm.measure_peaks(threads, {bm.device_of(c) for c in contenders}))
+        results.update_peaks(bm.measure_peaks(threads, devices, dtype=bench_dtype))
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

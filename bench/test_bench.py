@@ -1,6 +1,7 @@
 """Benchmarks: one training step per configuration × contender, and mnist inference.
 
-Contenders are every usable fastnn backend (from the registry) and PyTorch when installed.
+Contenders are every usable fastnn backend (from the registry) and the framework peers when
+installed, all computing in `--bench-dtype` (float32 by default).
 How and when these are timed: bench/README.md and conftest.py.
 """
 import numpy as np
@@ -20,10 +21,11 @@ needs_jax = pytest.mark.skipif(not bm.jax_installed(), reason="JAX is not instal
 def test_train_step(benchmark, bench_run, name, contender):
     config = bm.CONFIGS[name]
     steps = bench_run.steps(config)
-    contest = bm.Contest(config, contender, steps)
+    contest = bm.Contest(config, contender, steps, dtype=bench_run.dtype)
     before = contest.parameters()
     seconds = bench_run.time(benchmark, contest.train, group=f"train {name}")
     after = contest.parameters()
+    assert after.dtype == bench_run.dtype, f"{contender} trained in {after.dtype}"
     assert np.isfinite(after).all()
     assert not np.array_equal(before, after), "training did not change the parameters"
     if seconds is not None:
@@ -34,10 +36,14 @@ def test_train_step(benchmark, bench_run, name, contender):
 def test_predict(benchmark, bench_run, name, contender):
     config = bm.CONFIGS[name]
     batches = bm.PREDICT_BATCHES if bench_run.timed else 1
-    contest = bm.Contest(config, contender, 1, predict_samples=bm.PREDICT_BATCH * batches)
+    contest = bm.Contest(config, contender, 1, predict_samples=bm.PREDICT_BATCH * batches,
+                         dtype=bench_run.dtype)
     seconds = bench_run.time(benchmark, contest.predict, group=f"predict {name}")
-    expected = bm.build_model(config, "reference").predict(contest.X_predict)
-    np.testing.assert_allclose(contest.predict(), expected, rtol=1e-3, atol=1e-4)
+    expected = bm.build_model(config, "reference", dtype=bench_run.dtype).predict(
+        contest.X_predict)
+    got = contest.predict()
+    assert got.dtype == bench_run.dtype
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
     if seconds is not None:
         bench_run.record(benchmark, config, "predict", contender, seconds / batches)
 
@@ -45,13 +51,13 @@ def test_predict(benchmark, bench_run, name, contender):
 @pytest.mark.parametrize("peer", [pytest.param("torch_cpu", marks=needs_torch),
                                   pytest.param("jax_cpu", marks=needs_jax)])
 @pytest.mark.parametrize("name", list(bm.CONFIGS))
-def test_peer_computes_the_same_network(name, peer):
+def test_peer_computes_the_same_network(name, peer, bench_dtype):
     """A framework peer holds fastnn's initial weights, so both time one computation; JAX
     takes fastnn's SGD step with either loss, PyTorch with cross-entropy (its MSELoss also
     averages over outputs: the same work, a scaled gradient)."""
     config = bm.CONFIGS[name]
-    fast = bm.Contest(config, "reference", 1, predict_samples=64)
-    other = bm.Contest(config, peer, 1, predict_samples=64)
+    fast = bm.Contest(config, "reference", 1, predict_samples=64, dtype=bench_dtype)
+    other = bm.Contest(config, peer, 1, predict_samples=64, dtype=bench_dtype)
     np.testing.assert_allclose(other.parameters(), fast.parameters())
     np.testing.assert_allclose(other.predict(), fast.predict(), rtol=1e-4, atol=1e-5)
     if peer == "jax_cpu" or config.loss == "cross_entropy":
@@ -74,8 +80,8 @@ def test_scheduled_epoch(benchmark, bench_run, contender, schedule):
 
     config = bm.CONFIGS["tiny"]
     steps, epochs = bench_run.steps(config), 8 if bench_run.timed else 2
-    X, y = bm.make_data(config, steps)
-    model = bm.build_model(config, contender)
+    X, y = bm.make_data(config, steps, dtype=bench_run.dtype)
+    model = bm.build_model(config, contender, dtype=bench_run.dtype)
     optimizer = bm.SGD(bm.LR)
 
     def train():

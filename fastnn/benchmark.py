@@ -4,16 +4,17 @@ What is timed, for every configuration of :data:`CONFIGS` and every contender:
 
 * a fastnn backend: ``model.fit(X, y, epochs=1, batch_size=B, shuffle=False, verbose=0)`` over
   ``config.steps`` minibatches, divided by the number of minibatches, i.e. one training step
-  (forward, loss, backward, SGD update, float32) through exactly the path ``fit`` takes, fused
-  trainer included. A warm-up fit runs first, so JIT compilation is not timed.
+  (forward, loss, backward, SGD update) through exactly the path ``fit`` takes, fused trainer
+  included. A warm-up fit runs first, so JIT compilation is not timed.
 * PyTorch (the peer, when installed): the loop a PyTorch user writes over the same minibatches
   (``zero_grad``, forward, loss, ``backward``, ``SGD.step``) on an ``nn.Sequential`` holding the
   same initial weights, timed the same way.
 
-Every contender gets the same number of threads (:func:`pin_threads`). Each step's GFLOP/s is
-reported as a fraction of the matmul peak measured in the same run (NumPy sgemm on the CPU,
-cuBLAS fp32 with TF32 off on a GPU). Backends come from the registry, so a backend becomes a
-contender as soon as it is usable.
+Every contender gets the same number of threads (:func:`pin_threads`) and computes in the run's
+dtype (:data:`DTYPES`, float32 by default): the fastnn models, the data, the peers' tensors and
+the matmul peak. Each step's GFLOP/s is reported as a fraction of that peak, measured in the
+same run (NumPy sgemm or dgemm on the CPU, cuBLAS with TF32 off on a GPU). Backends come from
+the registry, so a backend becomes a contender as soon as it is usable.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import __version__, backends
+from . import __version__, backends, validation
+from .model import DTYPES
 from .optimizers import SGD
 
 #: learning rate of every contender: small enough that repeated rounds over random data never
@@ -76,13 +78,17 @@ CONFIGS = {c.name: c for c in (
     Config("deep", (64,) * 22, 64, "sigmoid", "mse", steps=64),
 )}
 
-#: speed targets from the issues: (contender, config) -> (× faster than reference, × faster
-#: than PyTorch on the same device); None where an issue sets no target
+#: speed targets from the issues, per dtype: (contender, config) -> (× faster than reference,
+#: × faster than PyTorch on the same device); None where an issue sets no target
 TARGETS = {
-    **{("numba_cpu", c): t for c, t in {"tiny": (4, 15), "small": (1.8, 4.5), "mnist": (1.0, 1.2),
-                                        "wide": (0.95, 1.5), "deep": (2.5, 6)}.items()},
-    **{("cython", c): (1.0, None) for c in CONFIGS},
-    **{("numba_cuda", c): (None, t) for c, t in {"tiny": 3, "small": 3, "mnist": 1.0}.items()},
+    "float32": {
+        **{("numba_cpu", c): t for c, t in {"tiny": (4, 15), "small": (1.8, 4.5),
+                                            "mnist": (1.0, 1.2), "wide": (0.95, 1.5),
+                                            "deep": (2.5, 6)}.items()},
+        **{("cython", c): (1.0, None) for c in CONFIGS},
+        **{("numba_cuda", c): (None, t) for c, t in {"tiny": 3, "small": 3, "mnist": 1.0}.items()},
+    },
+    "float64": {("numba_cpu", c): (1.0, None) for c in CONFIGS},     # issue 14
 }
 
 TORCH_PEERS = ("torch_cpu", "torch_cuda")
@@ -168,45 +174,50 @@ def default_threads() -> int:
 
 
 # -- the timed work ------------------------------------------------------------------------
-def make_data(config: Config, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` minibatches of random float32 inputs and targets for ``config``'s loss."""
+def make_data(config: Config, steps: int, seed: int = 0,
+              dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` minibatches of random ``dtype`` inputs (and regression targets) for
+    ``config``'s loss; class labels are integers."""
+    dtype = validation.choice(dtype, "dtype", DTYPES)
     rng = np.random.default_rng(seed)
     n, n_in, n_out = steps * config.batch, config.widths[0], config.widths[-1]
-    X = rng.standard_normal((n, n_in), dtype=np.float32)
+    X = rng.standard_normal((n, n_in), dtype=dtype)
     if config.loss == "cross_entropy":
         return X, rng.integers(0, n_out, n)
-    return X, rng.standard_normal((n, n_out), dtype=np.float32)
+    return X, rng.standard_normal((n, n_out), dtype=dtype)
 
 
-def build_model(config: Config, backend: str, seed: int = 0):
-    """The fastnn model of ``config``: Dense layers with default init, last one linear."""
+def build_model(config: Config, backend: str, seed: int = 0, dtype: str = "float32"):
+    """The fastnn model of ``config`` in ``dtype``: Dense layers with default init, last one
+    linear."""
     from .layers import Dense
     from .model import Sequential
     last = len(config.layer_shapes) - 1
     return Sequential([Dense(i, o, "identity" if k == last else config.activation)
                        for k, (i, o) in enumerate(config.layer_shapes)],
-                      backend=backend, seed=seed, dtype="float32")
+                      backend=backend, seed=seed, dtype=dtype)
 
 
 class Contest:
     """One contender's work on one configuration, built once and then called per round.
 
     ``train()`` runs ``steps`` training steps; ``predict()`` runs inference on
-    ``predict_samples`` samples. ``parameters()`` returns the weights as fastnn's flat vector,
-    so a test can check that training changed them.
+    ``predict_samples`` samples; all of it in ``dtype`` ("float32" or "float64").
+    ``parameters()`` returns the weights as fastnn's flat vector (in the dtype the contender
+    computes in), so a test can check that training changed them.
     """
 
     def __init__(self, config: Config, contender: str, steps: int, predict_samples: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, dtype: str = "float32"):
         self.config, self.contender, self.steps = config, contender, steps
-        self.X, self.y = make_data(config, steps, seed)
+        self.X, self.y = make_data(config, steps, seed, dtype)
         self.X_predict = self.X[:0]
         if predict_samples:
-            self.X_predict = make_data(config, -(-predict_samples // config.batch), seed + 1)[0]
-            self.X_predict = self.X_predict[:predict_samples]
+            self.X_predict = make_data(config, -(-predict_samples // config.batch), seed + 1,
+                                       dtype)[0][:predict_samples]
         # a framework peer copies the initial weights of the reference backend's model
         backend = "reference" if contender in PEERS else contender
-        self.model = build_model(config, backend, seed)
+        self.model = build_model(config, backend, seed, dtype)
         self.optimizer = SGD(LR)
         self.peer = (_TorchNet(self) if contender in TORCH_PEERS else
                      _JaxNet(self) if contender == "jax_cpu" else None)
@@ -228,13 +239,13 @@ class Contest:
 
 
 class _TorchNet:
-    """The PyTorch peer: nn.Sequential with the fastnn model's initial weights, SGD, and the
-    usual training loop over pre-sliced minibatches (on the GPU for torch_cuda)."""
+    """The PyTorch peer: nn.Sequential with the fastnn model's initial weights and dtype, SGD,
+    and the usual training loop over pre-sliced minibatches (on the GPU for torch_cuda)."""
 
     def __init__(self, contest: Contest):
         import torch
         from torch import nn
-        self.torch, self.config = torch, contest.config
+        self.torch, self.config, self.dtype = torch, contest.config, contest.model.dtype
         config = contest.config
         self.device = torch.device("cuda" if contest.contender == "torch_cuda" else "cpu")
         if self.device.type == "cuda":
@@ -243,7 +254,8 @@ class _TorchNet:
         act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[config.activation]
         modules = []
         for layer in contest.model.layers:
-            linear = nn.Linear(layer.in_features, layer.out_features)
+            linear = nn.Linear(layer.in_features, layer.out_features,
+                               dtype=getattr(torch, self.dtype.name))
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(layer.weight.T.copy()))
                 linear.bias.copy_(torch.from_numpy(layer.bias))
@@ -269,7 +281,7 @@ class _TorchNet:
         self._sync()
 
     def predict(self) -> np.ndarray:
-        out = np.empty((len(self.X_predict), self.config.widths[-1]), np.float32)
+        out = np.empty((len(self.X_predict), self.config.widths[-1]), self.dtype)
         with self.torch.inference_mode():
             for s in range(0, len(out), PREDICT_BATCH):
                 chunk = self.X_predict[s:s + PREDICT_BATCH].to(self.device)
@@ -288,11 +300,17 @@ class _JaxNet:
     (all of the contest's minibatches) as one ``jax.jit``-compiled ``lax.scan`` over
     minibatches: the fastest form a JAX user writes, fused as fastnn's epoch is. The loss is
     fastnn's (mse = ½Σ over outputs, averaged over the batch), so both take the same step.
-    XLA's CPU thread pool is sized by the cores (JAX has no setting for it)."""
+    XLA's CPU thread pool is sized by the cores (JAX has no setting for it).
+
+    A float64 contest sets ``jax_enable_x64`` for the whole process (JAX would otherwise turn
+    float64 arrays into float32); only then, so a float32-only process keeps JAX's defaults.
+    float32 arrays stay float32 with it on."""
 
     def __init__(self, contest: Contest):
         import jax
         import jax.numpy as jnp
+        if contest.model.dtype == np.float64:
+            jax.config.update("jax_enable_x64", True)
         self.jax, self.config = jax, contest.config
         config = contest.config
         act = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[
@@ -348,22 +366,23 @@ def time_call(fn: Callable[[], object], rounds: int) -> float:
 
 
 # -- matmul peaks --------------------------------------------------------------------------
-def sgemm_gflops(threads: int, n: int = 2048, rounds: int = 3) -> float:
-    """NumPy float32 matmul n×n·n×n with ``threads`` BLAS threads, in GFLOP/s."""
+def gemm_gflops(threads: int, n: int = 2048, rounds: int = 3, dtype: str = "float32") -> float:
+    """NumPy ``dtype`` matmul n×n·n×n (sgemm or dgemm) with ``threads`` BLAS threads, in
+    GFLOP/s."""
     from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(0)
-    A, B = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    A, B = (rng.standard_normal((n, n), dtype=dtype) for _ in range(2))
     C = np.empty_like(A)
     with threadpool_limits(threads, user_api="blas"):
         np.matmul(A, B, out=C)
         return 2 * n ** 3 / time_call(lambda: np.matmul(A, B, out=C), rounds) / 1e9
 
 
-def cublas_gflops(n: int = 2048, rounds: int = 5) -> float:
-    """PyTorch fp32 CUDA matmul n×n (cuBLAS, TF32 off), in GFLOP/s."""
+def cublas_gflops(n: int = 2048, rounds: int = 5, dtype: str = "float32") -> float:
+    """PyTorch ``dtype`` CUDA matmul n×n (cuBLAS, TF32 off), in GFLOP/s."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
-    A, B, C = (torch.randn(n, n, device="cuda") for _ in range(3))
+    A, B, C = (torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype)) for _ in range(3))
 
     def matmul():
         torch.matmul(A, B, out=C)
@@ -372,24 +391,26 @@ def cublas_gflops(n: int = 2048, rounds: int = 5) -> float:
     return 2 * n ** 3 / time_call(matmul, rounds) / 1e9
 
 
-def numba_cuda_matmul_gflops(n: int = 2048) -> float | None:
-    """The numba_cuda backend's own matmul kernel, if it exposes ``matmul_tflops(n)``."""
+def numba_cuda_matmul_gflops(n: int = 2048, dtype: str = "float32") -> float | None:
+    """The numba_cuda backend's own matmul kernel, if it exposes ``matmul_tflops(n, dtype)``."""
     measure = getattr(backends.resolve("numba_cuda")[1], "matmul_tflops", None)
-    return None if measure is None else 1e3 * float(measure(n))
+    return None if measure is None else 1e3 * float(measure(n, dtype))
 
 
-def measure_peaks(threads: int, devices: set[str], quick: bool = False) -> dict[str, float]:
-    """Matmul GFLOP/s per key: "cpu" (NumPy sgemm), and when a GPU contender runs "cuda"
-    (cuBLAS) and "numba_cuda_matmul" (where the backend exposes its kernel); ``quick`` uses
-    256² for a smoke test."""
+def measure_peaks(threads: int, devices: set[str], quick: bool = False,
+                  dtype: str = "float32") -> dict[str, float]:
+    """Matmul GFLOP/s in ``dtype`` per key: "cpu" (NumPy), and when a GPU contender runs
+    "cuda" (cuBLAS) and "numba_cuda_matmul" (where the backend exposes its kernel); ``quick``
+    uses 256² for a smoke test."""
+    dtype = validation.choice(dtype, "dtype", DTYPES)
     n = 256 if quick else 2048
-    peaks = {"cpu": sgemm_gflops(threads, n, 1 if quick else 5)}
+    peaks = {"cpu": gemm_gflops(threads, n, 1 if quick else 5, dtype)}
     if "cuda" in devices:
         if torch_installed():
             import torch
             if torch.cuda.is_available():
-                peaks["cuda"] = cublas_gflops(n, 1 if quick else 5)
-        own = numba_cuda_matmul_gflops(n) if usable("numba_cuda") else None
+                peaks["cuda"] = cublas_gflops(n, 1 if quick else 5, dtype)
+        own = numba_cuda_matmul_gflops(n, dtype) if usable("numba_cuda") else None
         if own is not None:
             peaks["numba_cuda_matmul"] = own
     return peaks
@@ -437,12 +458,14 @@ class Row:
 
 @dataclass
 class Results:
-    """Rows of one run plus the conditions they were measured under."""
+    """Rows of one run plus the conditions they were measured under (threads, the dtype every
+    contender computed in, the matmul peaks in that dtype)."""
 
     threads: int
     peaks: dict[str, float] = field(default_factory=dict)
     thread_state: str = ""
     rows: list[Row] = field(default_factory=list)
+    dtype: str = "float32"
 
     def add(self, config: Config, task: str, contender: str, seconds: float) -> Row:
         """Record a timing; its ratios use the rows of the same config and task so far."""
@@ -484,7 +507,7 @@ class Results:
             lines.append((r.label, r.contender, f"{r.us:,.1f}", f"{r.samples_per_s:,.0f}",
                           _ratio(r.vs_reference), _ratio(r.vs_torch), _ratio(r.vs_jax),
                           "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%",
-                          _target(r)))
+                          _target(r, TARGETS[self.dtype])))
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         text = ["  ".join(c.ljust(w) if i < 2 or i == 8 else c.rjust(w)
                           for i, (c, w) in enumerate(zip(line, widths))).rstrip()
@@ -495,11 +518,12 @@ class Results:
                       f"{100 * self.peaks['numba_cuda_matmul'] / self.peaks['cuda']:.0f}% of "
                       f"cuBLAS)")
         return "\n".join([*text[:1], "-" * len(text[0]), *text[1:],
+                          f"dtype: {self.dtype} (every contender, the data, the peaks)",
                           f"threads: {self.threads} ({self.thread_state})",
                           f"matmul peaks: {peaks}"])
 
     def to_json(self) -> dict:
-        return {"machine": machine(), "threads": self.threads,
+        return {"machine": machine(), "dtype": self.dtype, "threads": self.threads,
                 "thread_state": self.thread_state, "peaks": self.peaks,
                 "rows": [{**asdict(r), **r.extra_info()} for r in self.rows]}
 
@@ -508,9 +532,10 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _target(row: Row) -> str:
-    """e.g. "≥4 ok / ≥15 MISS"; training targets only."""
-    target = TARGETS.get((row.contender, row.config)) if row.task == "train" else None
+def _target(row: Row, targets: dict) -> str:
+    """e.g. "≥4 ok / ≥15 MISS" from ``targets`` (one dtype's :data:`TARGETS`); training
+    targets only."""
+    target = targets.get((row.contender, row.config)) if row.task == "train" else None
     if target is None:
         return ""
     parts = []
@@ -545,20 +570,23 @@ def machine() -> dict:
 
 # -- a whole run (the CLI's) ---------------------------------------------------------------
 def run(configs: list[str], names: list[str], threads: int, rounds: int,
-        progress: Callable[[str], None] = lambda line: None) -> Results:
-    """Time every (config, contender) in one process with the same threads.
+        dtype: str = "float32", progress: Callable[[str], None] = lambda line: None) -> Results:
+    """Time every (config, contender) in one process with the same threads, in ``dtype``.
 
     Each contender's rounds run back to back after its own warm-up call: taking contenders in
     turns would let the previous one's thread pools (OpenBLAS, OpenMP workers busy-wait after
     a call) steal cores from the next.
     """
+    dtype = validation.choice(dtype, "dtype", DTYPES)
+    devices = {device_of(c) for c in names}
     pin_threads(threads, torch=any(c in TORCH_PEERS for c in names))
-    results = Results(threads, measure_peaks(threads, {device_of(c) for c in names}),
-                      thread_state())
+    results = Results(threads, measure_peaks(threads, devices, dtype=dtype), thread_state(),
+                      dtype=dtype)
     for config in map(CONFIGS.__getitem__, configs):
         for contender in names:
             contest = Contest(config, contender, config.steps,
-                              PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0)
+                              PREDICT_BATCH * PREDICT_BATCHES if config.predict else 0,
+                              dtype=dtype)
             tasks = [("train", contest.train, config.steps)]
             if config.predict:
                 tasks.append(("predict", contest.predict, PREDICT_BATCHES))
@@ -566,7 +594,7 @@ def run(configs: list[str], names: list[str], threads: int, rounds: int,
                 call()
                 row = results.add(config, task, contender, time_call(call, rounds) / per_call)
                 progress(f"{row.label:<14} {contender:<11} {row.us:>12,.1f} µs")
-    results.update_peaks(measure_peaks(threads, {device_of(c) for c in names}))
+    results.update_peaks(measure_peaks(threads, devices, dtype=dtype))
     return results
 
 
@@ -586,6 +614,9 @@ def add_arguments(parser) -> None:
                              "jax_cpu) to time (default: every usable one)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="threads for every contender (default: all cores: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="what every contender, the data and the matmul peak compute in "
+                             "(default: float32)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed rounds after a warm-up; the fastest counts (default: 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
@@ -617,7 +648,7 @@ def cmd_bench(args) -> int:
                 for n, why in found.items() if n not in names]
     if left_out:
         print(f"not timed: {'; '.join(left_out)}")
-    results = run(args.configs, names, threads, rounds,
+    results = run(args.configs, names, threads, rounds, args.dtype,
                   progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     print(results.table())
     if args.json:

@@ -2,11 +2,18 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastnn import backends
 from fastnn import benchmark as bm
+
+REPO = Path(__file__).resolve().parents[1]
+#: every CPU contender; a peer that is not installed (as in CI) is skipped, never needed
+CPU_CONTENDERS = [pytest.param(name, marks=pytest.mark.skipif(why != "usable", reason=why))
+                  for name, why in bm.contenders().items() if bm.device_of(name) == "cpu"]
 
 
 def test_step_flops_count_every_matmul():
@@ -52,22 +59,84 @@ def test_ratios_peak_fraction_and_targets():
     assert fast.peak_fraction == pytest.approx(tiny.step_flops / 10e-6 / 1e9 / 200.0)
 
 
-def test_fastnn_bench_prints_the_table_and_writes_json(tmp_path):
+def test_float64_table_states_the_dtype_and_its_targets():
+    """float64 has its own target (issue 14: numba_cpu ≥ 1× the float64 reference), not
+    float32's."""
+    tiny = bm.CONFIGS["tiny"]
+    results = bm.Results(threads=2, peaks={"cpu": 50.0}, dtype="float64")
+    results.add(tiny, "train", "reference", 40e-6)
+    results.add(tiny, "train", "numba_cpu", 20e-6)
+    results.add(tiny, "train", "cython", 20e-6)
+    table = results.table()
+    assert "dtype: float64" in table and "≥1 ok / -" in table and "≥4" not in table
+    assert table.count("≥") == 1                  # cython has no float64 target
+    assert results.to_json()["dtype"] == "float64"
+
+
+@pytest.mark.parametrize("contender", CPU_CONTENDERS)
+def test_float64_trains_every_contender_in_float64(contender):
+    """The data, the fastnn model (a peer's initial weights), the weights trained and the
+    predictions are float64; so are a peer's own tensors."""
+    contest = bm.Contest(bm.CONFIGS["tiny"], contender, 1, predict_samples=8, dtype="float64")
+    assert contest.X.dtype == contest.y.dtype == contest.model.dtype == np.float64
+    before = contest.parameters()
+    contest.train()
+    after = contest.parameters()
+    assert before.dtype == after.dtype == contest.predict().dtype == np.float64
+    assert not np.array_equal(before, after)
+    if contender in bm.TORCH_PEERS:
+        import torch
+        tensors = [*contest.peer.net.parameters(), *(t for b in contest.peer.batches for t in b)]
+        assert {t.dtype for t in tensors} == {torch.float64}
+    if contender == "jax_cpu":
+        arrays = [contest.peer.X, contest.peer.Y, *(a for layer in contest.peer.params
+                                                    for a in layer)]
+        assert {a.dtype for a in arrays} == {np.dtype("float64")}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fastnn_bench_prints_the_table_and_writes_json(tmp_path, dtype):
     out_file = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "fastnn", "bench", "--configs", "tiny", "--backends",
-         "reference", "--rounds", "1", "--threads", "1", "--json", str(out_file)],
+         "reference", "--rounds", "1", "--threads", "1", "--dtype", dtype,
+         "--json", str(out_file)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "µs/step" in result.stdout and "tiny" in result.stdout
+    assert f"dtype: {dtype}" in result.stdout
     data = json.loads(out_file.read_text())
+    assert data["dtype"] == dtype
     assert data["threads"] == 1 and data["peaks"]["cpu"] > 0
     [row] = data["rows"]
     assert row["contender"] == "reference" and row["vs_reference"] == 1.0
     assert row["us_per_step"] > 0
 
 
-def test_fastnn_bench_rejects_bad_options():
-    result = subprocess.run([sys.executable, "-m", "fastnn", "bench", "--rounds", "0"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "rounds" in result.stderr
+def test_pytest_bench_runs_in_the_dtype_asked_for():
+    """``--bench-dtype`` reaches the suite, whose train test checks the trained dtype."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_bench.py", "--bench-dtype", "float64",
+         "--benchmark-disable", "-p", "no:cacheprovider", "-k", "tiny-reference"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fastnn bench: dtype float64" in result.stdout and "1 passed" in result.stdout
+
+
+@pytest.mark.parametrize("command, code, message", [
+    (["fastnn", "bench", "--rounds", "0"], 2, "rounds"),
+    (["fastnn", "bench", "--dtype", "float16"], 2, "invalid choice: 'float16'"),
+    (["pytest", "bench/", "--bench-dtype", "int8"], 4, "invalid choice: 'int8'"),
+])
+def test_fastnn_bench_rejects_bad_options(command, code, message):
+    result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == code and message in result.stderr
+
+
+def test_a_bad_dtype_is_named_in_the_error():
+    with pytest.raises(ValueError, match="unknown dtype 'float16'; choose one of 'float32', "
+                                         "'float64'"):
+        bm.Contest(bm.CONFIGS["tiny"], "reference", 1, dtype="float16")
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        bm.run(["tiny"], ["reference"], threads=1, rounds=1, dtype="int8")
