@@ -290,12 +290,12 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
         nb = min(batch, n - start)
         inv_mass = 1.0 / nb if mass == 0 else 1.0 / mass
         if w.shape[0] and mass == 0:                      # a weighted mean: Σ w l / Σ w
-            mass = 0.0
+            own_mass = 0.0
             for i in range(nb):
-                mass += w[order[start + i]]
-            if mass == 0:
+                own_mass += w[order[start + i]]
+            if own_mass == 0:
                 continue                                  # weight 0: the batch counts for nothing
-            inv_mass = 1.0 / mass
+            inv_mass = 1.0 / own_mass
         minibatch = (inv_mass, seed, train_steps[0])      # (1/Σw, Dropout's key inputs)
         # at most one chunk per gradient buffer, whatever row_split was compiled with
         q, nchunk = row_split(nb, min(threads, partials.shape[0] + 1), work_per_row,
