@@ -378,6 +378,20 @@ def gemm_gflops(threads: int, n: int = 2048, rounds: int = 3, dtype: str = "floa
         return 2 * n ** 3 / time_call(lambda: np.matmul(A, B, out=C), rounds) / 1e9
 
 
+def numpy_blas() -> str:
+    """NumPy's BLAS and the kernel family it runs, e.g. "openblas, Haswell kernels": the "cpu"
+    peak is that library's, so an ``OPENBLAS_CORETYPE`` set on the machine (Haswell: AVX2 on a
+    CPU with AVX-512) caps it, and peers with their own matmul (JAX) can exceed it."""
+    from threadpoolctl import threadpool_info
+    blas = sorted((i for i in threadpool_info() if i["user_api"] == "blas"),
+                  key=lambda i: "numpy" not in i["filepath"])       # NumPy's own first
+    found = [f"{i['internal_api']}, {i.get('architecture') or 'unknown'} kernels"
+             for i in blas]
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    return (found[0] if found else "unknown") + (f"; OPENBLAS_CORETYPE={coretype}"
+                                                 if coretype else "")
+
+
 def cublas_gflops(n: int = 2048, rounds: int = 5, dtype: str = "float32") -> float:
     """PyTorch ``dtype`` CUDA matmul n×n (cuBLAS, TF32 off), in GFLOP/s."""
     import torch
@@ -520,7 +534,7 @@ class Results:
         return "\n".join([*text[:1], "-" * len(text[0]), *text[1:],
                           f"dtype: {self.dtype} (every contender, the data, the peaks)",
                           f"threads: {self.threads} ({self.thread_state})",
-                          f"matmul peaks: {peaks}"])
+                          f"matmul peaks: {peaks} (cpu: NumPy's {numpy_blas()})"])
 
     def to_json(self) -> dict:
         return {"machine": machine(), "dtype": self.dtype, "threads": self.threads,
@@ -557,7 +571,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "fastnn": __version__, "numpy": np.__version__}
+            "fastnn": __version__, "numpy": np.__version__, "numpy_blas": numpy_blas()}
     for name in ("numba", "torch"):
         if importlib.util.find_spec(name) is not None:
             info[name] = importlib.import_module(name).__version__
