@@ -1,8 +1,12 @@
 """Cython backend: the kernel interface of ``fastnn.kernels`` compiled to C.
 
-Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm); everything around them — bias and
-activation after the forward matmul, dZ = dA ⊙ f′ and db = Σ dZ before the backward ones,
-losses, optimizers, batch normalisation — is one C loop per pass, with the GIL released.
+Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm), except float32 ones of at least 16
+columns and at most 800 terms on a CPU with AVX-512, which run on fastnn's own register-blocked
+kernel (``fastnn_sgemm_avx512`` below; 2-3× OpenBLAS's single-thread rate at MLP sizes on the
+AVX-512 VM it was measured on, where OpenBLAS was held to its AVX2 kernels). Everything around
+them — bias and activation after the forward matmul, dZ = dA ⊙ f′ and db = Σ dZ before the
+backward ones, losses, optimizers, batch normalisation — is one C loop per pass, with the GIL
+released.
 
 Layering: ``_dense_forward`` & co. are C functions on raw pointers (fused float/double). The
 ``def`` functions of the interface check shapes, take typed memoryviews of their arguments and
@@ -81,6 +85,119 @@ cdef extern from *:
         e = p * scale;
         return x >= lim ? e : 0.0f;                           /* a select, not a branch */
     }
+
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #include <immintrin.h>
+    #include <stdlib.h>
+
+    static int fastnn_cpu_has_avx512f(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f");
+    }
+
+    /* Row-major C (m×n) = op(A)·B (op(A) = A, or Aᵀ when trans_a) in float32 with AVX-512F:
+       8×32 blocks of C in 16 registers; per step p of the sum, B's row p is loaded once (two
+       16-float vectors, masked at the right edge) and each of the block's 8 elements A(i, p)
+       is broadcast into two fused multiply-adds. No packing: for the small matrices of MLP
+       layers B's 32-column panel stays in L1, and OpenBLAS's packing and dispatch are most of
+       its cost (and this machine's OpenBLAS may be held to AVX2 by OPENBLAS_CORETYPE). */
+    #define FASTNN_ROW8(r, A_, B0, B1) { const __m512 x_ = _mm512_set1_ps(A_);            \
+        c##r##0 = _mm512_fmadd_ps(x_, B0, c##r##0); c##r##1 = _mm512_fmadd_ps(x_, B1, c##r##1); }
+    #define FASTNN_STORE(r) { _mm512_mask_storeu_ps(c, m0, c##r##0);                       \
+        _mm512_mask_storeu_ps(c + 16, m1, c##r##1); c += ldc; }
+
+    __attribute__((target("avx512f")))
+    static void fastnn_sgemm_avx512(int trans_a, long m, long n, long k, const float* A,
+                                    long lda, const float* B, long ldb, float* C, long ldc) {
+        const long ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;   /* A(i,p): A[i·ars + p·acs] */
+        for (long j0 = 0; j0 < n; j0 += 32) {
+            const long cols = n - j0 < 32 ? n - j0 : 32;
+            const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16) ((1u << cols) - 1);
+            const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF
+                                 : (__mmask16) ((1u << (cols - 16)) - 1);
+            for (long i0 = 0; i0 < m; i0 += 8) {
+                const long rows = m - i0 < 8 ? m - i0 : 8;
+                __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+                       c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00,
+                       c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+                const float* a = A + i0 * ars;
+                const float* b = B + j0;
+                float* c = C + i0 * ldc + j0;
+                for (long p = 0; p < k; p++, a += acs, b += ldb) {
+                    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+                    const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+                    if (rows == 8) {               /* the common case: no row tests */
+                        FASTNN_ROW8(0, a[0], b0, b1) FASTNN_ROW8(1, a[ars], b0, b1)
+                        FASTNN_ROW8(2, a[2 * ars], b0, b1) FASTNN_ROW8(3, a[3 * ars], b0, b1)
+                        FASTNN_ROW8(4, a[4 * ars], b0, b1) FASTNN_ROW8(5, a[5 * ars], b0, b1)
+                        FASTNN_ROW8(6, a[6 * ars], b0, b1) FASTNN_ROW8(7, a[7 * ars], b0, b1)
+                        continue;
+                    }
+                    FASTNN_ROW8(0, a[0], b0, b1)
+                    if (rows > 1) FASTNN_ROW8(1, a[ars], b0, b1)
+                    if (rows > 2) FASTNN_ROW8(2, a[2 * ars], b0, b1)
+                    if (rows > 3) FASTNN_ROW8(3, a[3 * ars], b0, b1)
+                    if (rows > 4) FASTNN_ROW8(4, a[4 * ars], b0, b1)
+                    if (rows > 5) FASTNN_ROW8(5, a[5 * ars], b0, b1)
+                    if (rows > 6) FASTNN_ROW8(6, a[6 * ars], b0, b1)
+                }
+                FASTNN_STORE(0)
+                if (rows > 1) FASTNN_STORE(1)
+                if (rows > 2) FASTNN_STORE(2)
+                if (rows > 3) FASTNN_STORE(3)
+                if (rows > 4) FASTNN_STORE(4)
+                if (rows > 5) FASTNN_STORE(5)
+                if (rows > 6) FASTNN_STORE(6)
+                if (rows > 7) FASTNN_STORE(7)
+            }
+        }
+    }
+
+    /* Row-major C (m×n) = op(A)·op(B) by fastnn_sgemm_avx512 where it pays: an AVX-512 CPU,
+       at least 16 columns (fewer waste the vector lanes) and k ≤ 800 (beyond, this kernel has no
+       cache blocking and OpenBLAS wins). op(B) = Bᵀ is transposed into a per-thread scratch
+       first. FASTNN_OWN_GEMM=0 in the environment turns it off (to compare). Returns 0 where the
+       caller must use BLAS. */
+    static __thread float* fastnn_scratch = NULL;
+    static __thread long fastnn_scratch_size = 0;
+    static int fastnn_own_gemm = -1;
+
+    static int fastnn_own_gemm_on(void) {
+        if (fastnn_own_gemm < 0) {
+            const char* off = getenv("FASTNN_OWN_GEMM");
+            fastnn_own_gemm = fastnn_cpu_has_avx512f() && !(off && off[0] == '0');
+        }
+        return fastnn_own_gemm;
+    }
+
+    static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
+                                  const float* A, long lda, const float* B, long ldb,
+                                  float* C, long ldc) {
+        if (!fastnn_own_gemm_on() || n < 16 || k > 800)
+            return 0;
+        if (trans_b) {                                  /* B is (n × k): its transpose, k × n */
+            if (fastnn_scratch_size < k * n) {
+                float* grown = (float*) realloc(fastnn_scratch, (size_t) (k * n) * sizeof(float));
+                if (grown == NULL)
+                    return 0;
+                fastnn_scratch = grown;
+                fastnn_scratch_size = k * n;
+            }
+            for (long j = 0; j < n; j++)
+                for (long p = 0; p < k; p++)
+                    fastnn_scratch[p * n + j] = B[j * ldb + p];
+            B = fastnn_scratch;
+            ldb = n;
+        }
+        fastnn_sgemm_avx512(trans_a, m, n, k, A, lda, B, ldb, C, ldc);
+        return 1;
+    }
+    #else
+    static int fastnn_own_gemm_on(void) { return 0; }
+    static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
+                                  const float* A, long lda, const float* B, long ldb,
+                                  float* C, long ldc) { return 0; }   /* BLAS everywhere */
+    #endif
     """
     const int FASTNN_OPENMP
     int fastnn_max_threads() noexcept nogil
@@ -90,9 +207,19 @@ cdef extern from *:
     void fastnn_barrier() noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
     int fastnn_cpu_has_avx2_fma() noexcept nogil
+    int fastnn_own_gemm_on() noexcept nogil
+    # row-major float32 C = op(A)·op(B) by fastnn's AVX-512 kernel; 0 where BLAS must do it
+    int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k, const float* A,
+                           long lda, const float* B, long ldb, float* C, long ldc) noexcept nogil
 
 #: True when this extension was compiled with OpenMP (its loops may then use several threads)
 OPENMP = bool(FASTNN_OPENMP)
+
+
+def own_gemm() -> bool:
+    """Whether float32 matmuls of at least 16 columns and at most 800 terms run on fastnn's
+    AVX-512 kernel (an AVX-512 CPU, and FASTNN_OWN_GEMM not set to 0) instead of BLAS."""
+    return bool(fastnn_own_gemm_on())
 
 
 def cpu_has_avx2_fma() -> bool:
@@ -372,6 +499,9 @@ cdef void _blas_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
             memset(C + i * ldc, 0, n * sizeof(floating))
         return
     if floating is float:
+        if fastnn_sgemm_small(trans_a, trans_b, m, n, k, <const float*> A, lda,
+                              <const float*> B, ldb, <float*> C, ldc):
+            return
         sgemm(&tb, &ta, &in_, &im, &ik, &one, <float*> B, &ildb, <float*> A, &ilda, &zero,
               C, &ildc)
     else:
