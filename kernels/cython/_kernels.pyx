@@ -222,6 +222,12 @@ def own_gemm() -> bool:
     return bool(fastnn_own_gemm_on())
 
 
+def own_gemm_address() -> int:
+    """The address of ``fastnn_sgemm_small`` (C signature in the extern block above), which the
+    numba_cpu kernels call for the same matmuls (``kernels/numba_cpu/_own_gemm.py``)."""
+    return <size_t> <void*> fastnn_sgemm_small
+
+
 def cpu_has_avx2_fma() -> bool:
     """Whether this CPU (and OS) runs AVX2 and FMA code: which build of the kernels to use."""
     return bool(fastnn_cpu_has_avx2_fma())

@@ -7,7 +7,8 @@ dX = dZ Wᵀ for the chunk; dW = Xᵀ dZ and db = Σ dZ reduce over the whole ba
 BLAS is called from inside the parallel region, so it must run single-threaded there
 (:func:`fastnn.set_num_threads` pins it): Numba's threads and BLAS's never stack.
 
-Why BLAS at every size: single-threaded sgemm called from Numba (``np.dot`` with ``out``) costs
+Why BLAS (or, for float32 on AVX-512 CPUs, fastnn's own kernel: ``_own_gemm.py``) at every
+size: single-threaded sgemm called from Numba (``np.dot`` with ``out``) costs
 about 50 ns per call, and beat our own loops at every shape measured, from (batch, in, out) =
 (16, 8, 8) (0.08 µs vs 0.38 µs) through (32, 32, 64) (1.1 µs vs 2.6 µs for a 2-row × 4-k
 register-blocked loop) to (128, 784, 256) (400 µs vs 740 µs); own loops only tie below ~100
@@ -15,13 +16,13 @@ multiply-adds, where nothing is at stake. Our loops do what BLAS cannot fuse: th
 """
 import math
 
-import numpy as np
 from numba import njit, prange
 
 from .. import (ELU, GELU, GELU_TANH, GELU_TANH_C, GELU_TANH_K, LEAKY_RELU, LEAKY_SLOPE, RELU,
                 SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SILU, SOFTMAX, SOFTPLUS,
                 SOFTPLUS_THRESHOLD, TANH)
 from ._exp import exp_neg
+from ._own_gemm import matmul
 from ._split import row_split
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -175,7 +176,7 @@ def column_sums(dZ, r0, r1, db):
 @njit(inline="always", error_model="numpy")
 def dense_forward_rows(X, W, b, act, out, r0, r1, Zs):
     """out[r0:r1] = f(X[r0:r1] @ W + b) (and Zs[r0:r1] = z for GELU and SiLU)."""
-    np.dot(X[r0:r1], W, out[r0:r1])
+    matmul(X[r0:r1], W, out[r0:r1], False, False)
     bias_activate_rows(out, b, act, r0, r1, Zs)
 
 
@@ -195,7 +196,7 @@ def dense_backward_rows(dA, W, A, act, dX, has_dX, r0, r1, Zs):
     """dZ = dA ⊙ f′ in place for rows r0:r1, and their dX = dZ Wᵀ."""
     activation_grad_rows(dA, A, act, r0, r1, Zs)          # dZ = ∂L/∂a ⊙ f′(z)
     if has_dX:
-        np.dot(dA[r0:r1], W.T, dX[r0:r1])                 # ∂L/∂x = dZ Wᵀ
+        matmul(dA[r0:r1], W, dX[r0:r1], False, True)      # ∂L/∂x = dZ Wᵀ
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -207,5 +208,5 @@ def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, Zs, threads):
     else:
         for c in prange(nchunk):
             dense_backward_rows(dA, W, A, act, dX, has_dX, c * q, min(n, c * q + q), Zs)
-    np.dot(X.T, dA, dW)                                   # ∂L/∂W = Xᵀ dZ
+    matmul(X, dA, dW, True, False)                        # ∂L/∂W = Xᵀ dZ
     column_sums(dA, 0, n, db)                             # ∂L/∂b = Σ_batch dZ

@@ -43,6 +43,7 @@ from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .dropout import dropout_rows
 from .interface import LAUNCH_LOCK, writeable_input
+from ._own_gemm import matmul, own_gemm
 from .losses import loss_rows
 from .optimizers import update_range
 
@@ -192,14 +193,14 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fo
     dZ = _view(dacts, ops[op, OUT], nb, nout)
     activation_grad_rows(dZ, a_out, ops[op, ACT], r0, r1, Zs)   # dZ = ∂L/∂a ⊙ f′(z)
     G = grads if c == 0 else partials[c - 1]              # this chunk's share of ∂L/∂W, ∂L/∂b
-    np.dot(x_in[r0:r1].T, dZ[r0:r1], _view(G, p, nin, nout))
+    matmul(x_in[r0:r1], dZ[r0:r1], _view(G, p, nin, nout), True, False)
     column_sums(dZ, r0, r1, G[p + nin * nout:p + nin * nout + nout])
     mode = ops[op, DX]
     if mode == GRAD_WRITE:
-        np.dot(dZ[r0:r1], W.T, _view(dacts, ops[op, IN], nb, nin)[r0:r1])   # dX = dZ Wᵀ
+        matmul(dZ[r0:r1], W, _view(dacts, ops[op, IN], nb, nin)[r0:r1], False, True)  # dZ Wᵀ
     elif mode == GRAD_ADD:                                # dX += dZ Wᵀ (x also feeds a skip)
         T = _view(tmp, 0, nb, nin)
-        np.dot(dZ[r0:r1], W.T, T[r0:r1])
+        matmul(dZ[r0:r1], W, T[r0:r1], False, True)
         _add_rows(_view(dacts, ops[op, IN], nb, nin), T, GRAD_ADD, r0, r1)
 
 
@@ -386,11 +387,14 @@ class Trainer:
 
     def split(self, threads: int) -> tuple[int, int]:
         """(threads the epoch kernel splits rows over, threads BLAS may use): a batch worth
-        splitting goes to row chunks, or, with big layers, to threaded BLAS called serially."""
+        splitting goes to row chunks, or, with big layers, to threaded BLAS called serially
+        — unless fastnn's own (single-threaded) matmul runs this float32 plan's layers: then
+        to row chunks too."""
         plan = self.plan
         if row_split(plan.batch, threads, plan.work_per_row)[1] == 1:
             return 1, 1
-        threaded_blas = plan.batch * plan.max_layer_work >= BLAS_THREADS_WORK
+        threaded_blas = (plan.batch * plan.max_layer_work >= BLAS_THREADS_WORK
+                         and not (plan.dtype == np.float32 and own_gemm()))
         return (1, threads) if threaded_blas else (threads, 1)
 
     def _chunk_buffers(self, threads: int):
