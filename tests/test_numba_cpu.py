@@ -168,19 +168,14 @@ def test_changed_sources_drop_the_cached_kernels(tmp_path, monkeypatch):
     assert not (directory / "dense.x-1.py311.nbi").exists()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind, split", [("mlp", (1, 1)), ("wide", (2, 1)), ("big", (1, 2))])
-def test_how_each_network_uses_two_threads(kind, split, dtype):
+def test_how_each_network_uses_two_threads(kind, split):
     """(row chunks, BLAS threads) per network on 2 threads: none, row chunks with
-    single-threaded BLAS, or one chunk with BLAS on both threads — except where fastnn's own
-    single-threaded float32 matmul takes the layers (an AVX-512 CPU): row chunks then."""
+    single-threaded BLAS, or one chunk with BLAS on both threads."""
     from fastnn.kernels._threads import blas_controllers
-    from fastnn.kernels.numba_cpu._own_gemm import own_gemm
 
-    model = Sequential(network(kind, "identity"), backend="numba_cpu", dtype=dtype)
+    model = Sequential(network(kind, "identity"), backend="numba_cpu")
     trainer = model._make_trainer(fastnn.losses.get("mse"), SGD(0.1), BATCH[kind])
-    if split == (1, 2) and dtype == "float32" and own_gemm():
-        split = (2, 1)
     assert trainer.split(2) == split
     limits = [c.num_threads for c in blas_controllers()[0]]
     model.fit(np.ones((70, 12)), np.ones((70, 3)), loss="mse", epochs=1, batch_size=BATCH[kind],

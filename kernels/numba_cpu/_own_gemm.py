@@ -3,7 +3,12 @@
 ``fastnn_sgemm_small`` (kernels/cython/_kernels.pyx) computes row-major C = op(A)·op(B) in
 float32 with fastnn's own register-blocked AVX-512 kernel where that beats BLAS (an AVX-512
 CPU, at least 16 columns, at most 800 terms; FASTNN_OWN_GEMM=0 turns it off) and returns 0
-elsewhere, and :func:`matmul` then calls ``np.dot`` (BLAS) as before. The function is reached
+elsewhere, and :func:`matmul` then calls ``np.dot`` (BLAS) as before. The fused trainer uses it
+for steps that run on one thread (tiny, small, deep networks: 1.3-2.2× faster steps
+measured); with row chunks or threaded BLAS (mnist-sized layers and up) and in the
+interface kernels it stays with BLAS, which measured faster there from Numba's threads
+(mnist step 953 vs 1170 µs), where the same kernel called from the cython trainer's OpenMP
+bands is faster than BLAS: not understood yet. The function is reached
 by name (a symbol registered with LLVM at import), so kernels that call it still cache on disk.
 Without the cython extension the symbol is a stub that always returns 0: BLAS everywhere.
 """
@@ -32,7 +37,7 @@ def _extension():
 
 
 def own_gemm() -> bool:
-    """Whether float32 matmuls that suit it run on fastnn's kernel (not BLAS) here."""
+    """Whether float32 matmuls that suit it may run on fastnn's kernel (not BLAS) here."""
     ext = _extension()
     return ext is not None and ext.own_gemm()
 
@@ -64,10 +69,10 @@ def _own_matmul_impl(A, B, C, trans_a, trans_b):
 
 
 @njit(inline="always", error_model="numpy")
-def matmul(A, B, C, trans_a, trans_b):
-    """C = op(A)·op(B) with op(M) = Mᵀ when its flag is set: fastnn's kernel where it takes
-    the matmul, else BLAS through ``np.dot``."""
-    if _own_matmul(A, B, C, trans_a, trans_b):
+def matmul(A, B, C, trans_a, trans_b, own):
+    """C = op(A)·op(B) with op(M) = Mᵀ when its flag is set: with ``own``, fastnn's kernel
+    where it takes the matmul, else BLAS through ``np.dot``."""
+    if own and _own_matmul(A, B, C, trans_a, trans_b):
         return
     if trans_a:
         np.dot(A.T, B, C)

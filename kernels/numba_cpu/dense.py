@@ -16,6 +16,7 @@ multiply-adds, where nothing is at stake. Our loops do what BLAS cannot fuse: th
 """
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from .. import (ELU, GELU, GELU_TANH, GELU_TANH_C, GELU_TANH_K, LEAKY_RELU, LEAKY_SLOPE, RELU,
@@ -174,9 +175,10 @@ def column_sums(dZ, r0, r1, db):
 
 
 @njit(inline="always", error_model="numpy")
-def dense_forward_rows(X, W, b, act, out, r0, r1, Zs):
-    """out[r0:r1] = f(X[r0:r1] @ W + b) (and Zs[r0:r1] = z for GELU and SiLU)."""
-    matmul(X[r0:r1], W, out[r0:r1], False, False)
+def dense_forward_rows(X, W, b, act, out, r0, r1, Zs, own):
+    """out[r0:r1] = f(X[r0:r1] @ W + b) (and Zs[r0:r1] = z for GELU and SiLU); ``own``: the
+    matmul may run on fastnn's kernel (``_own_gemm.py``)."""
+    matmul(X[r0:r1], W, out[r0:r1], False, False, own)
     bias_activate_rows(out, b, act, r0, r1, Zs)
 
 
@@ -185,10 +187,10 @@ def dense_forward_kernel(X, W, b, act, out, Zs, threads):
     n = X.shape[0]
     q, nchunk = row_split(n, threads, W.shape[0] * W.shape[1])
     if nchunk == 1:                                       # too little work to share
-        dense_forward_rows(X, W, b, act, out, 0, n, Zs)
+        dense_forward_rows(X, W, b, act, out, 0, n, Zs, False)
     else:
         for c in prange(nchunk):
-            dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q), Zs)
+            dense_forward_rows(X, W, b, act, out, c * q, min(n, c * q + q), Zs, False)
 
 
 @njit(inline="always", error_model="numpy")
@@ -196,7 +198,7 @@ def dense_backward_rows(dA, W, A, act, dX, has_dX, r0, r1, Zs):
     """dZ = dA ⊙ f′ in place for rows r0:r1, and their dX = dZ Wᵀ."""
     activation_grad_rows(dA, A, act, r0, r1, Zs)          # dZ = ∂L/∂a ⊙ f′(z)
     if has_dX:
-        matmul(dA[r0:r1], W, dX[r0:r1], False, True)      # ∂L/∂x = dZ Wᵀ
+        np.dot(dA[r0:r1], W.T, dX[r0:r1])                 # ∂L/∂x = dZ Wᵀ
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -208,5 +210,5 @@ def dense_backward_kernel(dA, X, W, A, act, dX, has_dX, dW, db, Zs, threads):
     else:
         for c in prange(nchunk):
             dense_backward_rows(dA, W, A, act, dX, has_dX, c * q, min(n, c * q + q), Zs)
-    matmul(X, dA, dW, True, False)                        # ∂L/∂W = Xᵀ dZ
+    np.dot(X.T, dA, dW)                                   # ∂L/∂W = Xᵀ dZ
     column_sums(dA, 0, n, db)                             # ∂L/∂b = Σ_batch dZ

@@ -120,7 +120,7 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fo
                 grads, partials, state, acts, dacts, aux, tmp, labels_b, Yb, wb, minibatch,
                 places, loss_code, lossp, corrp):
     """Run one row-local action for rows r0:r1 (chunk c) of the current minibatch."""
-    inv_mass, seed, draw = minibatch
+    inv_mass, seed, draw, own = minibatch
     if phase == GATHER:                                   # minibatch rows order[start + i]
         Xb = _view(acts, 0, nb, X.shape[1])
         for i in range(r0, r1):                           # (element loops: a row
@@ -188,19 +188,20 @@ def _row_action(phase, op, c, r0, r1, nb, start, X, labels, Y, w, order, ops, fo
     Zs = _preactivations(aux, ops, op, nb, a_out)
     if phase == FORWARD:
         dense_forward_rows(x_in, W, params[p + nin * nout:p + nin * nout + nout], ops[op, ACT],
-                           a_out, r0, r1, Zs)
+                           a_out, r0, r1, Zs, own)
         return
     dZ = _view(dacts, ops[op, OUT], nb, nout)
     activation_grad_rows(dZ, a_out, ops[op, ACT], r0, r1, Zs)   # dZ = ∂L/∂a ⊙ f′(z)
     G = grads if c == 0 else partials[c - 1]              # this chunk's share of ∂L/∂W, ∂L/∂b
-    matmul(x_in[r0:r1], dZ[r0:r1], _view(G, p, nin, nout), True, False)
+    matmul(x_in[r0:r1], dZ[r0:r1], _view(G, p, nin, nout), True, False, own)
     column_sums(dZ, r0, r1, G[p + nin * nout:p + nin * nout + nout])
     mode = ops[op, DX]
     if mode == GRAD_WRITE:
-        matmul(dZ[r0:r1], W, _view(dacts, ops[op, IN], nb, nin)[r0:r1], False, True)  # dZ Wᵀ
+        matmul(dZ[r0:r1], W, _view(dacts, ops[op, IN], nb, nin)[r0:r1], False, True,
+               own)                                       # dX = dZ Wᵀ
     elif mode == GRAD_ADD:                                # dX += dZ Wᵀ (x also feeds a skip)
         T = _view(tmp, 0, nb, nin)
-        matmul(dZ[r0:r1], W, T[r0:r1], False, True)
+        matmul(dZ[r0:r1], W, T[r0:r1], False, True, own)
         _add_rows(_view(dacts, ops[op, IN], nb, nin), T, GRAD_ADD, r0, r1)
 
 
@@ -263,7 +264,7 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
 def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads,
                  state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp,
                  loss_code, opt_code, hyper, step, seed, train_steps, threads, work_per_row,
-                 min_chunk_work, places, mass, update):
+                 min_chunk_work, places, mass, update, own_gemm):
     """Train one epoch over minibatches order[s:s + batch]; return (Σ wᵢ × row loss, n right).
 
     ``w`` holds the rows' weights (empty: all 1); a minibatch whose weights sum to 0 is
@@ -297,10 +298,11 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
             if own_mass == 0:
                 continue                                  # weight 0: the batch counts for nothing
             inv_mass = 1.0 / own_mass
-        minibatch = (inv_mass, seed, train_steps[0])      # (1/Σw, Dropout's key inputs)
         # at most one chunk per gradient buffer, whatever row_split was compiled with
         q, nchunk = row_split(nb, min(threads, partials.shape[0] + 1), work_per_row,
                               min_chunk_work)
+        # (1/Σw, Dropout's key inputs, whether matmuls may run on fastnn's kernel: serially)
+        minibatch = (inv_mass, seed, train_steps[0], own_gemm and nchunk == 1)
         serial = nchunk == 1
         for st in range(stages.shape[0]):
             a, b = stages[st, 1], stages[st, 2]
@@ -387,14 +389,11 @@ class Trainer:
 
     def split(self, threads: int) -> tuple[int, int]:
         """(threads the epoch kernel splits rows over, threads BLAS may use): a batch worth
-        splitting goes to row chunks, or, with big layers, to threaded BLAS called serially
-        — unless fastnn's own (single-threaded) matmul runs this float32 plan's layers: then
-        to row chunks too."""
+        splitting goes to row chunks, or, with big layers, to threaded BLAS called serially."""
         plan = self.plan
         if row_split(plan.batch, threads, plan.work_per_row)[1] == 1:
             return 1, 1
-        threaded_blas = (plan.batch * plan.max_layer_work >= BLAS_THREADS_WORK
-                         and not (plan.dtype == np.float32 and own_gemm()))
+        threaded_blas = plan.batch * plan.max_layer_work >= BLAS_THREADS_WORK
         return (1, threads) if threaded_blas else (threads, 1)
 
     def _chunk_buffers(self, threads: int):
@@ -449,7 +448,8 @@ class Trainer:
                 plan.grads, plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
                 ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"], lossp, corrp,
                 plan.loss, plan.rule, plan.hyper, plan.step, plan.seed, plan.train_steps,
-                threads, plan.work_per_row, MIN_CHUNK_WORK, places, float(mass), update)
+                threads, plan.work_per_row, MIN_CHUNK_WORK, places, float(mass), update,
+                blas_threads == 1 and own_gemm())
 
     def sync(self) -> None:
         """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""
