@@ -23,9 +23,10 @@ def test_own_gemm_is_on_where_the_cpu_has_avx512():
     assert _kernels.own_gemm() == avx512
 
 
-@pytest.mark.parametrize("batch", [1, 7, 8, 9, 63])
+@pytest.mark.parametrize("batch", [1, 7, 8, 9, 63, 300])
 @pytest.mark.parametrize("n_in, n_out", [(5, 16), (33, 17), (64, 31), (64, 32), (40, 33),
-                                         (17, 100), (800, 48), (801, 48), (130, 15)])
+                                         (17, 100), (800, 48), (801, 48), (130, 15),
+                                         (257, 20), (600, 600)])
 def test_dense_matmuls_match_float64(batch, n_in, n_out):
     rng = np.random.default_rng(batch * 1000 + n_in + n_out)
     X = rng.standard_normal((batch, n_in)).astype(np.float32)

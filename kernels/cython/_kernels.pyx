@@ -1,9 +1,9 @@
 """Cython backend: the kernel interface of ``fastnn.kernels`` compiled to C.
 
 Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm), except float32 ones of at least 16
-columns and at most 800 terms on a CPU with AVX-512, which run on fastnn's own register-blocked
-kernel (``fastnn_sgemm_avx512`` below; 2-3× OpenBLAS's single-thread rate at MLP sizes on the
-AVX-512 VM it was measured on, where OpenBLAS was held to its AVX2 kernels). Everything around
+columns on a CPU with AVX-512 (``fastnn_sgemm_small`` says which), which run on fastnn's own
+register-blocked kernel (``fastnn_sgemm_avx512`` below; 2-3× OpenBLAS's single-thread rate at
+MLP sizes on the AVX-512 VM it was measured on, where OpenBLAS was held to AVX2 kernels). Everything around
 them — bias and activation after the forward matmul, dZ = dA ⊙ f′ and db = Σ dZ before the
 backward ones, losses, optimizers, batch normalisation — is one C loop per pass, with the GIL
 released.
@@ -103,12 +103,20 @@ cdef extern from *:
        its cost (and this machine's OpenBLAS may be held to AVX2 by OPENBLAS_CORETYPE). */
     #define FASTNN_ROW8(r, A_, B0, B1) { const __m512 x_ = _mm512_set1_ps(A_);            \
         c##r##0 = _mm512_fmadd_ps(x_, B0, c##r##0); c##r##1 = _mm512_fmadd_ps(x_, B1, c##r##1); }
+    #define FASTNN_LOAD(r, row) { c##r##0 = _mm512_maskz_loadu_ps(m0, row);              \
+        c##r##1 = _mm512_maskz_loadu_ps(m1, row + 16); }
+    #define FASTNN_LOAD_BLOCK(c) { FASTNN_LOAD(0, c)                                      \
+        if (rows > 1) FASTNN_LOAD(1, c + ldc) if (rows > 2) FASTNN_LOAD(2, c + 2 * ldc)     \
+        if (rows > 3) FASTNN_LOAD(3, c + 3 * ldc) if (rows > 4) FASTNN_LOAD(4, c + 4 * ldc) \
+        if (rows > 5) FASTNN_LOAD(5, c + 5 * ldc) if (rows > 6) FASTNN_LOAD(6, c + 6 * ldc) \
+        if (rows > 7) FASTNN_LOAD(7, c + 7 * ldc) }
     #define FASTNN_STORE(r) { _mm512_mask_storeu_ps(c, m0, c##r##0);                       \
         _mm512_mask_storeu_ps(c + 16, m1, c##r##1); c += ldc; }
 
     __attribute__((target("avx512f")))
     static void fastnn_sgemm_avx512(int trans_a, long m, long n, long k, const float* A,
-                                    long lda, const float* B, long ldb, float* C, long ldc) {
+                                    long lda, const float* B, long ldb, float* C, long ldc,
+                                    int accumulate) {
         const long ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;   /* A(i,p): A[i·ars + p·acs] */
         for (long j0 = 0; j0 < n; j0 += 32) {
             const long cols = n - j0 < 32 ? n - j0 : 32;
@@ -123,6 +131,8 @@ cdef extern from *:
                 const float* a = A + i0 * ars;
                 const float* b = B + j0;
                 float* c = C + i0 * ldc + j0;
+                if (accumulate)                    /* C += op(A)·B: start from C's block */
+                    FASTNN_LOAD_BLOCK(c)
                 for (long p = 0; p < k; p++, a += acs, b += ldb) {
                     const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
                     const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
@@ -153,11 +163,14 @@ cdef extern from *:
         }
     }
 
-    /* Row-major C (m×n) = op(A)·op(B) by fastnn_sgemm_avx512 where it pays: an AVX-512 CPU,
-       at least 16 columns (fewer waste the vector lanes) and k ≤ 800 (beyond, this kernel has no
-       cache blocking and OpenBLAS wins). op(B) = Bᵀ is transposed into a per-thread scratch
-       first. FASTNN_OWN_GEMM=0 in the environment turns it off (to compare). Returns 0 where the
-       caller must use BLAS. */
+    /* Row-major C (m×n) = op(A)·op(B) by fastnn_sgemm_avx512 where it pays: an AVX-512 CPU and
+       at least 16 columns (fewer waste the vector lanes). The sum runs in blocks of
+       FASTNN_KBLOCK terms, so that B's 32-column panel stays in cache (unblocked, 2048-term
+       sums fell to 77 GFLOP/s; in blocks of 256, 122). op(B) = Bᵀ is transposed into a
+       per-thread scratch first, for at most 800 terms (beyond, the copy costs more than the
+       kernel gains: BLAS). FASTNN_OWN_GEMM=0 in the environment turns it off (to compare).
+       Returns 0 where the caller must use BLAS. */
+    #define FASTNN_KBLOCK 256
     static __thread float* fastnn_scratch = NULL;
     static __thread long fastnn_scratch_size = 0;
     static int fastnn_own_gemm = -1;
@@ -173,7 +186,7 @@ cdef extern from *:
     static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
                                   const float* A, long lda, const float* B, long ldb,
                                   float* C, long ldc) {
-        if (!fastnn_own_gemm_on() || n < 16 || k > 800)
+        if (!fastnn_own_gemm_on() || n < 16 || (trans_b && k > 800))
             return 0;
         if (trans_b) {                                  /* B is (n × k): its transpose, k × n */
             if (fastnn_scratch_size < k * n) {
@@ -189,7 +202,10 @@ cdef extern from *:
             B = fastnn_scratch;
             ldb = n;
         }
-        fastnn_sgemm_avx512(trans_a, m, n, k, A, lda, B, ldb, C, ldc);
+        for (long p = 0; p < k; p += FASTNN_KBLOCK)
+            fastnn_sgemm_avx512(trans_a, m, n, k - p < FASTNN_KBLOCK ? k - p : FASTNN_KBLOCK,
+                                A + (trans_a ? p * lda : p), lda, B + p * ldb, ldb, C, ldc,
+                                p > 0);
         return 1;
     }
     #else
@@ -217,8 +233,9 @@ OPENMP = bool(FASTNN_OPENMP)
 
 
 def own_gemm() -> bool:
-    """Whether float32 matmuls of at least 16 columns and at most 800 terms run on fastnn's
-    AVX-512 kernel (an AVX-512 CPU, and FASTNN_OWN_GEMM not set to 0) instead of BLAS."""
+    """Whether float32 matmuls of at least 16 columns (with a transposed second operand: of at
+    most 800 terms) run on fastnn's AVX-512 kernel (an AVX-512 CPU, and FASTNN_OWN_GEMM not
+    set to 0) instead of BLAS."""
     return bool(fastnn_own_gemm_on())
 
 
