@@ -323,25 +323,16 @@ class DistributedRun:
 
     def _allreduce(self, values) -> np.ndarray:
         """Σ over ranks of a few float64 figures."""
-        buf = np.asarray(values, np.float64).copy()
-        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
-        return buf
+        return self._reduce(values, "sum")
 
-    def _adapt_globally(self, scaler, X) -> None:
-        """``Standardize.adapt`` on the global rows: mean and population std over every
-        shard, computed in float64 in two passes (Σx, then Σ(x − mean)²)."""
-        X64 = validation.features(X, scaler.in_features, np.float64)
-        n = self._allreduce([len(X64)])[0]
-        mean = self._allreduce(X64.sum(axis=0)) / n
-        std = np.sqrt(self._allreduce(((X64 - mean) ** 2).sum(axis=0)) / n)
-        lo = np.where(len(X64), X64.min(axis=0, initial=np.inf), np.inf)
-        hi = np.where(len(X64), X64.max(axis=0, initial=-np.inf), -np.inf)
-        lo_all, hi_all = np.empty_like(lo), np.empty_like(hi)
-        self.comm.Allreduce(lo, lo_all, op=self._MPI.MIN)
-        self.comm.Allreduce(hi, hi_all, op=self._MPI.MAX)
-        std[lo_all == hi_all] = 1.0                       # constant feature: centred only
-        scaler.mean[...] = mean
-        scaler.std[...] = std
+    def _reduce(self, values: np.ndarray, op: str) -> np.ndarray:
+        """``values`` combined over the ranks by op ("sum", "min" or "max"), in float64:
+        how ``Standardize.adapt`` takes every shard's rows."""
+        buf = np.asarray(values, np.float64).copy()
+        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op={"sum": self._MPI.SUM,
+                                                          "min": self._MPI.MIN,
+                                                          "max": self._MPI.MAX}[op])
+        return buf
 
     def fit(self, X, y, w, X_val, y_val, loss, optimizer, epochs: int, batch_size: int,
             shuffle: bool, callbacks, clip_norm, scaler, verbose):
@@ -358,7 +349,7 @@ class DistributedRun:
         has_val = X_val is not None
         training.check_monitors(callbacks, has_val, loss.name != "mse")
         if scaler is not None and not self.shard:
-            self._adapt_globally(scaler, X)
+            scaler.adapt(X, reduce=self._reduce)            # the global rows' statistics
         broadcast_model(model, comm, optimizer=optimizer)
         apply_thread_defaults(comm)
         self.mass = self.n if w is None else self._allreduce([w.sum()])[0]
@@ -382,6 +373,9 @@ class DistributedRun:
         self.global_batch = _GlobalBatch(self)
         for layer in self.batchnorms:
             layer._sync = self.global_batch
+        # what a rank without rows in a minibatch passes through BatchNorm: no rows
+        self.no_rows = {layer: (np.empty((0, layer.in_features), model.dtype),
+                                layer._workspace(0, model.dtype)) for layer in self.batchnorms}
         warned = []
 
         def train_epoch(epoch: int) -> dict:
@@ -468,12 +462,10 @@ class DistributedRun:
         model = self.model
         if not len(idx):
             model._grads[...] = 0
-            none = {layer: (np.empty((0, layer.in_features), model.dtype),
-                            layer._workspace(0, model.dtype)) for layer in self.batchnorms}
             for layer in self.batchnorms:                  # the collectives of the others'
-                layer._synced_forward(model._k, *none[layer])      # forward and backward
-            for layer in reversed(self.batchnorms):        # passes, with no rows
-                layer._synced_backward(*none[layer])
+                layer._synced_forward(model._k, *self.no_rows[layer])   # forward and
+            for layer in reversed(self.batchnorms):        # backward passes, with no rows
+                layer._synced_backward(*self.no_rows[layer])
             return 0.0, 0
         if self.trainer is not None:                       # compiled: no Python per layer
             return self.trainer.gradients(X, y, idx, w, places, mass)

@@ -45,15 +45,17 @@ class Standardize(Layer):
         self.std[...] = std
         self._pending = None
 
-    def adapt(self, X, rows: np.ndarray | None = None) -> Standardize:
+    def adapt(self, X, rows: np.ndarray | None = None, reduce=None) -> Standardize:
         """Set mean and std from the rows of X (samples, num_features), or from its rows
         ``rows`` (indices) only; return self.
 
         The statistics are computed in float64 over blocks of rows, so no float64 copy of X
-        is made, and stored in the model's dtype.
+        is made, and stored in the model's dtype. ``reduce(values, op)`` (op "sum", "min" or
+        "max") combines each partial result over processes, so that X is one shard of the
+        rows (``fit(distributed=...)``); None: X holds all of them.
         """
         X = validation.features(X, self.in_features, None)
-        mean, std = _mean_std(X, rows)
+        mean, std = _mean_std(X, rows, reduce or _alone)
         if self._bound:
             self.mean[...] = mean
             self.std[...] = std
@@ -83,22 +85,29 @@ class Standardize(Layer):
         return f"Standardize({self.in_features})"
 
 
-def _mean_std(X: np.ndarray, rows=None) -> tuple[np.ndarray, np.ndarray]:
+def _alone(values: np.ndarray, op: str) -> np.ndarray:
+    """The reduction over one process: the values themselves."""
+    return values
+
+
+def _mean_std(X: np.ndarray, rows, reduce) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and population std (std 1 where the feature is constant) of X, or of
-    X[rows], in float64: two passes (Σx, then Σ(x − mean)²) over blocks of rows."""
-    n = len(X) if rows is None else len(rows)
-    first = X[0] if rows is None else X[rows[0]]
-    total, constant = np.zeros(X.shape[1]), np.ones(X.shape[1], bool)
+    X[rows], in float64: two passes (Σx, then Σ(x − mean)²) over blocks of rows, each partial
+    result combined by ``reduce`` (see :meth:`Standardize.adapt`)."""
+    width = X.shape[1]
+    total, lo, hi = np.zeros(width), np.full(width, np.inf), np.full(width, -np.inf)
     for _, block in row_blocks(X, rows):
         total += block.sum(axis=0, dtype=np.float64)
-        constant &= (block == first).all(axis=0)
-    mean, squares = total / n, np.zeros(X.shape[1])
+        np.minimum(lo, block.min(axis=0), out=lo)
+        np.maximum(hi, block.max(axis=0), out=hi)
+    n = reduce(np.array([len(X) if rows is None else len(rows)], np.float64), "sum")[0]
+    mean, squares = reduce(total, "sum") / n, np.zeros(width)
     for _, block in row_blocks(X, rows):
         centred = block - mean
         centred *= centred
         squares += centred.sum(axis=0)
-    std = np.sqrt(squares / n)
-    std[constant] = 1.0                                  # constant feature: centred only
+    std = np.sqrt(reduce(squares, "sum") / n)
+    std[reduce(lo, "min") == reduce(hi, "max")] = 1.0   # constant feature: centred only
     return mean, std
 
 

@@ -36,13 +36,13 @@ def _extension():
     return _kernels
 
 
+_ext = _extension()
+
+
 def own_gemm() -> bool:
     """Whether float32 matmuls that suit it may run on fastnn's kernel (not BLAS) here."""
-    ext = _extension()
-    return ext is not None and ext.own_gemm()
+    return _ext is not None and _ext.own_gemm()
 
-
-_ext = _extension()
 llvm.add_symbol(SYMBOL, ctypes.cast(_STUB, ctypes.c_void_p).value if _ext is None
                 else _ext.own_gemm_address())
 
