@@ -1,7 +1,9 @@
 """The cython backend's own AVX-512 float32 matmul (kernels/cython/_kernels.pyx,
 ``fastnn_sgemm_avx512``) against float64 NumPy, through the kernels that call it: every
-layout it serves (forward X·W, dW = Xᵀ·dZ, dX = dZ·Wᵀ) at the edges of its 8×32 blocks and
-of where it takes over from BLAS (16 columns, 800 terms)."""
+layout it serves (forward X·W, dW = Xᵀ·dZ, dX = dZ·Wᵀ) at the edges of its 8×32 blocks, of
+its 256-term blocks, of the packed panels of B (a transposed B always; a plain one whose
+rows lie far apart: (257, 20) and (600, 600)) and of where it takes over from BLAS (16
+columns)."""
 import numpy as np
 import pytest
 

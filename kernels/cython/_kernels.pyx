@@ -38,25 +38,78 @@ from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
 from fastnn.kernels import SELU_ALPHA as _SELU_ALPHA
 from fastnn.kernels import SELU_SCALE as _SELU_SCALE
 from fastnn.kernels import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
+from fastnn.kernels._teams import TeamChoice
 from fastnn.kernels._threads import kernel_blas_threads
 
 cdef extern from *:
     """
+    /* The trainer's team barrier (one per epoch call, zeroed before its parallel region). */
+    typedef struct { int arrived, generation, sleepers; } fastnn_team_barrier;
+
     #ifdef _OPENMP
     #include <omp.h>
     #define FASTNN_OPENMP 1
     #define fastnn_max_threads() omp_get_max_threads()
     #define fastnn_in_parallel() omp_in_parallel()
-    #ifdef _MSC_VER
-    #define fastnn_barrier() __pragma(omp barrier)
+    #if defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+    #include <limits.h>
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <time.h>
+    #include <unistd.h>
+    /* Every thread of the team waits here for the others. It spins for at most
+       FASTNN_SPIN_NS, then sleeps on a futex: a quiet machine's waits (a band finishing a
+       little later than the other) end while spinning, and when another process holds a core
+       the waiting thread gives its own core up instead of burning it. (libgomp's own barrier
+       spun only ~1000 times before sleeping here, as it counts more threads than cores: a
+       2-thread small-network step ran 190-350 µs instead of 96.) */
+    #define FASTNN_SPIN_NS 50000
+    static long long fastnn_clock_ns(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
+    static void fastnn_team_wait(fastnn_team_barrier* b) {
+        const int team = omp_get_num_threads();
+        const int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+        long long start = 0;
+        if (team <= 1)
+            return;
+        if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == team) {   /* the last */
+            __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&b->generation, gen + 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST))
+                syscall(SYS_futex, &b->generation, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+            return;
+        }
+        for (unsigned i = 1; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; i++) {
+            if (i % 64 == 0) {                       /* the clock now and then */
+                const long long now = fastnn_clock_ns();
+                if (start == 0) {
+                    start = now;
+                } else if (now - start > FASTNN_SPIN_NS) {
+                    __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+                    while (__atomic_load_n(&b->generation, __ATOMIC_SEQ_CST) == gen)
+                        syscall(SYS_futex, &b->generation, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
+                    __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+                    return;
+                }
+            }
+            #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+            #endif
+        }
+    }
+    #elif defined(_MSC_VER)
+    #define fastnn_team_wait(b) __pragma(omp barrier)
     #else
-    #define fastnn_barrier() _Pragma("omp barrier")
+    #define fastnn_team_wait(b) _Pragma("omp barrier")
     #endif
     #else
     #define FASTNN_OPENMP 0
     #define fastnn_max_threads() 1
     #define fastnn_in_parallel() 0
-    #define fastnn_barrier()
+    #define fastnn_team_wait(b)
     #endif
 
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -95,12 +148,12 @@ cdef extern from *:
         return __builtin_cpu_supports("avx512f");
     }
 
-    /* Row-major C (m×n) = op(A)·B (op(A) = A, or Aᵀ when trans_a) in float32 with AVX-512F:
-       8×32 blocks of C in 16 registers; per step p of the sum, B's row p is loaded once (two
-       16-float vectors, masked at the right edge) and each of the block's 8 elements A(i, p)
-       is broadcast into two fused multiply-adds. No packing: for the small matrices of MLP
-       layers B's 32-column panel stays in L1, and OpenBLAS's packing and dispatch are most of
-       its cost (and this machine's OpenBLAS may be held to AVX2 by OPENBLAS_CORETYPE). */
+    /* The micro-kernel, float32 with AVX-512F: 8×32 blocks of C in 16 registers; per step p of
+       the sum, B's row p is loaded once (two 16-float vectors, masked at the right edge) and
+       each of the block's 8 elements A(i, p) is broadcast into two fused multiply-adds. A is
+       read where it lies (op(A) = A, or Aᵀ when trans_a); B's panel may be packed first (see
+       fastnn_sgemm_small). For MLP-sized matrices this skips most of what OpenBLAS pays in
+       packing and dispatch (and a machine's OpenBLAS may be held to AVX2 by OPENBLAS_CORETYPE). */
     #define FASTNN_ROW8(r, A_, B0, B1) { const __m512 x_ = _mm512_set1_ps(A_);            \
         c##r##0 = _mm512_fmadd_ps(x_, B0, c##r##0); c##r##1 = _mm512_fmadd_ps(x_, B1, c##r##1); }
     #define FASTNN_LOAD(r, row) { c##r##0 = _mm512_maskz_loadu_ps(m0, row);              \
@@ -113,66 +166,92 @@ cdef extern from *:
     #define FASTNN_STORE(r) { _mm512_mask_storeu_ps(c, m0, c##r##0);                       \
         _mm512_mask_storeu_ps(c + 16, m1, c##r##1); c += ldc; }
 
+    /* One panel of C (m × cols, cols ≤ 32) = op(A)·Bp for kb terms, where Bp holds kb rows of
+       32 floats each ldbp apart (a packed panel: ldbp = 32, zero past cols). */
     __attribute__((target("avx512f")))
-    static void fastnn_sgemm_avx512(int trans_a, long m, long n, long k, const float* A,
-                                    long lda, const float* B, long ldb, float* C, long ldc,
-                                    int accumulate) {
+    static void fastnn_sgemm_panel(int trans_a, long m, long cols, long kb, const float* A,
+                                   long lda, const float* Bp, long ldbp, float* C, long ldc,
+                                   int accumulate) {
         const long ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;   /* A(i,p): A[i·ars + p·acs] */
-        for (long j0 = 0; j0 < n; j0 += 32) {
-            const long cols = n - j0 < 32 ? n - j0 : 32;
-            const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16) ((1u << cols) - 1);
-            const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF
-                                 : (__mmask16) ((1u << (cols - 16)) - 1);
-            for (long i0 = 0; i0 < m; i0 += 8) {
-                const long rows = m - i0 < 8 ? m - i0 : 8;
-                __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
-                       c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00,
-                       c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-                const float* a = A + i0 * ars;
-                const float* b = B + j0;
-                float* c = C + i0 * ldc + j0;
-                if (accumulate)                    /* C += op(A)·B: start from C's block */
-                    FASTNN_LOAD_BLOCK(c)
-                for (long p = 0; p < k; p++, a += acs, b += ldb) {
-                    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
-                    const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
-                    if (rows == 8) {               /* the common case: no row tests */
-                        FASTNN_ROW8(0, a[0], b0, b1) FASTNN_ROW8(1, a[ars], b0, b1)
-                        FASTNN_ROW8(2, a[2 * ars], b0, b1) FASTNN_ROW8(3, a[3 * ars], b0, b1)
-                        FASTNN_ROW8(4, a[4 * ars], b0, b1) FASTNN_ROW8(5, a[5 * ars], b0, b1)
-                        FASTNN_ROW8(6, a[6 * ars], b0, b1) FASTNN_ROW8(7, a[7 * ars], b0, b1)
-                        continue;
-                    }
-                    FASTNN_ROW8(0, a[0], b0, b1)
-                    if (rows > 1) FASTNN_ROW8(1, a[ars], b0, b1)
-                    if (rows > 2) FASTNN_ROW8(2, a[2 * ars], b0, b1)
-                    if (rows > 3) FASTNN_ROW8(3, a[3 * ars], b0, b1)
-                    if (rows > 4) FASTNN_ROW8(4, a[4 * ars], b0, b1)
-                    if (rows > 5) FASTNN_ROW8(5, a[5 * ars], b0, b1)
-                    if (rows > 6) FASTNN_ROW8(6, a[6 * ars], b0, b1)
+        const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16) ((1u << cols) - 1);
+        const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF
+                             : (__mmask16) ((1u << (cols - 16)) - 1);
+        for (long i0 = 0; i0 < m; i0 += 8) {
+            const long rows = m - i0 < 8 ? m - i0 : 8;
+            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+                   c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00,
+                   c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+            const float* a = A + i0 * ars;
+            const float* b = Bp;
+            float* c = C + i0 * ldc;
+            if (accumulate)                        /* C += op(A)·B: start from C's block */
+                FASTNN_LOAD_BLOCK(c)
+            for (long p = 0; p < kb; p++, a += acs, b += ldbp) {
+                const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+                const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+                if (rows == 8) {                   /* the common case: no row tests */
+                    FASTNN_ROW8(0, a[0], b0, b1) FASTNN_ROW8(1, a[ars], b0, b1)
+                    FASTNN_ROW8(2, a[2 * ars], b0, b1) FASTNN_ROW8(3, a[3 * ars], b0, b1)
+                    FASTNN_ROW8(4, a[4 * ars], b0, b1) FASTNN_ROW8(5, a[5 * ars], b0, b1)
+                    FASTNN_ROW8(6, a[6 * ars], b0, b1) FASTNN_ROW8(7, a[7 * ars], b0, b1)
+                    continue;
                 }
-                FASTNN_STORE(0)
-                if (rows > 1) FASTNN_STORE(1)
-                if (rows > 2) FASTNN_STORE(2)
-                if (rows > 3) FASTNN_STORE(3)
-                if (rows > 4) FASTNN_STORE(4)
-                if (rows > 5) FASTNN_STORE(5)
-                if (rows > 6) FASTNN_STORE(6)
-                if (rows > 7) FASTNN_STORE(7)
+                FASTNN_ROW8(0, a[0], b0, b1)
+                if (rows > 1) FASTNN_ROW8(1, a[ars], b0, b1)
+                if (rows > 2) FASTNN_ROW8(2, a[2 * ars], b0, b1)
+                if (rows > 3) FASTNN_ROW8(3, a[3 * ars], b0, b1)
+                if (rows > 4) FASTNN_ROW8(4, a[4 * ars], b0, b1)
+                if (rows > 5) FASTNN_ROW8(5, a[5 * ars], b0, b1)
+                if (rows > 6) FASTNN_ROW8(6, a[6 * ars], b0, b1)
             }
+            FASTNN_STORE(0)
+            if (rows > 1) FASTNN_STORE(1)
+            if (rows > 2) FASTNN_STORE(2)
+            if (rows > 3) FASTNN_STORE(3)
+            if (rows > 4) FASTNN_STORE(4)
+            if (rows > 5) FASTNN_STORE(5)
+            if (rows > 6) FASTNN_STORE(6)
+            if (rows > 7) FASTNN_STORE(7)
         }
     }
 
-    /* Row-major C (m×n) = op(A)·op(B) by fastnn_sgemm_avx512 where it pays: an AVX-512 CPU and
+    /* Copy kb × cols of op(B) (from term p0, column j0) into the contiguous panel Bp (kb rows of
+       32 floats; zero past cols, so the kernel reads whole vectors). */
+    __attribute__((target("avx512f")))
+    static void fastnn_pack_panel(int trans_b, long kb, long cols, const float* B, long ldb,
+                                  long p0, long j0, float* Bp) {
+        if (!trans_b) {
+            const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16) ((1u << cols) - 1);
+            const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF
+                                 : (__mmask16) ((1u << (cols - 16)) - 1);
+            const float* b = B + p0 * ldb + j0;
+            for (long p = 0; p < kb; p++, b += ldb) {
+                _mm512_store_ps(Bp + 32 * p, _mm512_maskz_loadu_ps(m0, b));
+                _mm512_store_ps(Bp + 32 * p + 16, _mm512_maskz_loadu_ps(m1, b + 16));
+            }
+            return;
+        }
+        for (long j = 0; j < 32; j++) {       /* op(B)(p, j) = B(j, p): B's rows, down Bp's columns */
+            const float* b = B + (j0 + j) * ldb + p0;
+            if (j < cols)
+                for (long p = 0; p < kb; p++)
+                    Bp[32 * p + j] = b[p];
+            else
+                for (long p = 0; p < kb; p++)
+                    Bp[32 * p + j] = 0.0f;
+        }
+    }
+
+    /* Row-major C (m×n) = op(A)·op(B) by fastnn_sgemm_panel where it pays: an AVX-512 CPU and
        at least 16 columns (fewer waste the vector lanes). The sum runs in blocks of
-       FASTNN_KBLOCK terms, so that B's 32-column panel stays in cache (unblocked, 2048-term
-       sums fell to 77 GFLOP/s; in blocks of 256, 122). op(B) = Bᵀ is transposed into a
-       per-thread scratch first, for at most 800 terms (beyond, the copy costs more than the
-       kernel gains: BLAS). FASTNN_OWN_GEMM=0 in the environment turns it off (to compare).
-       Returns 0 where the caller must use BLAS. */
+       FASTNN_KBLOCK terms and C in panels of 32 columns; each block of op(B)'s panel is copied
+       into a per-thread contiguous buffer first (a transposed B always; a plain one when its
+       rows lie far apart, where they would evict each other from L1: 256 rows 8 KB apart share
+       a few cache sets), and the copy serves every 8-row block of C. FASTNN_OWN_GEMM=0 in the
+       environment turns it off (to compare). Returns 0 where the caller must use BLAS. */
     #define FASTNN_KBLOCK 256
-    static __thread float* fastnn_scratch = NULL;
-    static __thread long fastnn_scratch_size = 0;
+    #define FASTNN_PACK_SPAN 4096         /* pack a plain B whose block spans more floats */
+    static __thread float* fastnn_panel = NULL;
     static int fastnn_own_gemm = -1;
 
     static int fastnn_own_gemm_on(void) {
@@ -186,26 +265,26 @@ cdef extern from *:
     static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
                                   const float* A, long lda, const float* B, long ldb,
                                   float* C, long ldc) {
-        if (!fastnn_own_gemm_on() || n < 16 || (trans_b && k > 800))
+        if (!fastnn_own_gemm_on() || n < 16)
             return 0;
-        if (trans_b) {                                  /* B is (n × k): its transpose, k × n */
-            if (fastnn_scratch_size < k * n) {
-                float* grown = (float*) realloc(fastnn_scratch, (size_t) (k * n) * sizeof(float));
-                if (grown == NULL)
-                    return 0;
-                fastnn_scratch = grown;
-                fastnn_scratch_size = k * n;
-            }
-            for (long j = 0; j < n; j++)
-                for (long p = 0; p < k; p++)
-                    fastnn_scratch[p * n + j] = B[j * ldb + p];
-            B = fastnn_scratch;
-            ldb = n;
+        if (fastnn_panel == NULL) {
+            fastnn_panel = (float*) aligned_alloc(64, FASTNN_KBLOCK * 32 * sizeof(float));
+            if (fastnn_panel == NULL)
+                return 0;
         }
-        for (long p = 0; p < k; p += FASTNN_KBLOCK)
-            fastnn_sgemm_avx512(trans_a, m, n, k - p < FASTNN_KBLOCK ? k - p : FASTNN_KBLOCK,
-                                A + (trans_a ? p * lda : p), lda, B + p * ldb, ldb, C, ldc,
-                                p > 0);
+        for (long p0 = 0; p0 < k; p0 += FASTNN_KBLOCK) {
+            const long kb = k - p0 < FASTNN_KBLOCK ? k - p0 : FASTNN_KBLOCK;
+            const int pack = trans_b || (m > 8 && (kb - 1) * ldb > FASTNN_PACK_SPAN);
+            const float* a = A + (trans_a ? p0 * lda : p0);
+            for (long j0 = 0; j0 < n; j0 += 32) {
+                const long cols = n - j0 < 32 ? n - j0 : 32;
+                if (pack)
+                    fastnn_pack_panel(trans_b, kb, cols, B, ldb, p0, j0, fastnn_panel);
+                fastnn_sgemm_panel(trans_a, m, cols, kb, a, lda,
+                                   pack ? fastnn_panel : B + p0 * ldb + j0, pack ? 32 : ldb,
+                                   C + j0, ldc, p0 > 0);
+            }
+        }
         return 1;
     }
     #else
@@ -218,9 +297,11 @@ cdef extern from *:
     const int FASTNN_OPENMP
     int fastnn_max_threads() noexcept nogil
     int fastnn_in_parallel() noexcept nogil
+    ctypedef struct fastnn_team_barrier:
+        int arrived, generation, sleepers
     # every thread of the team waits here for the others (a prange inside a parallel block
     # ends without one)
-    void fastnn_barrier() noexcept nogil
+    void fastnn_team_wait(fastnn_team_barrier* b) noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
     int fastnn_cpu_has_avx2_fma() noexcept nogil
     int fastnn_own_gemm_on() noexcept nogil
@@ -233,9 +314,8 @@ OPENMP = bool(FASTNN_OPENMP)
 
 
 def own_gemm() -> bool:
-    """Whether float32 matmuls of at least 16 columns (with a transposed second operand: of at
-    most 800 terms) run on fastnn's AVX-512 kernel (an AVX-512 CPU, and FASTNN_OWN_GEMM not
-    set to 0) instead of BLAS."""
+    """Whether float32 matmuls of at least 16 columns run on fastnn's AVX-512 kernel (an
+    AVX-512 CPU, and FASTNN_OWN_GEMM not set to 0) instead of BLAS."""
     return bool(fastnn_own_gemm_on())
 
 
@@ -1397,6 +1477,7 @@ cdef class Trainer:
     cdef object plan, dtype, fops
     cdef object acts, dacts, aux, tmp, labels_b, yb, wb    # one minibatch's workspace
     cdef object partials                               # gradients of the bands after the first
+    cdef readonly object teams                         # threads running a split minibatch
 
     def __init__(self, plan):
         cdef Net* net = &self.net
@@ -1419,6 +1500,7 @@ cdef class Trainer:
         self.yb = np.zeros(plan.batch * plan.out_features, self.dtype)
         self.wb = np.zeros(plan.batch)
         self.partials = np.zeros(0, self.dtype)
+        self.teams = TeamChoice()
         net.params, net.grads = _address(plan.params), _address(plan.grads)
         net.state = _address(plan.state) if plan.state.size else NULL
         net.acts, net.dacts = _address(self.acts), _address(self.dacts)
@@ -1476,14 +1558,25 @@ cdef class Trainer:
         n_params = plan.params.size
         if self.partials.size < (threads - 1) * n_params:    # threads were raised
             self.partials = np.zeros((threads - 1) * n_params, self.dtype)
+        batch = self.net.batch
+        bands = _bands(batch, plan.work_per_row, min(threads, MAX_BANDS))[0]
+        n_batches = (len(order) + batch - 1) // batch
+        if bands > 1 and update and batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
+            segments = self.teams.segments(n_batches, bands)
+        else:
+            segments = [(0, n_batches, self.teams.best(bands))]
+        total, correct = 0.0, 0
         # the bands call BLAS inside the parallel region: one BLAS thread each, for this call
         with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
-            if self.dtype is _F32:
-                total, correct = _epoch[float](self, X, Y, labels, order, w, threads, places,
-                                               mass, update)
-            else:
-                total, correct = _epoch[double](self, X, Y, labels, order, w, threads, places,
-                                                mass, update)
+            for first, count, team in segments:
+                rows = order[first * batch:(first + count) * batch]
+                if self.dtype is _F32:
+                    loss, right = _epoch[float](self, X, Y, labels, rows, w, bands, team,
+                                                places, mass, update)
+                else:
+                    loss, right = _epoch[double](self, X, Y, labels, rows, w, bands, team,
+                                                 places, mass, update)
+                total, correct = total + loss, correct + right
         return total, None if self.net.loss == MSE else correct
 
     def sync(self):
@@ -1512,11 +1605,15 @@ cdef void* _address(object array):
 
 cdef enum:
     # a band of a minibatch carries at least this many rows and multiply-adds (forward pass;
-    # the whole step is ~3×: ≈ 150 µs of one core): waking a sleeping thread and the two
-    # barriers per minibatch must pay for themselves even when other processes share the cores
+    # the whole step is ~3×: ≈ 8 µs of one core), enough to pay for the two barriers per
+    # minibatch on a quiet machine; whether a second thread then runs the second band is
+    # measured (kernels/_teams.py), as under load it no longer pays
     MIN_BAND_ROWS = 8
-    MIN_BAND_WORK = 1 << 22
+    MIN_BAND_WORK = 1 << 18
     MAX_BANDS = 64
+    # from this much work per minibatch (multiply-adds, forward) every band has its own
+    # thread, unmeasured: a step is then long enough that barriers cost little even under load
+    TEAM_CHOICE_MAX_WORK = 1 << 27
 
 
 cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,
@@ -1690,8 +1787,8 @@ cdef void _batchnorm_block(const Net* net, floating* p, int phase, const int64_t
 
 cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
                   const int64_t[::1] labels, const int64_t[::1] order,
-                  const double[::1] weights, int threads, const int64_t[::1] places,
-                  double mass, bint update):
+                  const double[::1] weights, int bands_max, int team,
+                  const int64_t[::1] places, double mass, bint update):
     """One epoch of :class:`Trainer`: returns (Σ wᵢ × row loss, correct predictions) and
     advances ``plan.step`` and ``plan.train_steps`` by the minibatches trained (a minibatch
     whose weights sum to 0 is skipped).
@@ -1703,6 +1800,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     One parallel region for the whole epoch: every thread walks the minibatches and their
     stages; after each stage the threads wait for each other; then the blocks of the
     optimizer step, which first add the bands' gradients. No thread idles between regions.
+    A full minibatch has ``bands_max`` bands (from the thread count: the result depends on
+    it), run by ``team`` threads (at most one per band; the result does not depend on it).
     """
     plan = self.plan
     cdef floating[::1] P = plan.params, G = plan.grads, S1 = plan.s1, S2 = plan.s2
@@ -1730,7 +1829,7 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef double[::1] BlockSq = np.zeros(max(n_blocks, 1))
     cdef double* block_sq = &BlockSq[0]
     cdef Py_ssize_t work = plan.work_per_row
-    cdef int team = _bands(batch, work, min(threads, MAX_BANDS))[0]
+    team = max(1, min(team, bands_max))
     cdef long t = plan.step[0]
     cdef double value, total = 0
     cdef int64_t draws = plan.train_steps[0]
@@ -1757,6 +1856,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef Py_ssize_t band_right[MAX_BANDS]
     cdef Step step = Step(plan.rule, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
                           hyper[5] != 0, t)
+    cdef fastnn_team_barrier bar
+    memset(&bar, 0, sizeof(bar))
     for c in range(MAX_BANDS):
         band_loss[c], band_right[c] = 0, 0
     with nogil, parallel(num_threads=team, use_threads_if=team > 1):
@@ -1764,7 +1865,7 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
             if InvMass[mb] == 0:
                 continue                                # weight 0: the batch counts for nothing
             rows = min(batch, n - mb * batch)
-            bands, band = _bands(rows, work, team)
+            bands, band = _bands(rows, work, bands_max)
             for st in range(n_stages):
                 a = stages[st, 1]
                 if stages[st, 0] == ROWS:
@@ -1780,12 +1881,12 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                     for jb in prange((op[NIN] + BLOCK - 1) // BLOCK, schedule="static"):
                         _batchnorm_block(net, p, <int> actions[2 * a], op,
                                          net.fops + 2 * actions[2 * a + 1], rows, jb)
-                fastnn_barrier()                        # the stage is done for every row
+                fastnn_team_wait(&bar)                        # the stage is done for every row
             if not update:                              # the gradients are the result
                 for blk in prange(n_blocks, schedule="static"):
                     lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
                     _sum_bands(g, partials, n_params, bands, lo, hi)
-                fastnn_barrier()
+                fastnn_team_wait(&bar)
                 continue
             summed, scale = bands, 1.0
             if clip > 0:                                # the global norm: every band summed
@@ -1793,7 +1894,7 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                     lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
                     _sum_bands(g, partials, n_params, bands, lo, hi)
                     block_sq[blk] = _sum_squares(g, lo, hi)
-                fastnn_barrier()
+                fastnn_team_wait(&bar)
                 sq = 0                                  # (each thread, in the same order)
                 for each in range(n_blocks):
                     sq = sq + block_sq[each]
@@ -1805,7 +1906,7 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                     for i in range(lo, hi):
                         g[i] = g[i] * <floating> scale  # g ← g·min(1, c/(‖g‖ + ε))
                 _update_at(&step, t + Before[mb] + 1, p, g, s1, s2, lo, hi)
-            fastnn_barrier()                            # the parameters are updated
+            fastnn_team_wait(&bar)                            # the parameters are updated
     for c in range(MAX_BANDS):
         total += band_loss[c]
         correct += band_right[c]

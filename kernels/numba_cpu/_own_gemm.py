@@ -2,7 +2,7 @@
 
 ``fastnn_sgemm_small`` (kernels/cython/_kernels.pyx) computes row-major C = op(A)·op(B) in
 float32 with fastnn's own register-blocked AVX-512 kernel where that beats BLAS (an AVX-512
-CPU, at least 16 columns, at most 800 terms; FASTNN_OWN_GEMM=0 turns it off) and returns 0
+CPU, at least 16 columns; FASTNN_OWN_GEMM=0 turns it off) and returns 0
 elsewhere, and :func:`matmul` then calls ``np.dot`` (BLAS) as before. The fused trainer uses it
 for steps that run on one thread (tiny, small, deep networks: 1.3-2.2× faster steps
 measured); with row chunks or threaded BLAS (mnist-sized layers and up) and in the

@@ -1,0 +1,92 @@
+"""The choice of how many threads run a split minibatch (kernels/_teams.py), and that the
+choice never changes what the cython trainer computes."""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastnn
+from fastnn.kernels import _teams
+from fastnn.kernels._teams import PROBE_STEPS, TeamChoice
+
+
+class FakeClock:
+    """perf_counter for TeamChoice: advanced by the 'training' of each segment."""
+
+    def __init__(self, monkeypatch):
+        self.now = 100.0
+        monkeypatch.setattr(_teams.time, "perf_counter", lambda: self.now)
+
+
+def train(choice, clock, n_batches, threads, seconds_per_step):
+    """Run choice's segments, each costing seconds_per_step[team] per minibatch; return them."""
+    done = []
+    for first, count, team in choice.segments(n_batches, threads):
+        clock.now += count * seconds_per_step[team]
+        done.append((first, count, team))
+    return done
+
+
+@pytest.mark.parametrize("n_batches", [1, 7, 8, 9, 40, 200])
+def test_segments_cover_every_minibatch_once_in_order(monkeypatch, n_batches):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    for _ in range(3):
+        done = train(choice, clock, n_batches, 2, {1: 2e-4, 2: 1e-4})
+        starts = [first for first, _, _ in done]
+        assert starts == list(np.cumsum([0] + [c for _, c, _ in done])[:-1])
+        assert sum(count for _, count, _ in done) == n_batches
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_the_faster_team_trains_the_rest(monkeypatch, faster):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    cost = {faster: 1e-4, 3 - faster: 3e-4}
+    done = train(choice, clock, 200, 2, cost)
+    # each team is measured twice (its first run does not count), then the faster one runs
+    assert [team for _, _, team in done[:4]] == [2, 2, 1, 1]
+    assert all(count == PROBE_STEPS for _, count, _ in done[:4])
+    assert done[-1] == (4 * PROBE_STEPS, 200 - 4 * PROBE_STEPS, faster)
+    assert choice.best(2) == faster
+    # the next call, soon after: no probe, all on the faster team
+    assert train(choice, clock, 50, 2, cost) == [(0, 50, faster)]
+
+
+def test_the_other_team_is_measured_again_when_load_changes(monkeypatch):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    train(choice, clock, 100, 2, {1: 3e-4, 2: 1e-4})
+    assert choice.best(2) == 2
+    clock.now += 1.0                         # later, another process takes a core
+    loaded = {1: 3e-4, 2: 9e-4}
+    done = train(choice, clock, 100, 2, loaded)
+    assert [team for _, _, team in done[:2]] == [2, 1] and done[-1][2] == 1
+    assert choice.best(2) == 1
+
+
+def test_one_thread_is_never_probed_for_more(monkeypatch):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    assert train(choice, clock, 30, 1, {1: 1e-4}) == [(0, 30, 1)]
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_cython_training_is_the_same_on_one_or_two_threads_of_bands(monkeypatch, loss):
+    from fastnn.kernels.cython import _kernels
+    if not _kernels.OPENMP:
+        pytest.skip("the cython extension was built without OpenMP: one band only")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((640, 64), np.float32)
+    y = rng.integers(0, 10, 640) if loss == "cross_entropy" else rng.standard_normal((640, 10))
+    runs = []
+    for team in (1, 2, None):                 # forced to 1, to 2, and as chosen
+        if team is not None:
+            monkeypatch.setattr(TeamChoice, "segments",
+                                lambda self, n, threads, team=team: iter([(0, n, team)]))
+        else:
+            monkeypatch.undo()
+        with threadpool_limits(2, user_api="openmp"):
+            model = fastnn.Sequential([fastnn.Dense(64, 128, "relu"),
+                                       fastnn.Dense(128, 128, "relu"), fastnn.Dense(128, 10)],
+                                      backend="cython", seed=3)
+            model.fit(X, y, loss=loss, optimizer=fastnn.SGD(0.01), epochs=2, batch_size=64,
+                      verbose=0)
+        runs.append(model.parameters().copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
