@@ -40,7 +40,7 @@ def blas_controllers() -> tuple[list, list]:
     return kernel, [c for c in blas if c not in kernel]
 
 
-def _kernel_blas() -> list:
+def kernel_blas() -> list:
     """The kernels' BLAS controllers, found once (enumerating libraries costs milliseconds)."""
     global _controllers
     with _lock:
@@ -59,7 +59,7 @@ class kernel_blas_threads:
 
     def __enter__(self):
         self._saved = []
-        for c in _kernel_blas():
+        for c in kernel_blas():
             before = c.num_threads
             if before != self.n:
                 c.set_num_threads(self.n)

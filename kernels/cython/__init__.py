@@ -17,10 +17,11 @@ import os
 from .._threads import kernel_blas_threads
 
 #: OpenMP's threads waiting at a barrier sleep instead of spinning (unless the user chose):
-#: the trainer's parallel regions are coarse (a whole epoch, a barrier per stage), so waking
-#: costs little, while spinning threads take the cores from the working ones whenever the
-#: machine has other work (measured on 2 busy cores: 2-4× slower steps). The OpenMP runtime
-#: reads it once, when the extension below loads it; the variable is set only for that import.
+#: the trainer's parallel regions are coarse (a whole epoch; its per-stage barriers are its
+#: own, spinning briefly before they sleep), so waking costs little, while spinning threads
+#: take the cores from the working ones whenever the machine has other work (measured on 2
+#: busy cores: 2-4× slower steps). The OpenMP runtime reads it once, when the extension below
+#: loads it; the variable is set only for that import.
 OMP_WAIT_POLICY = "PASSIVE"
 
 

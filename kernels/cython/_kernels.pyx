@@ -39,7 +39,7 @@ from fastnn.kernels import SELU_ALPHA as _SELU_ALPHA
 from fastnn.kernels import SELU_SCALE as _SELU_SCALE
 from fastnn.kernels import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
 from fastnn.kernels._teams import TeamChoice
-from fastnn.kernels._threads import kernel_blas_threads
+from fastnn.kernels._threads import kernel_blas, kernel_blas_threads
 
 cdef extern from *:
     """
@@ -60,9 +60,10 @@ cdef extern from *:
     /* Every thread of the team waits here for the others. It spins for at most
        FASTNN_SPIN_NS, then sleeps on a futex: a quiet machine's waits (a band finishing a
        little later than the other) end while spinning, and when another process holds a core
-       the waiting thread gives its own core up instead of burning it. (libgomp's own barrier
-       spun only ~1000 times before sleeping here, as it counts more threads than cores: a
-       2-thread small-network step ran 190-350 µs instead of 96.) */
+       the waiting thread gives its own core up instead of burning it. (With libgomp's own
+       barrier a 2-thread small-network step ran 190-350 µs instead of 96: this backend sets
+       OMP_WAIT_POLICY=PASSIVE, so that OpenMP's idle workers never spin, and libgomp's
+       barriers then sleep at once.) */
     #define FASTNN_SPIN_NS 50000
     static long long fastnn_clock_ns(void) {
         struct timespec t;
@@ -253,6 +254,10 @@ cdef extern from *:
     #define FASTNN_PACK_SPAN 4096         /* pack a plain B whose block spans more floats */
     static __thread float* fastnn_panel = NULL;
     static int fastnn_own_gemm = -1;
+    /* > 0: matmuls of at least this many multiply-adds stay on BLAS (set at import where the
+       BLAS runs AVX-512 kernels of its own, which win there) */
+    static long fastnn_blas_big = 0;
+    static void fastnn_set_blas_big(long work) { fastnn_blas_big = work; }
 
     static int fastnn_own_gemm_on(void) {
         if (fastnn_own_gemm < 0) {
@@ -265,7 +270,8 @@ cdef extern from *:
     static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
                                   const float* A, long lda, const float* B, long ldb,
                                   float* C, long ldc) {
-        if (!fastnn_own_gemm_on() || n < 16)
+        if (!fastnn_own_gemm_on() || n < 16
+                || (fastnn_blas_big > 0 && m * n * k >= fastnn_blas_big))
             return 0;
         if (fastnn_panel == NULL) {
             fastnn_panel = (float*) aligned_alloc(64, FASTNN_KBLOCK * 32 * sizeof(float));
@@ -288,6 +294,7 @@ cdef extern from *:
         return 1;
     }
     #else
+    static void fastnn_set_blas_big(long work) { }
     static int fastnn_own_gemm_on(void) { return 0; }
     static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
                                   const float* A, long lda, const float* B, long ldb,
@@ -305,6 +312,7 @@ cdef extern from *:
     float fastnn_exp_neg_f(float x) noexcept nogil
     int fastnn_cpu_has_avx2_fma() noexcept nogil
     int fastnn_own_gemm_on() noexcept nogil
+    void fastnn_set_blas_big(long work) noexcept nogil
     # row-major float32 C = op(A)·op(B) by fastnn's AVX-512 kernel; 0 where BLAS must do it
     int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k, const float* A,
                            long lda, const float* B, long ldb, float* C, long ldc) noexcept nogil
@@ -313,9 +321,27 @@ cdef extern from *:
 OPENMP = bool(FASTNN_OPENMP)
 
 
+#: OpenBLAS kernel families (threadpoolctl's "architecture") that run AVX-512
+AVX512_BLAS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+#: multiply-adds from which a matmul stays on such a BLAS: on a Zen 4 VM with OpenBLAS's
+#: SkylakeX kernels, the wide network (1024-2048-2048-1024, batch 512) stepped in 136 ms on
+#: BLAS and 144-150 ms on fastnn's kernel, mnist's (≤ 2^25) in 1059-1218 µs on BLAS and
+#: 972-998 on fastnn's; where OpenBLAS was held to AVX2 kernels, fastnn's won on both
+BLAS_BIG_MATMUL = 1 << 27
+
+
+def _blas_runs_avx512() -> bool:
+    """Whether the BLAS these kernels call (SciPy's) runs AVX-512 kernels of its own."""
+    return any((c.architecture or "").lower() in AVX512_BLAS for c in kernel_blas())
+
+
+fastnn_set_blas_big(BLAS_BIG_MATMUL if _blas_runs_avx512() else 0)
+
+
 def own_gemm() -> bool:
     """Whether float32 matmuls of at least 16 columns run on fastnn's AVX-512 kernel (an
-    AVX-512 CPU, and FASTNN_OWN_GEMM not set to 0) instead of BLAS."""
+    AVX-512 CPU, and FASTNN_OWN_GEMM not set to 0) instead of BLAS (but for those of at
+    least BLAS_BIG_MATMUL multiply-adds where the BLAS runs AVX-512 kernels itself)."""
     return bool(fastnn_own_gemm_on())
 
 
@@ -1611,9 +1637,11 @@ cdef enum:
     MIN_BAND_ROWS = 8
     MIN_BAND_WORK = 1 << 18
     MAX_BANDS = 64
-    # from this much work per minibatch (multiply-adds, forward) every band has its own
-    # thread, unmeasured: a step is then long enough that barriers cost little even under load
-    TEAM_CHOICE_MAX_WORK = 1 << 27
+    # from this much work per minibatch (multiply-adds, forward; mnist's 128 × 784-256-256-10
+    # is 2^25) every band has its own thread, unmeasured: one thread would then be about 2×
+    # slower on a quiet machine, all of them only ~1.1× slower under load (measured), and a
+    # step is too long for the probes to settle within a short fit
+    TEAM_CHOICE_MAX_WORK = 1 << 24
 
 
 cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,
