@@ -155,6 +155,11 @@ cdef extern from *:
        read where it lies (op(A) = A, or Aᵀ when trans_a); B's panel may be packed first (see
        fastnn_sgemm_small). For MLP-sized matrices this skips most of what OpenBLAS pays in
        packing and dispatch (and a machine's OpenBLAS may be held to AVX2 by OPENBLAS_CORETYPE). */
+    /* the lanes of a 32-column panel's two vectors that hold columns (cols ≤ 32) */
+    #define FASTNN_MASK_LO(cols) ((cols) >= 16 ? (__mmask16) 0xFFFF \
+                                  : (__mmask16) ((1u << (cols)) - 1))
+    #define FASTNN_MASK_HI(cols) ((cols) <= 16 ? (__mmask16) 0 : (cols) >= 32 ? (__mmask16) 0xFFFF \
+                                  : (__mmask16) ((1u << ((cols) - 16)) - 1))
     #define FASTNN_ROW8(r, A_, B0, B1) { const __m512 x_ = _mm512_set1_ps(A_);            \
         c##r##0 = _mm512_fmadd_ps(x_, B0, c##r##0); c##r##1 = _mm512_fmadd_ps(x_, B1, c##r##1); }
     #define FASTNN_LOAD(r, row) { c##r##0 = _mm512_maskz_loadu_ps(m0, row);              \
@@ -174,9 +179,7 @@ cdef extern from *:
                                    long lda, const float* Bp, long ldbp, float* C, long ldc,
                                    int accumulate) {
         const long ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;   /* A(i,p): A[i·ars + p·acs] */
-        const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16) ((1u << cols) - 1);
-        const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF
-                             : (__mmask16) ((1u << (cols - 16)) - 1);
+        const __mmask16 m0 = FASTNN_MASK_LO(cols), m1 = FASTNN_MASK_HI(cols);
         for (long i0 = 0; i0 < m; i0 += 8) {
             const long rows = m - i0 < 8 ? m - i0 : 8;
             __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
@@ -222,9 +225,7 @@ cdef extern from *:
     static void fastnn_pack_panel(int trans_b, long kb, long cols, const float* B, long ldb,
                                   long p0, long j0, float* Bp) {
         if (!trans_b) {
-            const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16) ((1u << cols) - 1);
-            const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF
-                                 : (__mmask16) ((1u << (cols - 16)) - 1);
+            const __mmask16 m0 = FASTNN_MASK_LO(cols), m1 = FASTNN_MASK_HI(cols);
             const float* b = B + p0 * ldb + j0;
             for (long p = 0; p < kb; p++, b += ldb) {
                 _mm512_store_ps(Bp + 32 * p, _mm512_maskz_loadu_ps(m0, b));
