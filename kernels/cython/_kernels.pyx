@@ -51,6 +51,8 @@ cdef extern from *:
     #define FASTNN_OPENMP 1
     #define fastnn_max_threads() omp_get_max_threads()
     #define fastnn_in_parallel() omp_in_parallel()
+    #define fastnn_team_size() omp_get_num_threads()
+    #define fastnn_team_rank() omp_get_thread_num()
     #if defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
     #include <limits.h>
     #include <linux/futex.h>
@@ -110,6 +112,8 @@ cdef extern from *:
     #define FASTNN_OPENMP 0
     #define fastnn_max_threads() 1
     #define fastnn_in_parallel() 0
+    #define fastnn_team_size() 1
+    #define fastnn_team_rank() 0
     #define fastnn_team_wait(b)
     #endif
 
@@ -305,10 +309,11 @@ cdef extern from *:
     const int FASTNN_OPENMP
     int fastnn_max_threads() noexcept nogil
     int fastnn_in_parallel() noexcept nogil
+    int fastnn_team_size() noexcept nogil             # threads of the current team, and
+    int fastnn_team_rank() noexcept nogil             # this thread's place in it
     ctypedef struct fastnn_team_barrier:
         int arrived, generation, sleepers
-    # every thread of the team waits here for the others (a prange inside a parallel block
-    # ends without one)
+    # every thread of the team waits here for the others
     void fastnn_team_wait(fastnn_team_barrier* b) noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
     int fastnn_cpu_has_avx2_fma() noexcept nogil
@@ -723,6 +728,14 @@ cdef void _bias_activate(floating* z, const floating* b, int act, Py_ssize_t col
             z[j] += b[j]                                     # identity
 
 
+cdef inline bint _threads_pay(Py_ssize_t elements) noexcept nogil:
+    """Whether an elementwise pass over this many elements runs on the OpenMP threads. Below
+    PARALLEL_MIN, and inside an active parallel region (the trainer's team of two or more), it
+    runs as a plain loop instead: even a one-thread OpenMP region costs libgomp a new team and
+    barriers that each make a futex system call (~20 per tiny training step, measured)."""
+    return FASTNN_OPENMP and elements >= PARALLEL_MIN and not fastnn_in_parallel()
+
+
 cdef void _dense_forward(const floating* X, const floating* W, const floating* b, int act,
                          floating* out, Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
                          floating* zs) noexcept nogil:
@@ -730,9 +743,14 @@ cdef void _dense_forward(const floating* X, const floating* W, const floating* b
     (zs (batch, n_out) receives z for GELU and SiLU; NULL for the others)."""
     cdef Py_ssize_t i
     _gemm(False, False, batch, n_out, n_in, X, n_in, W, n_out, out, n_out)   # z = x·W
-    for i in prange(batch, schedule="static", use_threads_if=batch * n_out >= PARALLEL_MIN):
-        _bias_activate(out + i * n_out, b, act, n_out,                        # a = f(z + b)
-                       zs + i * n_out if zs != NULL else NULL)
+    if _threads_pay(batch * n_out):
+        for i in prange(batch, schedule="static"):
+            _bias_activate(out + i * n_out, b, act, n_out,                    # a = f(z + b)
+                           zs + i * n_out if zs != NULL else NULL)
+    else:
+        for i in range(batch):
+            _bias_activate(out + i * n_out, b, act, n_out,
+                           zs + i * n_out if zs != NULL else NULL)
 
 
 cdef void _activation_grad(floating* dA, const floating* A, int act, Py_ssize_t n,
@@ -805,14 +823,23 @@ cdef void _dense_backward(floating* dA, const floating* X, const floating* W,
     pass; dW = Xᵀ·dZ and, unless dX is NULL, dX = dZ·Wᵀ by BLAS."""
     cdef Py_ssize_t i, jb
     cdef Py_ssize_t n_blocks = (n_out + BLOCK - 1) // BLOCK
-    cdef bint threads = batch * n_out >= PARALLEL_MIN
+    cdef bint threads = _threads_pay(batch * n_out)
     if act == SOFTMAX:                          # row-wise Jacobian first, then plain column sums
-        for i in prange(batch, schedule="static", use_threads_if=threads):
-            _softmax_grad_row(dA + i * n_out, A + i * n_out, n_out)
+        if threads:
+            for i in prange(batch, schedule="static"):
+                _softmax_grad_row(dA + i * n_out, A + i * n_out, n_out)
+        else:
+            for i in range(batch):
+                _softmax_grad_row(dA + i * n_out, A + i * n_out, n_out)
         act = IDENTITY
-    for jb in prange(n_blocks, schedule="static", use_threads_if=threads):
-        _grad_bias_block(dA, A, act, db, batch, n_out, jb * BLOCK,
-                         min((jb + 1) * BLOCK, n_out), zs)
+    if threads:
+        for jb in prange(n_blocks, schedule="static"):
+            _grad_bias_block(dA, A, act, db, batch, n_out, jb * BLOCK,
+                             min((jb + 1) * BLOCK, n_out), zs)
+    else:
+        for jb in range(n_blocks):
+            _grad_bias_block(dA, A, act, db, batch, n_out, jb * BLOCK,
+                             min((jb + 1) * BLOCK, n_out), zs)
     _gemm(True, False, n_in, n_out, batch, X, n_in, dA, n_out, dW, n_out)      # ∂L/∂W = Xᵀ dZ
     if dX != NULL:
         _gemm(False, True, batch, n_in, n_out, dA, n_out, W, n_out, dX, n_in)  # ∂L/∂x = dZ Wᵀ
@@ -1853,7 +1880,7 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     cdef Py_ssize_t n_blocks = (n_params + UPDATE_BLOCK - 1) // UPDATE_BLOCK
     cdef Py_ssize_t c, i, blk, lo, hi, jb, correct = 0
     cdef Py_ssize_t mb = 0, rows = 0, band = 0, bands = 0, st = 0, a = 0   # (per thread)
-    cdef Py_ssize_t summed = 0, each = 0
+    cdef Py_ssize_t summed = 0, each = 0, first = 0, last = 0             # (per thread)
     cdef double sq = 0, scale = 1, clip = hyper[CLIP_NORM]
     cdef double[::1] BlockSq = np.zeros(max(n_blocks, 1))
     cdef double* block_sq = &BlockSq[0]
@@ -1898,7 +1925,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
             for st in range(n_stages):
                 a = stages[st, 1]
                 if stages[st, 0] == ROWS:
-                    for c in prange(bands, schedule="static"):   # each band its rows
+                    first, last = _team_share(bands)
+                    for c in range(first, last):        # each band its rows
                         value = _band_actions(net, a, stages[st, 2],
                                               g if c == 0 else partials + (c - 1) * n_params,
                                               x, y, lab, &order[mb * batch], c * band,
@@ -1907,19 +1935,22 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                         band_loss[c] += value
                 else:                                   # BatchNorm: feature blocks
                     op = net.ops + OP_COLUMNS * actions[2 * a + 1]
-                    for jb in prange((op[NIN] + BLOCK - 1) // BLOCK, schedule="static"):
+                    first, last = _team_share((op[NIN] + BLOCK - 1) // BLOCK)
+                    for jb in range(first, last):
                         _batchnorm_block(net, p, <int> actions[2 * a], op,
                                          net.fops + 2 * actions[2 * a + 1], rows, jb)
                 fastnn_team_wait(&bar)                        # the stage is done for every row
             if not update:                              # the gradients are the result
-                for blk in prange(n_blocks, schedule="static"):
+                first, last = _team_share(n_blocks)
+                for blk in range(first, last):
                     lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
                     _sum_bands(g, partials, n_params, bands, lo, hi)
                 fastnn_team_wait(&bar)
                 continue
             summed, scale = bands, 1.0
             if clip > 0:                                # the global norm: every band summed
-                for blk in prange(n_blocks, schedule="static"):
+                first, last = _team_share(n_blocks)
+                for blk in range(first, last):
                     lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
                     _sum_bands(g, partials, n_params, bands, lo, hi)
                     block_sq[blk] = _sum_squares(g, lo, hi)
@@ -1928,7 +1959,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                 for each in range(n_blocks):
                     sq = sq + block_sq[each]
                 summed, scale = 1, min(1.0, clip / (sqrt(sq) + CLIP_EPS))
-            for blk in prange(n_blocks, schedule="static"):   # Σ band gradients, then update
+            first, last = _team_share(n_blocks)
+            for blk in range(first, last):              # Σ band gradients, then update
                 lo, hi = blk * UPDATE_BLOCK, min(n_params, (blk + 1) * UPDATE_BLOCK)
                 _sum_bands(g, partials, n_params, summed, lo, hi)
                 if scale != 1.0:
@@ -1944,6 +1976,16 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
         plan.train_steps[0] = draws + trained
     self.net.weights, self.net.places = NULL, NULL
     return total, correct
+
+
+cdef inline (Py_ssize_t, Py_ssize_t) _team_share(Py_ssize_t n) noexcept nogil:
+    """This thread's [first, last) of n items, split in contiguous static shares over the
+    team. (Not a prange: GCC puts a libgomp barrier before every worksharing loop whose
+    variables Cython makes both first- and lastprivate, and under OMP_WAIT_POLICY=PASSIVE
+    each such barrier sleeps on a futex; the trainer's own barriers already order the stages.)
+    """
+    cdef Py_ssize_t team = fastnn_team_size(), rank = fastnn_team_rank()
+    return n * rank // team, n * (rank + 1) // team
 
 
 cdef inline void _sum_bands(floating* g, const floating* partials, Py_ssize_t n_params,
