@@ -9,6 +9,9 @@ descheduled thread stalls every barrier and the same step runs slower than on on
 (small: 155-186 vs 121 µs). No fixed threshold is right in both regimes, so :class:`TeamChoice`
 measures: it runs a few minibatches with each team size, keeps the faster, and re-measures
 the other one now and then, so a change of load is noticed within a fraction of a second.
+Trainers of the same network shape share one :class:`TeamChoice` (:func:`shared_choice`), so
+that a second ``fit`` (``epochs=1`` in a loop, the benchmark's rounds) starts from what the
+first one measured instead of probing both team sizes again.
 """
 from __future__ import annotations
 
@@ -60,3 +63,12 @@ class TeamChoice:
                 if now - self.measured.get(team, -due) >= due:
                     return team, min(PROBE_STEPS, left)
         return self.best(threads), left
+
+
+_SHARED: dict[tuple, TeamChoice] = {}
+
+
+def shared_choice(*shape) -> TeamChoice:
+    """This process's :class:`TeamChoice` for trainers of ``shape`` (whatever identifies the
+    work of a minibatch: batch size, work per row, parameters, dtype)."""
+    return _SHARED.setdefault(shape, TeamChoice())

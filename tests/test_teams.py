@@ -90,3 +90,20 @@ def test_cython_training_is_the_same_on_one_or_two_threads_of_bands(monkeypatch,
         runs.append(model.parameters().copy())
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], runs[2])
+
+
+def test_trainers_of_one_network_shape_share_their_measurements():
+    from fastnn.kernels._teams import shared_choice
+    from fastnn.kernels.cython import _kernels
+
+    def trainer(width, batch):
+        model = fastnn.Sequential([fastnn.Dense(16, width, "relu"), fastnn.Dense(width, 1)],
+                                  backend="cython", seed=0)
+        return model._make_trainer(fastnn.losses.get("mse"), fastnn.SGD(0.01), batch)
+
+    first, again, other = trainer(32, 64), trainer(32, 64), trainer(48, 64)
+    assert isinstance(first, _kernels.Trainer)
+    assert first.teams is again.teams            # a second fit starts from the first's rates
+    assert first.teams is not other.teams
+    assert shared_choice("some", "shape") is shared_choice("some", "shape")
+    assert shared_choice("some", "shape") is not shared_choice("another", "shape")

@@ -38,7 +38,7 @@ from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
 from fastnn.kernels import SELU_ALPHA as _SELU_ALPHA
 from fastnn.kernels import SELU_SCALE as _SELU_SCALE
 from fastnn.kernels import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
-from fastnn.kernels._teams import TeamChoice
+from fastnn.kernels._teams import shared_choice
 from fastnn.kernels._threads import kernel_blas, kernel_blas_threads
 
 cdef extern from *:
@@ -1522,8 +1522,10 @@ cdef class Trainer:
     rows to carry through its actions (gather, Dense, residual additions, loss), each band
     writing its Dense gradients into its own buffer; a WHOLE_BATCH stage (a BatchNorm pass)
     shares the features out among the threads. Then the optimizer step adds the bands'
-    gradients and updates the parameters. A small minibatch stays in one band, on one thread.
-    Parameters, gradients, BatchNorm state and optimizer state are the model's and the
+    gradients and updates the parameters. A minibatch of fewer than MIN_BAND_WORK
+    multiply-adds per band stays in one band, on one thread; the bands of a bigger one (one
+    per thread: the result depends on the thread count) run on one thread or all of them,
+    whichever ``teams`` measured faster (the result does not depend on that). Parameters, gradients, BatchNorm state and optimizer state are the model's and the
     optimizer's own arrays, updated in place.
     """
 
@@ -1554,7 +1556,8 @@ cdef class Trainer:
         self.yb = np.zeros(plan.batch * plan.out_features, self.dtype)
         self.wb = np.zeros(plan.batch)
         self.partials = np.zeros(0, self.dtype)
-        self.teams = TeamChoice()
+        self.teams = shared_choice(plan.batch, plan.work_per_row, plan.params.size,
+                                   self.dtype.name)
         net.params, net.grads = _address(plan.params), _address(plan.grads)
         net.state = _address(plan.state) if plan.state.size else NULL
         net.acts, net.dacts = _address(self.acts), _address(self.dacts)
