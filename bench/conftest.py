@@ -77,6 +77,7 @@ class BenchRun:
         if not self.timed:
             benchmark.pedantic(fn, rounds=1, iterations=1)    # disabled: just calls fn once
             return None
+        bm.settle()
         benchmark.pedantic(fn, rounds=self.rounds, warmup_rounds=1, iterations=1)
         return benchmark.stats.stats.min
 

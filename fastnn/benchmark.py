@@ -355,6 +355,19 @@ class _JaxNet:
                                for W, b in self.params])
 
 
+#: seconds to let the previous contender's thread pools go idle before the next is timed:
+#: OpenBLAS's workers keep spinning on a core for ~0.1 s after a threaded call (measured:
+#: 0.10 s of CPU in the 2 s after one 2048² sgemm), longer than a small network's whole
+#: timed run, which then shares its second core with them
+SETTLE_SECONDS = 0.25
+
+
+def settle() -> None:
+    """Wait for the thread pools of whatever ran last (the peak's sgemm, the reference's
+    BLAS calls, a peer's workers) to stop spinning before the next contender's timing."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def time_call(fn: Callable[[], object], rounds: int) -> float:
     """Fastest of ``rounds`` timed calls, in seconds: on a shared machine, noise only adds."""
     best = float("inf")
@@ -587,9 +600,10 @@ def run(configs: list[str], names: list[str], threads: int, rounds: int,
         dtype: str = "float32", progress: Callable[[str], None] = lambda line: None) -> Results:
     """Time every (config, contender) in one process with the same threads, in ``dtype``.
 
-    Each contender's rounds run back to back after its own warm-up call: taking contenders in
-    turns would let the previous one's thread pools (OpenBLAS, OpenMP workers busy-wait after
-    a call) steal cores from the next.
+    Each contender's rounds run back to back after a pause (:func:`settle`) and its own
+    warm-up call: taking contenders in turns, or straight after each other, would let the
+    previous one's thread pools (OpenBLAS, OpenMP workers busy-wait after a call) steal cores
+    from the next.
     """
     dtype = validation.choice(dtype, "dtype", DTYPES)
     devices = {device_of(c) for c in names}
@@ -605,6 +619,7 @@ def run(configs: list[str], names: list[str], threads: int, rounds: int,
             if config.predict:
                 tasks.append(("predict", contest.predict, PREDICT_BATCHES))
             for task, call, per_call in tasks:
+                settle()
                 call()
                 row = results.add(config, task, contender, time_call(call, rounds) / per_call)
                 progress(f"{row.label:<14} {contender:<11} {row.us:>12,.1f} µs")
