@@ -65,10 +65,15 @@ class TeamChoice:
         return self.best(threads), left
 
 
+#: network shapes whose measurements are kept (a hyper-parameter search makes many; past this
+#: many, all are forgotten and measured again)
+SHARED_MAX = 256
 _SHARED: dict[tuple, TeamChoice] = {}
 
 
 def shared_choice(*shape) -> TeamChoice:
     """This process's :class:`TeamChoice` for trainers of ``shape`` (whatever identifies the
     work of a minibatch: batch size, work per row, parameters, dtype)."""
+    if shape not in _SHARED and len(_SHARED) >= SHARED_MAX:
+        _SHARED.clear()
     return _SHARED.setdefault(shape, TeamChoice())

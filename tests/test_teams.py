@@ -107,3 +107,11 @@ def test_trainers_of_one_network_shape_share_their_measurements():
     assert first.teams is not other.teams
     assert shared_choice("some", "shape") is shared_choice("some", "shape")
     assert shared_choice("some", "shape") is not shared_choice("another", "shape")
+
+
+def test_shared_measurements_stay_bounded(monkeypatch):
+    from fastnn.kernels._teams import shared_choice
+    monkeypatch.setattr(_teams, "_SHARED", {})
+    for width in range(_teams.SHARED_MAX + 10):
+        shared_choice("bounded", width)
+    assert len(_teams._SHARED) <= _teams.SHARED_MAX
