@@ -646,7 +646,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="what every contender, the data and the matmul peak compute in "
                              "(default: float32)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                         help="timed rounds after a warm-up; the fastest counts (default: 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     from ._sklearn_bench import CASES
@@ -657,9 +657,31 @@ def add_arguments(parser) -> None:
                         help=f"with --sklearn: cases to run ({', '.join(CASES)}; default all)")
 
 
+#: timed rounds of ``fastnn bench`` unless --rounds says otherwise
+DEFAULT_ROUNDS = 3
+
+
+def _reject_unused_options(args) -> None:
+    """Options that the chosen mode would ignore are an error, not silently dropped: the
+    scikit-learn side by side has fixed cases, data (float64 in, fastnn computing in
+    float32) and one fit each, and prints no JSON; ``--sklearn-cases`` needs ``--sklearn``."""
+    if not args.sklearn:
+        if args.sklearn_cases:
+            raise ValueError("--sklearn-cases needs --sklearn")
+        return
+    unused = [option for option, given in (
+        ("--configs", args.configs != list(CONFIGS)), ("--backends", args.backends),
+        ("--dtype", args.dtype != "float32"), ("--rounds", args.rounds != DEFAULT_ROUNDS),
+        ("--json", args.json)) if given]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not used with --sklearn, whose options are "
+                         "--threads and --sklearn-cases")
+
+
 def cmd_bench(args) -> int:
     """Time the configurations, print the table (and write JSON if asked); with
     ``--sklearn`` the scikit-learn side by side instead."""
+    _reject_unused_options(args)
     if args.sklearn:
         from . import _sklearn_bench
         return _sklearn_bench.cmd(args)

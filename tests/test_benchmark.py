@@ -126,6 +126,11 @@ def test_pytest_bench_runs_in_the_dtype_asked_for():
 @pytest.mark.parametrize("command, code, message", [
     (["fastnn", "bench", "--rounds", "0"], 2, "rounds"),
     (["fastnn", "bench", "--dtype", "float16"], 2, "invalid choice: 'float16'"),
+    (["fastnn", "bench", "--sklearn", "--dtype", "float64"], 2,
+     "--dtype: not used with --sklearn"),
+    (["fastnn", "bench", "--sklearn", "--json", "out.json", "--configs", "tiny"], 2,
+     "--configs, --json: not used with --sklearn"),
+    (["fastnn", "bench", "--sklearn-cases", "digits"], 2, "--sklearn-cases needs --sklearn"),
     (["pytest", "bench/", "--bench-dtype", "int8"], 4, "invalid choice: 'int8'"),
 ])
 def test_fastnn_bench_rejects_bad_options(command, code, message):
