@@ -66,7 +66,7 @@ class Loss:
                              f"value(s) per sample; expected ({len(arr)}, {n_outputs})")
         if self.name == "binary_cross_entropy" and not np.isin(arr, (0, 1)).all():
             raise ValueError(f"{name} must hold only 0 and 1 for loss='binary_cross_entropy'")
-        return np.ascontiguousarray(arr, dtype=dtype)
+        return validation.as_float(arr, dtype, name)
 
     def correct(self, out: np.ndarray, y: np.ndarray, probabilities: bool) -> np.ndarray | None:
         """Per row, whether the prediction is right, or None when accuracy does not apply

@@ -25,20 +25,26 @@ def as_numeric_array(a, name: str) -> np.ndarray:
     return arr
 
 
-def check_finite(arr: np.ndarray, name: str) -> None:
-    """Reject NaN and Inf, saying how many and where the first one is. Checked block by
+def _non_finite(arr: np.ndarray) -> tuple[int, tuple] | None:
+    """(how many NaN/Inf, index of the first) in a float array, or None. Checked block by
     block of rows, so no boolean array the size of arr is made (issue 14)."""
     if arr.dtype.kind != "f":
-        return
+        return None
     blocks = row_blocks(np.atleast_1d(arr))
     start, block = next(((s, b) for s, b in blocks if not np.isfinite(b).all()), (0, None))
     if block is None:
-        return
+        return None
     bad = np.argwhere(~np.isfinite(block))
     count = len(bad) + sum(np.count_nonzero(~np.isfinite(b)) for _, b in blocks)
-    first = (start + int(bad[0][0]),) + tuple(int(i) for i in bad[0][1:])
-    raise ValueError(f"{name} contains {count} NaN or Inf value(s), the first at index "
-                     f"{first}")
+    return count, (start + int(bad[0][0]),) + tuple(int(i) for i in bad[0][1:])
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Reject NaN and Inf, saying how many and where the first one is."""
+    found = _non_finite(arr)
+    if found is not None:
+        raise ValueError(f"{name} contains {found[0]} NaN or Inf value(s), the first at "
+                         f"index {found[1]}")
 
 
 def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.ndarray:
@@ -52,7 +58,23 @@ def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.
         raise ValueError(f"{name} has {arr.shape[1]} columns but the model takes "
                          f"{n_features} inputs")
     check_finite(arr, name)
-    return arr if dtype is None else np.ascontiguousarray(arr, dtype=dtype)
+    return arr if dtype is None else as_float(arr, dtype, name)
+
+
+def as_float(arr: np.ndarray, dtype, name: str) -> np.ndarray:
+    """``arr`` (finite) C-contiguous in ``dtype`` (itself when it already is). Narrowing floats
+    (float64 to float32) turns values beyond the narrower range into Inf: that is an error,
+    not a silent Inf in training."""
+    with np.errstate(over="ignore"):              # reported below, with where
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    found = (_non_finite(out) if arr.dtype.kind == "f" and out.dtype.itemsize < arr.dtype.itemsize
+             else None)
+    if found is not None:
+        raise ValueError(f"{name} holds {found[0]} value(s) beyond {out.dtype}'s range "
+                         f"(±{np.finfo(out.dtype).max:.3g}), the first at index {found[1]}: "
+                         f"in {out.dtype} they would be Inf; scale {name}, or use a float64 "
+                         f"model (dtype='float64')")
+    return out
 
 
 def same_rows(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:
