@@ -76,3 +76,36 @@ def test_same_seed_same_initial_weights(backend):
                                  backend=backend, seed=seed).parameters()
     np.testing.assert_array_equal(build(4), build(4))
     assert not np.array_equal(build(4), build(5))
+
+
+def test_the_cuda_driver_precheck_only_says_missing_when_numba_would(monkeypatch, tmp_path):
+    """kernels/_cuda_driver.py: numba_cuda's quick answer on a machine without a GPU must
+    never hide a driver numba-cuda would have found."""
+    import sys
+
+    from fastnn.kernels._cuda_driver import driver_missing
+
+    def nothing_opens(path):
+        raise OSError(f"{path}: cannot open shared object file")
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("NUMBA_ENABLE_CUDASIM", "NUMBA_CUDA_DRIVER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    tried = []
+    assert driver_missing(lambda path: tried.append(path) or nothing_opens(path))
+    assert tried == ["libcuda.so", "libcuda.so.1", "/usr/lib/libcuda.so", "/usr/lib/libcuda.so.1",
+                     "/usr/lib64/libcuda.so", "/usr/lib64/libcuda.so.1"]
+    assert not driver_missing(lambda path: None if path == "/usr/lib64/libcuda.so.1"
+                              else nothing_opens(path))
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    assert not driver_missing(nothing_opens)            # the simulator needs no driver
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM")
+    monkeypatch.setenv("NUMBA_CUDA_DRIVER", "/opt/cuda/libcuda.so")
+    assert not driver_missing(nothing_opens)            # numba-cuda looks there itself
+    monkeypatch.delenv("NUMBA_CUDA_DRIVER")
+    (tmp_path / ".numba_config.yaml").write_text("ENABLE_CUDASIM: 1\n")
+    assert not driver_missing(nothing_opens)
+    (tmp_path / ".numba_config.yaml").unlink()
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert not driver_missing(nothing_opens)            # other systems: numba-cuda decides

@@ -21,6 +21,11 @@ import importlib.util
 if importlib.util.find_spec("numba_cuda") is None:
     raise ImportError("numba-cuda is not installed (pip install 'fastnn[cuda]')")
 
+from .._cuda_driver import driver_missing  # noqa: E402
+
+if driver_missing():                         # ~1.7 s sooner than numba.cuda would say it
+    raise ImportError("no CUDA GPU found (CUDA driver library cannot be found.)")
+
 from numba import cuda  # noqa: E402
 
 if not cuda.is_available():
