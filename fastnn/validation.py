@@ -57,19 +57,27 @@ def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} columns but the model takes "
                          f"{n_features} inputs")
+    if dtype is not None and _narrows(arr.dtype, dtype):
+        return as_float(arr, dtype, name)        # one pass, over the converted copy
     check_finite(arr, name)
     return arr if dtype is None else as_float(arr, dtype, name)
 
 
+def _narrows(src: np.dtype, dtype) -> bool:
+    """Whether converting floats of ``src`` to ``dtype`` can overflow (float64 to float32)."""
+    return src.kind == "f" and np.dtype(dtype).itemsize < src.itemsize
+
+
 def as_float(arr: np.ndarray, dtype, name: str) -> np.ndarray:
-    """``arr`` (finite) C-contiguous in ``dtype`` (itself when it already is). Narrowing floats
-    (float64 to float32) turns values beyond the narrower range into Inf: that is an error,
-    not a silent Inf in training."""
+    """``arr`` C-contiguous in ``dtype`` (itself when it already is). Where that narrows floats
+    (float64 to float32) the converted copy is checked: a NaN or Inf of ``arr`` is reported as
+    :func:`check_finite` does, and values beyond the narrower range, which became Inf, are an
+    error too, not a silent Inf in training. Elsewhere ``arr`` must have been checked."""
     with np.errstate(over="ignore"):              # reported below, with where
         out = np.ascontiguousarray(arr, dtype=dtype)
-    found = (_non_finite(out) if arr.dtype.kind == "f" and out.dtype.itemsize < arr.dtype.itemsize
-             else None)
+    found = _non_finite(out) if _narrows(arr.dtype, dtype) else None
     if found is not None:
+        check_finite(arr, name)                   # NaN or Inf given: say that (on error only)
         raise ValueError(f"{name} holds {found[0]} value(s) beyond {out.dtype}'s range "
                          f"(±{np.finfo(out.dtype).max:.3g}), the first at index {found[1]}: "
                          f"in {out.dtype} they would be Inf; scale {name}, or use a float64 "
