@@ -1,6 +1,7 @@
 """Shared fixtures: the backends under test, the size of generated cases, and the tolerances
 of DESIGN.md."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,12 @@ COMPILED_BACKENDS = [name for name, info in available_backends().items()
 MAX_BATCH = int(os.environ.get("FASTNN_TEST_MAX_BATCH", 257))
 MAX_WIDTH = int(os.environ.get("FASTNN_TEST_MAX_WIDTH", 300))
 EXAMPLES = int(os.environ.get("FASTNN_TEST_EXAMPLES", 20))
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator runs each GPU thread as a Python thread, and a block's manager thread polls
+    # them without sleeping: with the GIL handed on every 1 ms instead of 5 ms, the threads it
+    # waits on run sooner (tests/numba_cuda_checks.py: 310 -> 248 s on 2 cores, 2026-12-02).
+    sys.setswitchinterval(0.001)
 
 
 @pytest.fixture(scope="session")
