@@ -78,6 +78,22 @@ def test_predict_and_evaluate_check_their_input(model, data):
         model.evaluate(X, np.full(10, 7), loss="cross_entropy")
 
 
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_non_finite_values_are_counted_and_found_past_the_first_blocks(layout):
+    """NaN and Inf counted exactly and the first one found many blocks of rows in, in either
+    layout; finite values near the dtype's limit pass."""
+    from fastnn.validation import _non_finite, check_finite
+    X = np.zeros((5000, 40))
+    X[4321, 7], X[4999, 0], X[4400, 7] = np.nan, -np.inf, np.inf
+    X[:, 3] = 1e308
+    X = np.asfortranarray(X) if layout == "F" else X
+    assert _non_finite(X) == (3, (4321, 7))
+    huge = np.full((6, 3), 3e38, np.float32)
+    assert _non_finite(huge) is None and _non_finite(X[:4000]) is None
+    check_finite(huge, "X")
+    assert _non_finite(np.array([1.0, np.nan])) == (1, (1,))
+
+
 def test_integer_and_float64_inputs_are_converted(model, data):
     X, y = data
     as_int = model.predict(np.round(X).astype(np.int64))
