@@ -26,10 +26,12 @@ COMPILE_NOTICE_S = 1.0
 def _told_if_slow(message: str, verbose):
     """Print ``message`` to stderr once if the block is still running after
     :data:`COMPILE_NOTICE_S` (a JIT compile; a warm cache loads in far less), when verbose."""
+    if not verbose:                  # silent: not even a Timer object (fit in a loop)
+        yield
+        return
     timer = threading.Timer(COMPILE_NOTICE_S, lambda: print(message, file=sys.stderr,
                                                             flush=True))
-    if verbose:
-        timer.start()
+    timer.start()
     try:
         yield
     finally:
@@ -298,8 +300,10 @@ class Sequential:
         training.check_monitors(callbacks, X_val is not None, loss.name != "mse")
         if scaler is not None:                           # on the training rows only
             scaler.adapt(X, rows)
-        probed = diagnostics.probe_rows(n, batch_size)   # taken before rows are shuffled
-        probed = probed if rows is None else rows[probed]
+        probed = None
+        if track_gradients:                              # taken before rows are shuffled
+            probed = diagnostics.probe_rows(n, batch_size)
+            probed = probed if rows is None else rows[probed]
 
         rng = np.random.default_rng((self.seed, self._fits))
         self._fits += 1
