@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier as SkClassifier
 from sklearn.neural_network import MLPRegressor as SkRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import LabelBinarizer, StandardScaler
 from sklearn.utils import compute_sample_weight
 from sklearn.utils._param_validation import InvalidParameterError
 
@@ -251,6 +251,21 @@ def test_any_label_type(digits, labels):
     np.testing.assert_allclose(est.predict_log_proba(X_test), np.log(proba), rtol=1e-9,
                                atol=1e-12)
     assert est.out_activation_ == ("softmax" if len(labels) > 2 else "logistic")
+
+
+@pytest.mark.parametrize("classes", [["dog", "cat", "emu", "ant"], ["yes", "no"], [7, -3]])
+def test_targets_are_label_binarizers_encoding(classes):
+    """A later partial_fit's labels (some classes absent) become what LabelBinarizer fitted
+    on the classes makes of them: its column of each label's 1 (multiclass) or its 0/1
+    column (binary)."""
+    rng = np.random.default_rng(0)
+    est = quick(MLPClassifier)
+    X = rng.standard_normal((8, 3))
+    est.partial_fit(X, np.array(classes)[rng.integers(0, len(classes), 8)], classes=classes)
+    y = np.array(classes)[[1, 1, 0, 1, 0, 0, 1, 0]]             # two of the classes only
+    want = LabelBinarizer().fit(classes).transform(y)
+    _, targets, _ = est._validate_input(X, y, incremental=True, reset=False)
+    np.testing.assert_array_equal(targets, want.argmax(axis=1) if len(classes) > 2 else want)
 
 
 def test_predict_log_proba_is_finite_where_the_probability_underflows(data):
