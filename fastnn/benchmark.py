@@ -633,6 +633,10 @@ def write_json(results: Results, path: str) -> None:
 
 
 # -- the ``fastnn bench`` command ----------------------------------------------------------
+#: timed rounds of ``fastnn bench`` unless --rounds says otherwise
+DEFAULT_ROUNDS = 3
+
+
 def add_arguments(parser) -> None:
     """Options of ``fastnn bench``."""
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
@@ -647,7 +651,8 @@ def add_arguments(parser) -> None:
                         help="what every contender, the data and the matmul peak compute in "
                              "(default: float32)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                        help="timed rounds after a warm-up; the fastest counts (default: 3)")
+                        help="timed rounds after a warm-up; the fastest counts "
+                             f"(default: {DEFAULT_ROUNDS})")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     from ._sklearn_bench import CASES
     parser.add_argument("--sklearn", action="store_true",
@@ -655,10 +660,6 @@ def add_arguments(parser) -> None:
                              "fastnn.sklearn's side by side (fit time, test score)")
     parser.add_argument("--sklearn-cases", nargs="+", choices=list(CASES), metavar="CASE",
                         help=f"with --sklearn: cases to run ({', '.join(CASES)}; default all)")
-
-
-#: timed rounds of ``fastnn bench`` unless --rounds says otherwise
-DEFAULT_ROUNDS = 3
 
 
 def _reject_unused_options(args) -> None:

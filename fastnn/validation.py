@@ -57,9 +57,8 @@ def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} columns but the model takes "
                          f"{n_features} inputs")
-    if dtype is not None and _narrows(arr.dtype, dtype):
-        return as_float(arr, dtype, name)        # one pass, over the converted copy
-    check_finite(arr, name)
+    if dtype is None or not _narrows(arr.dtype, dtype):
+        check_finite(arr, name)        # (a narrowing as_float checks its converted copy)
     return arr if dtype is None else as_float(arr, dtype, name)
 
 
