@@ -364,8 +364,11 @@ AVX512_BLAS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 #: multiply-adds from which a matmul stays on such a BLAS: on a Zen 4 VM with OpenBLAS's
 #: SkylakeX kernels, the wide network (1024-2048-2048-1024, batch 512) stepped in 136 ms on
 #: BLAS and 144-150 ms on fastnn's kernel, mnist's (≤ 2^25) in 1059-1218 µs on BLAS and
-#: 972-998 on fastnn's; where OpenBLAS was held to AVX2 kernels, fastnn's won on both
-BLAS_BIG_MATMUL = 1 << 27
+#: 972-998 on fastnn's; where OpenBLAS was held to AVX2 kernels, fastnn's won on both. On a
+#: Sapphire Rapids VM (2026-12-02), mnist's predict bands (512×784×256, 2^26.6) took 3.9-4.0
+#: ms per 1024 rows on fastnn's kernel and 3.6 on BLAS, while mnist's training steps stayed
+#: 5-10% faster on fastnn's
+BLAS_BIG_MATMUL = 1 << 26
 
 
 def _blas_runs_avx512() -> bool:
