@@ -81,10 +81,12 @@ GELU_TANH_C, GELU_TANH_K = 0.7978845608028654, 0.044715
 # model's Dropout layers). No state, no generator per thread: any thread computes any
 # element's draw, a backward pass recomputes its mask instead of storing it, and the masks do
 # not depend on the thread count. (Python ints, NumPy uint64 arrays and compiled int64 code
-# all compute the same values: every product is reduced mod 2³² before the next step.)
+# all compute the same values: every product is reduced mod 2³² before the next step, and
+# none overflows int64: HASH_M2 ≥ 2³¹ is applied in 16-bit halves.)
 MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 HASH_M1, HASH_M2 = 0x7FEB352D, 0x846CA68B
+HASH_M2_LO, HASH_M2_HI = HASH_M2 & 0xFFFF, HASH_M2 >> 16
 
 
 def hash32(x):
@@ -94,7 +96,7 @@ def hash32(x):
     x = x ^ (x >> 16)
     x = (x * HASH_M1) & MASK32
     x = x ^ (x >> 15)
-    x = (x * HASH_M2) & MASK32
+    x = (x * HASH_M2_LO + (((x * HASH_M2_HI) & 0xFFFF) << 16)) & MASK32   # x·HASH_M2 mod 2³²
     return x ^ (x >> 16)
 
 

@@ -24,6 +24,10 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     # them without sleeping: with the GIL handed on every 1 ms instead of 5 ms, the threads it
     # waits on run sooner (tests/numba_cuda_checks.py: 310 -> 248 s on 2 cores, 2026-12-02).
     sys.setswitchinterval(0.001)
+    # ...which makes a race in the simulator's shared arrays likely: see cudasim_shared.py
+    from cudasim_shared import install as install_thread_safe_shared_arrays
+
+    install_thread_safe_shared_arrays()
 
 
 @pytest.fixture(scope="session")

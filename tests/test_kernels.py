@@ -6,6 +6,8 @@ sizes included), every activation and loss, float32 and float64, and inputs in C
 strided layouts. tests/test_numba_cuda.py runs this same suite on numba_cuda under the CUDA
 simulator with smaller bounds (conftest's FASTNN_TEST_* variables).
 """
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import COMPILED_BACKENDS, EXAMPLES, MAX_BATCH, MAX_WIDTH, layout, tolerance
 from fastnn.backends import resolve
-from fastnn.kernels import ACTIVATIONS, INTERFACE, NEEDS_PREACTIVATION, dropout_key
+from fastnn.kernels import ACTIVATIONS, INTERFACE, NEEDS_PREACTIVATION, dropout_key, hash32
 
 pytestmark = pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend is usable")
 
@@ -220,6 +222,28 @@ def test_dropout_keeps_one_minus_p_and_preserves_the_mean(backend):
     assert abs(kept - (1 - p)) < 4 * sigma
     assert abs(out.mean() - 1) < 4 * sigma / (1 - p)
     np.testing.assert_allclose(out[out != 0], 1 / (1 - p))
+
+
+def lowbias32(x: int) -> int:
+    """C. Wellons' lowbias32, written from its definition in exact Python integers."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) % 2**32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) % 2**32
+    return x ^ (x >> 16)
+
+
+def test_dropout_hash_is_lowbias32_in_every_integer_kind():
+    """Python ints, NumPy uint64 arrays (the reference) and int64 scalars (compiled and
+    simulated GPU code) all give lowbias32, and no product overflows."""
+    xs = np.random.default_rng(5).integers(0, 2**32, 4000, dtype=np.uint64)
+    xs[:3] = 0, 1, 2**32 - 1
+    want = [lowbias32(int(x)) for x in xs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # an int64 overflow warns
+        assert [hash32(int(x)) for x in xs] == want
+        assert hash32(xs).tolist() == want
+        assert [int(hash32(np.int64(x))) for x in xs] == want
 
 
 def test_dropout_rows_draw_the_masks_of_their_places_in_the_minibatch(backend, reference):
