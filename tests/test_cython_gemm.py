@@ -1,9 +1,15 @@
-"""The cython backend's own AVX-512 float32 matmul (kernels/cython/_kernels.pyx,
-``fastnn_sgemm_avx512``) against float64 NumPy, through the kernels that call it: every
-layout it serves (forward X·W, dW = Xᵀ·dZ, dX = dZ·Wᵀ) at the edges of its 8×32 blocks, of
-its 256-term blocks, of the packed panels of B (a transposed B always; a plain one whose
-rows lie far apart: (257, 20) and (600, 600)) and of where it takes over from BLAS (16
-columns)."""
+"""The cython backend's own float32 matmul kernels (kernels/cython/_kernels.pyx,
+``fastnn_sgemm_small``: AVX-512 8×32 blocks, or AVX2 6×16 blocks where the CPU has AVX2 and
+FMA only) against float64 NumPy, through the kernels that call them: every layout they serve
+(forward X·W, dW = Xᵀ·dZ, dX = dZ·Wᵀ) at the edges of their row blocks and column panels, of
+their 256-term blocks, of the packed panels of B (a transposed B always; a plain one whose
+rows lie far apart: (257, 20) and (600, 600)) and of where they take over from BLAS (8 or
+16 columns). On an AVX-512 CPU the AVX2 kernel is checked too, in a child process
+(FASTNN_OWN_GEMM=avx2)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -17,16 +23,37 @@ cython = resolve("cython")[1]
 from fastnn.kernels.cython import _kernels  # noqa: E402
 
 
-def test_own_gemm_is_on_where_the_cpu_has_avx512():
-    """On an AVX-512 CPU the kernel is on (the other tests then exercise it; elsewhere they
-    check the BLAS path)."""
+def cpu_flags() -> set[str]:
+    """The x86 feature flags of /proc/cpuinfo (none on other architectures)."""
     with open("/proc/cpuinfo") as f:
-        avx512 = " avx512f" in f.read()
-    assert _kernels.own_gemm() == avx512
+        return set(next((line for line in f if line.startswith("flags")), "").split())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo here")
+def test_own_gemm_runs_the_widest_kernel_the_cpu_has():
+    """AVX-512 where the CPU has it, else AVX2 with FMA, else BLAS (the other tests then
+    exercise that kernel)."""
+    flags = cpu_flags()
+    want = ("avx512" if "avx512f" in flags else
+            "avx2" if {"avx2", "fma"} <= flags else None)
+    if os.environ.get("FASTNN_OWN_GEMM") == "avx2" and want == "avx512":
+        want = "avx2"
+    assert _kernels.own_gemm_kernel() == want
+    assert _kernels.own_gemm() == (want is not None)
+
+
+@pytest.mark.skipif(_kernels.own_gemm_kernel() != "avx512" or "FASTNN_OWN_GEMM" in os.environ,
+                    reason="the AVX2 kernel is what runs here (or a kernel was chosen)")
+def test_the_avx2_kernel_on_an_avx512_cpu():
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             __file__], env=dict(os.environ, FASTNN_OWN_GEMM="avx2"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
 @pytest.mark.parametrize("batch", [1, 7, 8, 9, 63, 300])
 @pytest.mark.parametrize("n_in, n_out", [(5, 16), (33, 17), (64, 31), (64, 32), (40, 33),
+                                         (64, 7), (100, 8), (9, 10), (200, 15), (70, 24),
                                          (17, 100), (800, 48), (801, 48), (130, 15),
                                          (257, 20), (600, 600)])
 def test_dense_matmuls_match_float64(batch, n_in, n_out):

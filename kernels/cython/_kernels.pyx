@@ -1,9 +1,11 @@
 """Cython backend: the kernel interface of ``fastnn.kernels`` compiled to C.
 
-Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm), except float32 ones of at least 16
-columns on a CPU with AVX-512 (``fastnn_sgemm_small`` says which), which run on fastnn's own
-register-blocked kernel (``fastnn_sgemm_avx512`` below; 2-3× OpenBLAS's single-thread rate at
-MLP sizes on the AVX-512 VM it was measured on, where OpenBLAS was held to AVX2 kernels). Everything around
+Matmuls go to BLAS (SciPy's ``cython_blas`` sgemm/dgemm), except float32 ones of MLP size on
+a CPU with AVX-512 (at least 16 columns) or with AVX2 and FMA (at least 8 columns, under 2^25
+multiply-adds): ``fastnn_sgemm_small`` below says which, and runs them on fastnn's own
+register-blocked kernel (2-3× OpenBLAS's single-thread rate at MLP sizes on the AVX-512 VM it
+was measured on, where OpenBLAS was held to AVX2 kernels; 1.1-1.6× OpenBLAS's Haswell kernels
+on an AMD Zen 2 VM with the AVX2 one). Everything around
 them — bias and activation after the forward matmul, dZ = dA ⊙ f′ and db = Σ dZ before the
 backward ones, losses, optimizers, batch normalisation — is one C loop per pass, with the GIL
 released.
@@ -147,6 +149,7 @@ cdef extern from *:
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #include <immintrin.h>
     #include <stdlib.h>
+    #include <string.h>
 
     static int fastnn_cpu_has_avx512f(void) {
         __builtin_cpu_init();
@@ -280,17 +283,147 @@ cdef extern from *:
             }
     }
 
+    /* The same micro-kernel for CPUs with AVX2 and FMA but no AVX-512 (AMD Zen 2/3, Intel
+       before Skylake-SP): 6×16 blocks of C in 12 eight-float registers; per step p, B's row p
+       is two vectors (masked at the right edge) and each of the block's 6 elements A(i, p)
+       is broadcast into two fused multiply-adds. 16 registers in all: 12 accumulators, 2 of
+       B, 1 broadcast. A panel is at most 16 columns wide. */
+    #define FASTNN_AVX2_ROWS 6
+    /* C's row r of the block in or out: whole vectors in a 16-column panel, masked ones at
+       the right edge only (masked stores are slow on AMD's Zen 2) */
+    #define FASTNN_LOAD6(r, row) { if (cols == 16) { c##r##0 = _mm256_loadu_ps(row);        \
+            c##r##1 = _mm256_loadu_ps((row) + 8); } else { c##r##0 = _mm256_maskload_ps(row, m0); \
+            c##r##1 = _mm256_maskload_ps((row) + 8, m1); } }
+    #define FASTNN_STORE6(r, row) { if (cols == 16) { _mm256_storeu_ps(row, c##r##0);       \
+            _mm256_storeu_ps((row) + 8, c##r##1); } else { _mm256_maskstore_ps(row, m0, c##r##0); \
+            _mm256_maskstore_ps((row) + 8, m1, c##r##1); } }
+    /* the sum's kb steps for one block: B's row p in b0 and b1, then each row's FMAs */
+    #define FASTNN_AVX2_STEPS(LOAD0, LOAD1, ROWS) {                                     \
+        for (long p = 0; p < kb; p++, a += acs, b += ldbp) {                             \
+            const __m256 b0 = LOAD0, b1 = LOAD1;                                         \
+            ROWS } }
+    #define FASTNN_ROWS6 FASTNN_ROW6(0, a[0]) FASTNN_ROW6(1, a[ars])                      \
+        FASTNN_ROW6(2, a[2 * ars]) FASTNN_ROW6(3, a[3 * ars]) FASTNN_ROW6(4, a[4 * ars])  \
+        FASTNN_ROW6(5, a[5 * ars])
+    #define FASTNN_ROWS_LT6 FASTNN_ROW6(0, a[0]) if (rows > 1) FASTNN_ROW6(1, a[ars])     \
+        if (rows > 2) FASTNN_ROW6(2, a[2 * ars]) if (rows > 3) FASTNN_ROW6(3, a[3 * ars]) \
+        if (rows > 4) FASTNN_ROW6(4, a[4 * ars])
+    #define FASTNN_ROW6(r, A_) { const __m256 x_ = _mm256_broadcast_ss(&(A_));            \
+        c##r##0 = _mm256_fmadd_ps(x_, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(x_, b1, c##r##1); }
+
+    /* lanes j of B's two vectors that hold columns (j < cols ≤ 16), as AVX2 load masks */
+    __attribute__((target("avx2,fma")))
+    static inline void fastnn_avx2_masks(long cols, __m256i* m0, __m256i* m1) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        *m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) cols), lane);
+        *m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) cols - 8), lane);
+    }
+
+    /* One panel of C (m × cols, cols ≤ 16) = op(A)·Bp for kb terms, Bp's rows ldbp apart (a
+       packed panel: ldbp = 16, zero past cols, every load whole). */
+    __attribute__((target("avx2,fma")))
+    static void fastnn_sgemm_panel_avx2(int trans_a, long m, long cols, long kb, const float* A,
+                                        long lda, const float* Bp, long ldbp, float* C,
+                                        long ldc, int accumulate, int packed) {
+        const long ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;   /* A(i,p): A[i·ars + p·acs] */
+        const int whole = packed || cols == 16;          /* B's loads need no mask */
+        __m256i m0, m1;
+        fastnn_avx2_masks(cols, &m0, &m1);
+        for (long i0 = 0; i0 < m; i0 += FASTNN_AVX2_ROWS) {
+            const long rows = m - i0 < FASTNN_AVX2_ROWS ? m - i0 : FASTNN_AVX2_ROWS;
+            __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+                   c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+            const float* a = A + i0 * ars;
+            const float* b = Bp;
+            float* c = C + i0 * ldc;
+            if (accumulate) {                      /* C += op(A)·B: start from C's block */
+                FASTNN_LOAD6(0, c) if (rows > 1) FASTNN_LOAD6(1, c + ldc)
+                if (rows > 2) FASTNN_LOAD6(2, c + 2 * ldc) if (rows > 3) FASTNN_LOAD6(3, c + 3 * ldc)
+                if (rows > 4) FASTNN_LOAD6(4, c + 4 * ldc) if (rows > 5) FASTNN_LOAD6(5, c + 5 * ldc)
+            }
+            if (rows == FASTNN_AVX2_ROWS && whole)          /* the common case */
+                FASTNN_AVX2_STEPS(_mm256_loadu_ps(b), _mm256_loadu_ps(b + 8), FASTNN_ROWS6)
+            else if (rows == FASTNN_AVX2_ROWS)
+                FASTNN_AVX2_STEPS(_mm256_maskload_ps(b, m0), _mm256_maskload_ps(b + 8, m1),
+                                  FASTNN_ROWS6)
+            else                                            /* the last rows of C */
+                FASTNN_AVX2_STEPS(_mm256_maskload_ps(b, m0), _mm256_maskload_ps(b + 8, m1),
+                                  FASTNN_ROWS_LT6)
+            FASTNN_STORE6(0, c) if (rows > 1) FASTNN_STORE6(1, c + ldc)
+            if (rows > 2) FASTNN_STORE6(2, c + 2 * ldc) if (rows > 3) FASTNN_STORE6(3, c + 3 * ldc)
+            if (rows > 4) FASTNN_STORE6(4, c + 4 * ldc) if (rows > 5) FASTNN_STORE6(5, c + 5 * ldc)
+        }
+    }
+
+    /* r[0..7] ← their 8×8 transpose (r[i] lane j ← r[j] lane i), 24 shuffles. */
+    __attribute__((target("avx2,fma")))
+    static inline void fastnn_transpose8(__m256* r) {
+        __m256 t[8], u[8];
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+            u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+            u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+            u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; i++) {
+            r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+            r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+        }
+    }
+
+    /* Copy kb × cols of op(B) (from term p0, column j0) into the panel Bp (kb rows of 16
+       floats, zero past cols). A transposed B is copied in 8×8 blocks transposed in
+       registers. */
+    __attribute__((target("avx2,fma")))
+    static void fastnn_pack_panel_avx2(int trans_b, long kb, long cols, const float* B,
+                                       long ldb, long p0, long j0, float* Bp) {
+        __m256i m0, m1;
+        if (!trans_b) {
+            const float* b = B + p0 * ldb + j0;
+            fastnn_avx2_masks(cols, &m0, &m1);
+            for (long p = 0; p < kb; p++, b += ldb) {
+                _mm256_store_ps(Bp + 16 * p, _mm256_maskload_ps(b, m0));
+                _mm256_store_ps(Bp + 16 * p + 8, _mm256_maskload_ps(b + 8, m1));
+            }
+            return;
+        }
+        __m256 r[8];                      /* op(B)(p, j) = B(j, p): r[jj] = a row of B */
+        for (long jg = 0; jg < 16; jg += 8)
+            for (long pg = 0; pg < kb; pg += 8) {
+                const long terms = kb - pg < 8 ? kb - pg : 8;
+                __m256i m, unused;
+                fastnn_avx2_masks(terms, &m, &unused);
+                for (long jj = 0; jj < 8; jj++)
+                    r[jj] = jg + jj < cols
+                        ? _mm256_maskload_ps(B + (j0 + jg + jj) * ldb + p0 + pg, m)
+                        : _mm256_setzero_ps();
+                fastnn_transpose8(r);
+                for (long pp = 0; pp < terms; pp++)
+                    _mm256_store_ps(Bp + 16 * (pg + pp) + jg, r[pp]);
+            }
+    }
+
     /* Row-major C (m×n) = op(A)·op(B) by fastnn_sgemm_panel where it pays: an AVX-512 CPU and
-       at least 16 columns (fewer waste the vector lanes). The sum runs in blocks of
-       FASTNN_KBLOCK terms and C in panels of 32 columns; each block of op(B)'s panel is copied
-       into a per-thread contiguous buffer first (a transposed B always; a plain one when its
-       rows lie far apart, where they would evict each other from L1: 256 rows 8 KB apart share
-       a few cache sets), and the copy serves every 8-row block of C. FASTNN_OWN_GEMM=0 in the
-       environment turns it off (to compare). Returns 0 where the caller must use BLAS. */
+       at least 16 columns (fewer waste the vector lanes), or by fastnn_sgemm_panel_avx2 on a
+       CPU with AVX2 and FMA only, at least FASTNN_AVX2_MIN_COLS columns and below
+       FASTNN_AVX2_BLAS_BIG multiply-adds (past it BLAS, which also blocks A for the caches,
+       wins). The sum runs in blocks of FASTNN_KBLOCK terms and C in panels of 32 (16)
+       columns; each block of op(B)'s panel is copied into a per-thread contiguous buffer
+       first (a transposed B always; a plain one when its rows lie far apart, where they
+       would evict each other from L1: 256 rows 8 KB apart share a few cache sets), and the
+       copy serves every 8-row (6-row) block of C. FASTNN_OWN_GEMM=0 in the environment turns
+       it off (to compare), FASTNN_OWN_GEMM=avx2 takes the AVX2 kernel on an AVX-512 CPU
+       (to test it there). Returns 0 where the caller must use BLAS. */
     #define FASTNN_KBLOCK 256
     #define FASTNN_PACK_SPAN 4096         /* pack a plain B whose block spans more floats */
+    #define FASTNN_AVX2_MIN_COLS 8
+    #define FASTNN_AVX2_BLAS_BIG (1L << 25)
     static __thread float* fastnn_panel = NULL;
-    static int fastnn_own_gemm = -1;
+    static int fastnn_own_gemm = -1;      /* 0: BLAS; 1: the AVX2 kernel; 2: the AVX-512 one */
     /* > 0: matmuls of at least this many multiply-adds stay on BLAS (set at import where the
        BLAS runs AVX-512 kernels of its own, which win there) */
     static long fastnn_blas_big = 0;
@@ -298,8 +431,12 @@ cdef extern from *:
 
     static int fastnn_own_gemm_on(void) {
         if (fastnn_own_gemm < 0) {
-            const char* off = getenv("FASTNN_OWN_GEMM");
-            fastnn_own_gemm = fastnn_cpu_has_avx512f() && !(off && off[0] == '0');
+            const char* choice = getenv("FASTNN_OWN_GEMM");
+            fastnn_own_gemm = fastnn_cpu_has_avx512f() ? 2 : fastnn_cpu_has_avx2_fma() ? 1 : 0;
+            if (choice && choice[0] == '0')
+                fastnn_own_gemm = 0;
+            else if (choice && strcmp(choice, "avx2") == 0 && fastnn_own_gemm > 1)
+                fastnn_own_gemm = 1;
         }
         return fastnn_own_gemm;
     }
@@ -307,8 +444,11 @@ cdef extern from *:
     static int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k,
                                   const float* A, long lda, const float* B, long ldb,
                                   float* C, long ldc) {
-        if (!fastnn_own_gemm_on() || n < 16
-                || (fastnn_blas_big > 0 && m * n * k >= fastnn_blas_big))
+        const int isa = fastnn_own_gemm_on();
+        const long width = isa == 2 ? 32 : 16;   /* columns per panel */
+        if (isa == 0 || n < (isa == 2 ? 16 : FASTNN_AVX2_MIN_COLS)
+                || (isa == 2 && fastnn_blas_big > 0 && m * n * k >= fastnn_blas_big)
+                || (isa == 1 && m * n * k >= FASTNN_AVX2_BLAS_BIG))
             return 0;
         if (fastnn_panel == NULL) {
             fastnn_panel = (float*) aligned_alloc(64, FASTNN_KBLOCK * 32 * sizeof(float));
@@ -317,15 +457,26 @@ cdef extern from *:
         }
         for (long p0 = 0; p0 < k; p0 += FASTNN_KBLOCK) {
             const long kb = k - p0 < FASTNN_KBLOCK ? k - p0 : FASTNN_KBLOCK;
-            const int pack = trans_b || (m > 8 && (kb - 1) * ldb > FASTNN_PACK_SPAN);
+            const int far = trans_b || (m > 8 && (kb - 1) * ldb > FASTNN_PACK_SPAN);
             const float* a = A + (trans_a ? p0 * lda : p0);
-            for (long j0 = 0; j0 < n; j0 += 32) {
-                const long cols = n - j0 < 32 ? n - j0 : 32;
-                if (pack)
-                    fastnn_pack_panel(trans_b, kb, cols, B, ldb, p0, j0, fastnn_panel);
-                fastnn_sgemm_panel(trans_a, m, cols, kb, a, lda,
-                                   pack ? fastnn_panel : B + p0 * ldb + j0, pack ? 32 : ldb,
-                                   C + j0, ldc, p0 > 0);
+            for (long j0 = 0; j0 < n; j0 += width) {
+                const long cols = n - j0 < width ? n - j0 : width;
+                /* the AVX2 kernel's edge panel too: its loads are whole then (masked ones
+                   are slow on Zen 2) */
+                const int pack = far || (isa == 1 && cols < width && m > FASTNN_AVX2_ROWS);
+                const float* b = pack ? fastnn_panel : B + p0 * ldb + j0;
+                if (isa == 2) {
+                    if (pack)
+                        fastnn_pack_panel(trans_b, kb, cols, B, ldb, p0, j0, fastnn_panel);
+                    fastnn_sgemm_panel(trans_a, m, cols, kb, a, lda, b, pack ? 32 : ldb,
+                                       C + j0, ldc, p0 > 0);
+                } else {
+                    if (pack)
+                        fastnn_pack_panel_avx2(trans_b, kb, cols, B, ldb, p0, j0,
+                                               fastnn_panel);
+                    fastnn_sgemm_panel_avx2(trans_a, m, cols, kb, a, lda, b, pack ? 16 : ldb,
+                                            C + j0, ldc, p0 > 0, pack);
+                }
             }
         }
         return 1;
@@ -351,7 +502,7 @@ cdef extern from *:
     int fastnn_cpu_has_avx2_fma() noexcept nogil
     int fastnn_own_gemm_on() noexcept nogil
     void fastnn_set_blas_big(long work) noexcept nogil
-    # row-major float32 C = op(A)·op(B) by fastnn's AVX-512 kernel; 0 where BLAS must do it
+    # row-major float32 C = op(A)·op(B) by fastnn's AVX-512 or AVX2 kernel; 0 where BLAS must
     int fastnn_sgemm_small(int trans_a, int trans_b, long m, long n, long k, const float* A,
                            long lda, const float* B, long ldb, float* C, long ldc) noexcept nogil
 
@@ -380,10 +531,18 @@ fastnn_set_blas_big(BLAS_BIG_MATMUL if _blas_runs_avx512() else 0)
 
 
 def own_gemm() -> bool:
-    """Whether float32 matmuls of at least 16 columns run on fastnn's AVX-512 kernel (an
-    AVX-512 CPU, and FASTNN_OWN_GEMM not set to 0) instead of BLAS (but for those of at
-    least BLAS_BIG_MATMUL multiply-adds where the BLAS runs AVX-512 kernels itself)."""
+    """Whether float32 matmuls may run on fastnn's own kernel instead of BLAS (see
+    :func:`own_gemm_kernel`)."""
     return bool(fastnn_own_gemm_on())
+
+
+def own_gemm_kernel() -> str | None:
+    """Which of fastnn's float32 matmul kernels runs here: "avx512" (an AVX-512 CPU: matmuls
+    of at least 16 columns, but for those of at least BLAS_BIG_MATMUL multiply-adds where the
+    BLAS runs AVX-512 kernels itself), "avx2" (AVX2 and FMA only: at least 8 columns and
+    under 2^24 multiply-adds; or FASTNN_OWN_GEMM=avx2), or None (BLAS for every matmul: no
+    such CPU, or FASTNN_OWN_GEMM=0)."""
+    return {0: None, 1: "avx2", 2: "avx512"}[fastnn_own_gemm_on()]
 
 
 def own_gemm_address() -> int:

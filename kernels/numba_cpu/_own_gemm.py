@@ -1,8 +1,9 @@
-"""The cython extension's AVX-512 float32 matmul, called from the Numba kernels.
+"""The cython extension's own float32 matmul, called from the Numba kernels.
 
 ``fastnn_sgemm_small`` (kernels/cython/_kernels.pyx) computes row-major C = op(A)·op(B) in
-float32 with fastnn's own register-blocked AVX-512 kernel where that beats BLAS (an AVX-512
-CPU, at least 16 columns; FASTNN_OWN_GEMM=0 turns it off) and returns 0
+float32 with fastnn's own register-blocked AVX-512 or AVX2 kernel where that beats BLAS (an
+AVX-512 CPU and at least 16 columns, or AVX2 with FMA, at least 8 columns and under 2^25
+multiply-adds; FASTNN_OWN_GEMM=0 turns it off) and returns 0
 elsewhere, and :func:`matmul` then calls ``np.dot`` (BLAS) as before. The fused trainer uses it
 for steps that run on one thread (tiny, small, deep networks: 1.3-2.2× faster steps
 measured); with row chunks or threaded BLAS (mnist-sized layers and up) and in the

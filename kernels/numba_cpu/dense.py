@@ -7,7 +7,7 @@ dX = dZ Wᵀ for the chunk; dW = Xᵀ dZ and db = Σ dZ reduce over the whole ba
 BLAS is called from inside the parallel region, so it must run single-threaded there
 (:func:`fastnn.set_num_threads` pins it): Numba's threads and BLAS's never stack.
 
-Why BLAS (or, for float32 on AVX-512 CPUs, fastnn's own kernel: ``_own_gemm.py``) at every
+Why BLAS (or, for float32 on AVX-512 and AVX2 CPUs, fastnn's own kernel: ``_own_gemm.py``) at every
 size: single-threaded sgemm called from Numba (``np.dot`` with ``out``) costs
 about 50 ns per call, and beat our own loops at every shape measured, from (batch, in, out) =
 (16, 8, 8) (0.08 µs vs 0.38 µs) through (32, 32, 64) (1.1 µs vs 2.6 µs for a 2-row × 4-k
