@@ -9,6 +9,10 @@ descheduled thread stalls every barrier and the same step runs slower than on on
 (small: 155-186 vs 121 µs). No fixed threshold is right in both regimes, so :class:`TeamChoice`
 measures: it runs a few minibatches with each team size, keeps the faster, and re-measures
 the other one now and then, so a change of load is noticed within a fraction of a second.
+A team of several threads is timed only once it has run for a few milliseconds in a row:
+after idling, two threads run slowly for a while (on a 2-vCPU AMD VM, a 64-100-10 network's
+7-minibatch epochs took 154-304 µs per minibatch in such a probe, against 73-120 µs once
+warm), and cold probes kept a fit on one thread (123-210 µs) for good.
 Trainers of the same network shape share one :class:`TeamChoice` (:func:`shared_choice`), so
 that a second ``fit`` (``epochs=1`` in a loop, the benchmark's rounds) starts from what the
 first one measured instead of probing both team sizes again.
@@ -19,20 +23,32 @@ import time
 
 #: minibatches a team size is measured on
 PROBE_STEPS = 8
+#: a team of several threads is timed only after running this many seconds in a row
+#: (measured on a 2-vCPU AMD VM: 5-8 back-to-back 7-minibatch epochs, ~5 ms, took two threads
+#: from 175-304 to 115-120 µs per minibatch)
+WARMUP_SECONDS = 0.005
+#: a team's run counts towards its warm-up if its next segment starts within this many
+#: seconds (fit's Python between two epochs takes ~0.1 ms)
+WARMUP_EXPIRES = 0.002
 #: a team size is measured again once this many seconds have passed since it last was, or
-#: REPROBE_FACTOR times its probe's duration if longer (probes then cost at most ~1/25 of the
-#: time even when the probed team is twice as slow)
+#: REPROBE_FACTOR times its probe's duration (with its warm-up) if longer: probes then cost at
+#: most ~1/25 of the time even when the probed team is twice as slow
 REPROBE_SECONDS = 0.02
 REPROBE_FACTOR = 25
 
 
 class TeamChoice:
     """Cuts an epoch's minibatches into segments, each run by a team of 1 or ``threads``
-    threads, and learns which is faster (seconds per minibatch, the latest measurement)."""
+    threads, and learns which is faster (seconds per minibatch, the latest measurement).
+
+    A segment of several threads is timed only when that team has just run for
+    WARMUP_SECONDS before it (its streak, see :meth:`_warm`); a probe of it is preceded by
+    untimed segments of warm-up where needed."""
 
     def __init__(self) -> None:
         self.rate: dict[int, float] = {}       # team size -> seconds per minibatch
         self.measured: dict[int, float] = {}   # team size -> when it was last measured
+        self._streak = (1, 0.0, 0.0)           # (team, start, end) of the latest run
 
     def best(self, threads: int) -> int:
         """The team size to use now: the faster measured one (``threads`` until measured)."""
@@ -46,22 +62,33 @@ class TeamChoice:
         while first < n_batches:
             team, count = self._next(n_batches - first, threads)
             start = time.perf_counter()
+            warm = team == 1 or self._warm(team, start) >= WARMUP_SECONDS
+            began = start - self._warm(team, start)
             yield first, count, team
             now = time.perf_counter()
-            if team in self.rate:               # a first run (thread start, buffers' first
-                self.measured[team] = now       # touch) does not count: measured again
-            self.rate[team] = (now - start) / count
+            if warm:
+                self.rate[team] = (now - start) / count
+                self.measured[team] = now
+            self._streak = (team, began, now)
             first += count
 
+    def _warm(self, team: int, now: float) -> float:
+        """Seconds ``team`` has just run in a row (0 after another team or a pause)."""
+        last, began, end = self._streak
+        return end - began if last == team and now - end <= WARMUP_EXPIRES else 0.0
+
     def _next(self, left: int, threads: int) -> tuple[int, int]:
-        """(team, minibatches) of the next segment: a probe of a team size not measured
-        lately (all that is left, if that is less than a probe), else the rest with the best."""
+        """(team, minibatches) of the next segment: a team size not measured lately (warmed
+        up first if it has several threads: that may take several calls when they are
+        short), else the rest with the best."""
         if threads > 1:
             now = time.perf_counter()
             for team in (threads, 1):
-                due = max(REPROBE_SECONDS, REPROBE_FACTOR * PROBE_STEPS * self.rate.get(team, 0))
+                warmup = WARMUP_SECONDS if team > 1 else 0.0
+                due = max(REPROBE_SECONDS, REPROBE_FACTOR * (
+                    PROBE_STEPS * self.rate.get(team, 0) + warmup))
                 if now - self.measured.get(team, -due) >= due:
-                    return team, min(PROBE_STEPS, left)
+                    return team, min(PROBE_STEPS, left)    # warm-up or probe: see segments
         return self.best(threads), left
 
 

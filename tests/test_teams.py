@@ -6,7 +6,7 @@ from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn.kernels import _teams
-from fastnn.kernels._teams import PROBE_STEPS, TeamChoice
+from fastnn.kernels._teams import PROBE_STEPS, WARMUP_SECONDS, TeamChoice
 
 
 class FakeClock:
@@ -40,11 +40,18 @@ def test_segments_cover_every_minibatch_once_in_order(monkeypatch, n_batches):
 def test_the_faster_team_trains_the_rest(monkeypatch, faster):
     clock, choice = FakeClock(monkeypatch), TeamChoice()
     cost = {faster: 1e-4, 3 - faster: 3e-4}
-    done = train(choice, clock, 200, 2, cost)
-    # each team is measured twice (its first run does not count), then the faster one runs
-    assert [team for _, _, team in done[:4]] == [2, 2, 1, 1]
-    assert all(count == PROBE_STEPS for _, count, _ in done[:4])
-    assert done[-1] == (4 * PROBE_STEPS, 200 - 4 * PROBE_STEPS, faster)
+    done = train(choice, clock, 400, 2, cost)
+    # two threads warm up (untimed) for WARMUP_SECONDS, are measured, then one thread is,
+    # then the faster team runs the rest
+    teams = [team for _, _, team in done]
+    one = teams.index(1)
+    assert set(teams[:one]) == {2} and one >= 2
+    warm_up = sum(count for _, count, _ in done[:one - 1])
+    assert warm_up * cost[2] >= WARMUP_SECONDS > (warm_up - PROBE_STEPS) * cost[2]
+    assert [count for _, count, _ in done[one - 1:one + 1]] == [PROBE_STEPS, PROBE_STEPS]
+    probed = warm_up + 2 * PROBE_STEPS
+    assert done[one + 1:] == [(probed, 400 - probed, faster)]
+    assert choice.rate == pytest.approx(cost)
     assert choice.best(2) == faster
     # the next call, soon after: no probe, all on the faster team
     assert train(choice, clock, 50, 2, cost) == [(0, 50, faster)]
@@ -57,8 +64,43 @@ def test_the_other_team_is_measured_again_when_load_changes(monkeypatch):
     clock.now += 1.0                         # later, another process takes a core
     loaded = {1: 3e-4, 2: 9e-4}
     done = train(choice, clock, 100, 2, loaded)
-    assert [team for _, _, team in done[:2]] == [2, 1] and done[-1][2] == 1
+    teams = [team for _, _, team in done]
+    assert teams[0] == 2 and 1 in teams and done[-1][2] == 1
     assert choice.best(2) == 1
+
+
+def test_two_threads_are_measured_warm(monkeypatch):
+    """Two threads run 3× slower for their first WARMUP_SECONDS after idling: that part is
+    not timed, so their probes still find them faster than one thread."""
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    state = {"cold": WARMUP_SECONDS}                       # seconds left of slow running
+
+    def train_cold(n_batches):
+        for _, count, team in choice.segments(n_batches, 2):
+            if team == 2:
+                for _ in range(count):
+                    step = 3e-4 if state["cold"] > 0 else 1e-4
+                    state["cold"] -= step
+                    clock.now += step
+            else:
+                state["cold"] = WARMUP_SECONDS             # the second thread idles
+                clock.now += count * 2e-4
+
+    for _ in range(400):                                   # short epochs, as for digits
+        train_cold(7)
+        clock.now += 1e-4
+    assert choice.best(2) == 2
+    assert choice.rate[2] == pytest.approx(1e-4)
+
+
+def test_a_warm_up_interrupted_for_long_is_run_again(monkeypatch):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    train(choice, clock, 20, 2, {1: 2e-4, 2: 1e-4})         # 2 ms: warming up, untimed
+    assert choice.rate == {}
+    clock.now += 1.0
+    done = train(choice, clock, 100, 2, {1: 2e-4, 2: 1e-4})
+    warm_up = sum(count for _, count, team in done[:-3])
+    assert warm_up * 1e-4 >= WARMUP_SECONDS                  # all of it again
 
 
 def test_one_thread_is_never_probed_for_more(monkeypatch):
