@@ -375,6 +375,7 @@ cdef extern from *:
         }
     }
 
+    #define FASTNN_PACK_AHEAD 16          /* rows a plain B's pack prefetches ahead */
     /* Copy kb × cols of op(B) (from term p0, column j0) into the panel Bp (kb rows of 16
        floats, zero past cols). A transposed B is copied in 8×8 blocks transposed in
        registers. */
@@ -386,6 +387,8 @@ cdef extern from *:
             const float* b = B + p0 * ldb + j0;
             fastnn_avx2_masks(cols, &m0, &m1);
             for (long p = 0; p < kb; p++, b += ldb) {
+                if (p + FASTNN_PACK_AHEAD < kb)     /* rows ldb apart: fetch ahead */
+                    _mm_prefetch((const char*) (b + FASTNN_PACK_AHEAD * ldb), _MM_HINT_T0);
                 _mm256_store_ps(Bp + 16 * p, _mm256_maskload_ps(b, m0));
                 _mm256_store_ps(Bp + 16 * p + 8, _mm256_maskload_ps(b + 8, m1));
             }
