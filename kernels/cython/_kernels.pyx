@@ -346,7 +346,9 @@ cdef extern from *:
             else if (rows == FASTNN_AVX2_ROWS)
                 FASTNN_AVX2_STEPS(_mm256_maskload_ps(b, m0), _mm256_maskload_ps(b + 8, m1),
                                   FASTNN_ROWS6)
-            else                                            /* the last rows of C */
+            else if (whole)                                 /* the last rows of C */
+                FASTNN_AVX2_STEPS(_mm256_loadu_ps(b), _mm256_loadu_ps(b + 8), FASTNN_ROWS_LT6)
+            else
                 FASTNN_AVX2_STEPS(_mm256_maskload_ps(b, m0), _mm256_maskload_ps(b + 8, m1),
                                   FASTNN_ROWS_LT6)
             FASTNN_STORE6(0, c) if (rows > 1) FASTNN_STORE6(1, c + ldc)
