@@ -575,6 +575,17 @@ def _target(row: Row, targets: dict) -> str:
     return " / ".join(parts)
 
 
+def fastnn_matmul() -> str:
+    """Which float32 matmuls fastnn's CPU backends run on: its own AVX-512 or AVX2 kernel
+    (MLP-sized ones; BLAS past its limits, see kernels/cython/_kernels.pyx), or BLAS for all."""
+    try:
+        from .kernels.cython import _kernels
+    except ImportError:
+        return "BLAS (the cython extension is not built)"
+    kernel = _kernels.own_gemm_kernel()
+    return "BLAS" if kernel is None else f"own {kernel} kernel up to MLP sizes, then BLAS"
+
+
 def machine() -> dict:
     """CPU model, cores and the versions that decide the timings."""
     model = platform.processor() or platform.machine()
@@ -584,7 +595,8 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "fastnn": __version__, "numpy": np.__version__, "numpy_blas": numpy_blas()}
+            "fastnn": __version__, "numpy": np.__version__, "numpy_blas": numpy_blas(),
+            "fastnn_matmul": fastnn_matmul()}
     for name in ("numba", "torch"):
         if importlib.util.find_spec(name) is not None:
             info[name] = importlib.import_module(name).__version__

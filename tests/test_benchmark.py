@@ -26,6 +26,17 @@ def test_step_flops_count_every_matmul():
     assert config.step_flops == forward + dW + dX
 
 
+@pytest.mark.parametrize("kernel, said", [("avx2", "own avx2 kernel up to MLP sizes, then BLAS"),
+                                           ("avx512", "own avx512 kernel up to MLP sizes, "
+                                                      "then BLAS"),
+                                           (None, "BLAS")])
+def test_machine_says_which_matmul_fastnn_runs(monkeypatch, kernel, said):
+    """The tables' header names the float32 matmul kernel the CPU backends ran on."""
+    _kernels = pytest.importorskip("fastnn.kernels.cython")._kernels
+    monkeypatch.setattr(_kernels, "own_gemm_kernel", lambda: kernel)
+    assert bm.machine()["fastnn_matmul"] == said
+
+
 def test_contenders_follow_the_registry_reference_first():
     found = bm.contenders()
     assert next(iter(found)) == "reference"
