@@ -62,14 +62,13 @@ class TeamChoice:
         while first < n_batches:
             team, count = self._next(n_batches - first, threads)
             start = time.perf_counter()
-            warm = team == 1 or self._warm(team, start) >= WARMUP_SECONDS
-            began = start - self._warm(team, start)
+            warmed = self._warm(team, start)
             yield first, count, team
             now = time.perf_counter()
-            if warm:
+            if team == 1 or warmed >= WARMUP_SECONDS:
                 self.rate[team] = (now - start) / count
                 self.measured[team] = now
-            self._streak = (team, began, now)
+            self._streak = (team, start - warmed, now)
             first += count
 
     def _warm(self, team: int, now: float) -> float:

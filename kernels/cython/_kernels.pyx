@@ -545,7 +545,7 @@ def own_gemm_kernel() -> str | None:
     """Which of fastnn's float32 matmul kernels runs here: "avx512" (an AVX-512 CPU: matmuls
     of at least 16 columns, but for those of at least BLAS_BIG_MATMUL multiply-adds where the
     BLAS runs AVX-512 kernels itself), "avx2" (AVX2 and FMA only: at least 8 columns and
-    under 2^24 multiply-adds; or FASTNN_OWN_GEMM=avx2), or None (BLAS for every matmul: no
+    under 2^25 multiply-adds; or FASTNN_OWN_GEMM=avx2), or None (BLAS for every matmul: no
     such CPU, or FASTNN_OWN_GEMM=0)."""
     return {0: None, 1: "avx2", 2: "avx512"}[fastnn_own_gemm_on()]
 
