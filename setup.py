@@ -105,7 +105,7 @@ class BuildExt(build_ext):
 
 
 #: what the build runs to fill numba_cpu's cache: a fit with every op kind and a validation pass
-#: (the epoch kernel, and the predict and loss kernels), then a predict
+#: (the epoch kernel, and the fused forward pass and loss kernels), then a predict
 NUMBA_WARMUP = """
 import numpy as np
 import fastnn

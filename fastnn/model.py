@@ -442,9 +442,40 @@ class Sequential:
         X = validation.features(X, self.in_features, self.dtype)
         batch_size = validation.positive_int(batch_size, "batch_size")
         out = np.empty((len(X), self.out_features), self.dtype)
+        predictor = self._predictor(batch_size, logits=False)
+        if predictor is not None:
+            predictor.run(X, out)
+            return out
         for s in range(0, len(X), batch_size):
             out[s:s + batch_size] = self._forward(X[s:s + batch_size], training=False,
                                                   logits=False)
+        return out
+
+    def _predictor(self, rows: int, logits: bool):
+        """The backend's fused forward pass (evaluation mode) for chunks of up to ``rows``
+        rows, or None where the layer-by-layer forward runs: the backend has none (reference,
+        numba_cuda), ``model.fuse`` is False, or a layer has no op form. A backend's
+        ``make_predictor(plan)`` (plan: :class:`fastnn.plan.InferencePlan`) returns an object
+        whose ``run(X, out)`` writes the output for any number of rows of X with no Python
+        between layers. Plans are kept per (rows, logits), at most four."""
+        if getattr(self._k, "make_predictor", None) is None or not self.fuse:
+            return None
+        key = ("inference", rows, logits)
+        if key not in self._plans:
+            if len(self._plans) >= 4:
+                self._plans.clear()
+            self._plans[key] = plan_module.build_inference(self, rows, logits)
+        plan = self._plans[key]
+        return None if plan is None else self._k.make_predictor(plan)
+
+    def _infer(self, X: np.ndarray, logits: bool, batch_size: int) -> np.ndarray:
+        """The output for X (at most ``batch_size`` rows) in evaluation mode, fused where it
+        can be."""
+        predictor = self._predictor(batch_size, logits)
+        if predictor is None:
+            return self._forward(X, training=False, logits=logits)
+        out = np.empty((len(X), self.out_features), self.dtype)
+        predictor.run(X, out)
         return out
 
     def evaluate(self, X, y, loss: str, batch_size: int = 1024, sample_weight=None) -> dict:
@@ -464,7 +495,7 @@ class Sequential:
             Xc, yc = X[chunk], y[chunk]
             wc = None if w is None else w[chunk]
             mass = len(Xc) if w is None else wc.sum()
-            out = self._forward(Xc, training=False, logits=loss.on_logits)
+            out = self._infer(Xc, loss.on_logits, batch_size)
             total += getattr(self._k, loss.kernel)(out, yc, self._workspace(len(Xc))["dout"],
                                                    wc) * mass
             right = loss.correct(out, yc, probabilities=not loss.on_logits)

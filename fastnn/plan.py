@@ -49,11 +49,20 @@ trainer advances per minibatch: with ``plan.seed`` it keys Dropout's masks
 every backend draw the same masks. Row weights (``fit(sample_weight=…)``) are not part of the
 plan: they are an argument of each epoch, like the data.
 
+Inference (``predict``, ``evaluate``) has a plan of its own, :class:`InferencePlan`
+(:func:`build_inference`): the same op rows for the forward pass in evaluation mode, laid out
+for a chunk of ``rows`` rows. Dropout is the identity there and has no op; a BATCHNORM op
+normalises with the running statistics, so every op is row-local, and a backend's
+``make_predictor(plan)`` lets each thread carry its own chunks of rows through the whole
+network in one parallel region, with no barrier between layers (the layer-by-layer forward
+wakes the threads once per matmul; waking an idle vCPU's thread took ~0.15 ms on a 2-vCPU VM).
+
 Adding a layer kind: one function in :data:`_OPS` below turning the layer into op rows (and a
 new KIND in ``fastnn.kernels`` if no existing op expresses it), then one case in each backend's
 interpreter (numba_cpu ``_row_action``/``_bn_stage``, cython ``_band_actions``/
-``_batchnorm_block``, numba_cuda ``DeviceTrainer._forward``/``_backward``). A layer type with no
-entry here trains layer by layer, never wrongly. An optimizer rule is the same: a code in
+``_batchnorm_block``, numba_cuda ``DeviceTrainer._forward``/``_backward``) and in each fused
+forward pass (numba_cpu and cython ``_infer_chunk``). A layer type with no entry here trains
+and predicts layer by layer, never wrongly. An optimizer rule is the same: a code in
 ``fastnn.kernels``, its ``fused_rule`` in ``fastnn.optimizers``, one case in each backend's
 update (numba_cpu ``update_range``, cython ``_update``, numba_cuda ``optimizer_step``).
 """
@@ -121,6 +130,43 @@ class Plan:
         return True
 
 
+class InferencePlan:
+    """One model's forward pass in evaluation mode for chunks of up to ``rows`` rows (see the
+    module docstring): ``ops`` and ``fops`` as a training plan's (no Dropout ops; BATCHNORM
+    uses the running statistics), ``act_size`` floats of workspace per chunk (offset 0 names
+    the input, which is read from X itself), ``out`` (offset of the block holding the output),
+    ``width`` (widest op), ``work_per_row`` (multiply-adds of
+    one row), ``in_features``, ``out_features``, ``dtype``, and the model's ``params`` and
+    ``state``; ``scratch`` for the backend's buffers."""
+
+    def __init__(self, model, rows: int, ops: list, fops: list, act_size: int, out: int):
+        self.rows, self.out = rows, out
+        self.in_features, self.out_features = model.in_features, model.out_features
+        self.dtype = model.dtype
+        self.ops = np.array(ops, np.int64).reshape(-1, _COLUMNS)
+        self.fops = np.array(fops, np.float64).reshape(-1, 2)
+        self.act_size = act_size
+        self.width = int(max(self.ops[:, NIN].max(), self.ops[:, NOUT].max()))
+        dense = self.ops[self.ops[:, KIND] == DENSE]
+        self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
+        self.params, self.state = model._params, model._state
+        self.scratch: dict = {}
+
+
+def build_inference(model, rows: int, logits: bool) -> InferencePlan | None:
+    """The evaluation-mode forward plan of ``model`` for chunks of up to ``rows`` rows, its
+    last Dense layer without its activation when ``logits``; None when a layer has no op
+    form."""
+    builder = _Builder(model, rows, training=False)
+    # offset 0 names the input chunk, read from X itself: no workspace (16 floats of padding
+    # keep the first block on a 64-byte line)
+    builder.act_size = 16
+    out = builder.add(model.layers, 0, logits)
+    if out is None:
+        return None
+    return InferencePlan(model, rows, builder.rows, builder.fops, builder.act_size, out)
+
+
 def build(model, loss, batch: int) -> Plan | None:
     """The plan of ``model`` trained with ``loss`` on minibatches of ``batch`` rows, or None when
     a layer has no op form (see :data:`_OPS`)."""
@@ -136,8 +182,8 @@ def build(model, loss, batch: int) -> Plan | None:
 class _Builder:
     """Walks the layers once, appending op rows and laying out the workspace buffers."""
 
-    def __init__(self, model, batch: int):
-        self.model, self.batch = model, batch
+    def __init__(self, model, batch: int, training: bool = True):
+        self.model, self.batch, self.training = model, batch, training
         self.rows: list[list[int]] = []
         self.fops: list[tuple[float, float]] = []
         self.act_size = self.aux_size = 0
@@ -191,14 +237,14 @@ class _Builder:
 def _dense_ops(b: _Builder, layer: Dense, src: int, logits: bool) -> int:
     act = IDENTITY if logits else layer._code            # the loss kernel applies the output f
     aux = 0
-    if act in NEEDS_PREACTIVATION:                       # z kept for f′(z): these layers only
+    if act in NEEDS_PREACTIVATION and b.training:        # z kept for f′(z): these layers only
         aux, b.aux_size = b.aux_size, b.aux_size + b.batch * layer.out_features
     return b.op(DENSE, src, layer.in_features, layer.out_features, act, params=layer._W,
                 aux=aux)
 
 
 def _dropout_ops(b: _Builder, layer: Dropout, src: int, logits: bool) -> int:
-    if layer.p == 0:                                     # the identity: no op
+    if layer.p == 0 or not b.training:                   # the identity: no op
         return src
     n = layer.in_features
     return b.op(DROPOUT, src, n, n, aux=layer.stream, fop=(layer.p, 0.0))
@@ -206,6 +252,9 @@ def _dropout_ops(b: _Builder, layer: Dropout, src: int, logits: bool) -> int:
 
 def _batchnorm_ops(b: _Builder, layer: BatchNorm, src: int, logits: bool) -> int:
     n = layer.in_features
+    if not b.training:                                   # running statistics: no x̂, 1/σ
+        return b.op(BATCHNORM, src, n, n, params=layer.gamma, state=layer.running_mean,
+                    fop=(layer.momentum, layer.eps))
     out = b.op(BATCHNORM, src, n, n, params=layer.gamma, state=layer.running_mean,
                aux=b.aux_size, fop=(layer.momentum, layer.eps))
     b.aux_size += b.batch * n + n                        # x̂ (batch, n), then 1/σ (n)

@@ -28,7 +28,8 @@ Conventions shared by all backends
   parallel training) draws the masks those rows get in the whole minibatch.
 * Kernels are leaves: nothing here imports fastnn's model-level modules. A compiled backend's
   ``make_trainer(plan)`` takes a training plan (built by ``fastnn.plan``: plain arrays and the
-  codes defined below) and returns a fused trainer for it.
+  codes defined below) and returns a fused trainer for it; its ``make_predictor(plan)`` takes
+  an inference plan (``fastnn.plan.InferencePlan``) and returns a fused forward pass.
 * Importing a backend changes no process setting; thread limits a kernel needs hold only for
   the duration of its call (``._threads``).
 """
@@ -164,3 +165,19 @@ LR, MU_OR_BETA1, BETA2, OPT_EPS, WEIGHT_DECAY, NESTEROV, CLIP_NORM = range(7)
 N_OPTIMIZER_HYPER, N_HYPER = 6, 7
 #: added to the gradient norm before clipping, as torch.nn.utils.clip_grad_norm_ does
 CLIP_EPS = 1e-6
+
+# -- the inference plan (fastnn.plan.InferencePlan, executed by a backend's make_predictor) ----
+#: a fused forward pass (predict, evaluate) of at least this many multiply-adds runs on every
+#: thread: each thread's share of two (≥ 2^22, ≈ 30 µs of one core) then outweighs waking it
+#: (20-150 µs measured on 2-vCPU VMs, where an idle vCPU is halted)
+PREDICT_TEAM_WORK = 1 << 23
+#: rows per chunk at least (fewer leave the matmul kernels' row blocks half empty)
+PREDICT_MIN_ROWS = 8
+
+
+def predict_split(n: int, rows: int, work_per_row: int, threads: int) -> tuple[int, int]:
+    """(rows per chunk, threads) for a fused forward pass over n rows in chunks of at most
+    ``rows``: one chunk per thread where that fits, every thread only where the work pays."""
+    team = threads if n * work_per_row >= PREDICT_TEAM_WORK else 1
+    chunk = min(rows, max(PREDICT_MIN_ROWS, -(-n // team)))
+    return chunk, max(1, min(team, -(-n // chunk)))

@@ -95,14 +95,14 @@ def test_installed_package_imports_from_the_repository_root(venv):
 PRECOMPILED = """
 import numpy as np
 import fastnn
-from fastnn.kernels.numba_cpu import interface, trainer
+from fastnn.kernels.numba_cpu import interface, predict, trainer
 X, y = np.random.rand(20, 3), np.random.randint(0, 2, 20)
 for dtype in ("float32", "float64"):
     m = fastnn.Sequential([fastnn.Dense(3, 5, "tanh"), fastnn.Dense(5, 2)], backend="numba_cpu",
                           dtype=dtype)
     m.fit(X, y, loss="cross_entropy", epochs=1, validation_data=(X, y), verbose=0)
     m.predict(X)
-kernels = (trainer.epoch_kernel, interface.dense_forward_kernel, interface.loss_kernel)
+kernels = (trainer.epoch_kernel, predict.predict_kernel, interface.loss_kernel)
 print(sum(sum(k.stats.cache_hits.values()) for k in kernels),
       sum(sum(k.stats.cache_misses.values()) for k in kernels))
 """

@@ -81,7 +81,9 @@ def _one_blas_thread(function):
     _kernels.sgd, _kernels.sgd_momentum, _kernels.sigmoid_binary_cross_entropy,
     _kernels.softmax_cross_entropy))
 make_trainer = _kernels.make_trainer
+make_predictor = _kernels.make_predictor
 
 __all__ = ["BUILD", "OPENMP", "adam", "adamw", "batchnorm_backward", "batchnorm_forward",
-           "dense_backward", "dense_forward", "dropout", "make_trainer", "mse", "rmsprop", "sgd",
-           "sgd_momentum", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
+           "dense_backward", "dense_forward", "dropout", "make_predictor", "make_trainer", "mse",
+           "rmsprop", "sgd", "sgd_momentum", "sigmoid_binary_cross_entropy",
+           "softmax_cross_entropy"]

@@ -34,6 +34,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from fastnn.kernels import CLIP_EPS as _CLIP_EPS
+from fastnn.kernels import predict_split
 from fastnn.kernels import GELU_TANH_C as _GELU_TANH_C
 from fastnn.kernels import GELU_TANH_K as _GELU_TANH_K
 from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
@@ -2224,3 +2225,125 @@ cdef (int, Py_ssize_t) _bands(Py_ssize_t rows, Py_ssize_t work_per_row,
     cdef Py_ssize_t bands = max(1, min(<Py_ssize_t> threads, rows * work_per_row // MIN_BAND_WORK))
     cdef Py_ssize_t band = max(<Py_ssize_t> MIN_BAND_ROWS, (rows + bands - 1) // bands)
     return <int> ((rows + band - 1) // band), band
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused forward pass of an inference plan (predict, evaluate)
+# ---------------------------------------------------------------------------------------------
+def make_predictor(plan):
+    """The fused forward pass executing ``plan`` (a :class:`fastnn.plan.InferencePlan`), made
+    once per plan."""
+    predictor = plan.scratch.get("cython")
+    if predictor is None:
+        predictor = plan.scratch["cython"] = Predictor(plan)
+    return predictor
+
+
+cdef class Predictor:
+    """The forward pass of an inference plan over any number of rows, the GIL released.
+
+    The rows are cut into chunks of at most ``plan.rows``; in one parallel region each thread
+    carries its chunks (every team-th) through every op with single-threaded matmuls, in a
+    workspace of its own, so no thread waits for another between layers. Which thread runs a
+    chunk does not change its result; the chunk size (from the rows and the thread count) may
+    change the last bits, as a matmul's kernel depends on its size."""
+
+    cdef object plan, dtype, fops, lanes
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.dtype = _float_dtype(plan.params, "the model's parameters")
+        if plan.ops.dtype != _I64 or not plan.ops.flags.c_contiguous:
+            raise ValueError("plan.ops must be C-contiguous int64")
+        if np.any(plan.ops[:, KIND] == DROPOUT):
+            raise ValueError("an inference plan has no Dropout ops (Dropout is the identity)")
+        self.fops = np.ascontiguousarray(plan.fops, np.float64)
+        self.lanes = np.zeros(0, self.dtype)
+
+    def run(self, X, out):
+        """out (n, out_features) = the network's output for X (n, in_features)."""
+        plan = self.plan
+        X = _input(X, self.dtype)
+        if X.ndim != 2 or X.shape[1] != plan.in_features:
+            raise ValueError(f"run needs X (n, {plan.in_features}), got {X.shape}")
+        o = _output(out, self.dtype)
+        if o.shape != (X.shape[0], plan.out_features):
+            raise ValueError(f"out must have shape {(X.shape[0], plan.out_features)}, got "
+                             f"{o.shape}")
+        cdef Py_ssize_t n = X.shape[0], lane = plan.act_size + plan.rows * plan.width
+        chunk, team = predict_split(n, plan.rows, plan.work_per_row, fastnn_max_threads())
+        if self.lanes.size < team * lane:
+            self.lanes = np.zeros(team * lane, self.dtype)
+        if n:
+            with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
+                if self.dtype is _F32:
+                    _infer[float](self, X, o, chunk, team, lane)
+                else:
+                    _infer[double](self, X, o, chunk, team, lane)
+        _write_back(out, o)
+
+
+cdef void _infer(Predictor self, const floating[:, ::1] X, floating[:, ::1] out,
+                 Py_ssize_t chunk, int team, Py_ssize_t lane):
+    """:meth:`Predictor.run`: thread t runs chunks t, t + team, … in lane t of the workspace."""
+    plan = self.plan
+    cdef floating[::1] P = plan.params, Lanes = self.lanes
+    cdef floating[::1] S = plan.state if plan.state.size else plan.params
+    cdef const int64_t[:, ::1] ops = plan.ops
+    cdef const double[:, ::1] fops = self.fops
+    cdef Py_ssize_t n = X.shape[0], n_in = X.shape[1], k = out.shape[1]
+    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk, c = 0, r0 = 0     # (per thread)
+    cdef floating* lanes = &Lanes[0]
+    cdef Py_ssize_t act_size = plan.act_size, output = plan.out
+    with nogil, parallel(num_threads=team, use_threads_if=team > 1):
+        c = fastnn_team_rank()
+        while c < n_chunks:
+            r0 = c * chunk
+            _infer_chunk(&ops[0, 0], &fops[0, 0], ops.shape[0], &P[0], &S[0], &X[r0, 0],
+                         lanes + fastnn_team_rank() * lane, act_size, min(chunk, n - r0),
+                         output, &out[r0, 0], k)
+            c = c + fastnn_team_size()
+
+
+cdef void _infer_chunk(const int64_t* ops, const double* fops, Py_ssize_t n_ops,
+                       const floating* p, floating* state, const floating* x, floating* acts,
+                       Py_ssize_t act_size, Py_ssize_t m, Py_ssize_t output, floating* y,
+                       Py_ssize_t k) noexcept nogil:
+    """m rows x (m × n_in) through every op of an inference plan, each op's output an (m, nout)
+    block at its offset in acts (offset 0: x itself); then the output block copied to y (m ×
+    k). The act_size floats after the blocks are scratch: GELU's and SiLU's z, BatchNorm's
+    1/σ."""
+    cdef const int64_t* op
+    cdef const floating* src
+    cdef const floating* skip
+    cdef floating* dst
+    cdef floating* scratch = acts + act_size
+    cdef Py_ssize_t o, i, j, jb, nin, nout
+    cdef int act
+    for o in range(n_ops):
+        op = ops + OP_COLUMNS * o
+        nin, nout = op[NIN], op[NOUT]
+        src = x if op[IN] == 0 else acts + op[IN]
+        dst = acts + op[OUT]
+        if op[KIND] == DENSE:                                # a = f(x·W + b)
+            act = <int> op[ACT]
+            _dense_forward(src, p + op[POFF], p + op[POFF] + nin * nout, act, dst, m, nin,
+                           nout, scratch if act == GELU or act == GELU_TANH or act == SILU
+                           else NULL)
+        elif op[KIND] == BATCHNORM:                          # the running statistics
+            for jb in range((nin + BLOCK - 1) // BLOCK):     # (x̂ written into the output)
+                _batchnorm_forward_block(src, p + op[POFF], p + op[POFF] + nin,
+                                         state + op[SOFF], state + op[SOFF] + nin,
+                                         <floating> fops[2 * o], <floating> fops[2 * o + 1],
+                                         False, dst, dst, scratch, m, nin, jb * BLOCK,
+                                         min((jb + 1) * BLOCK, nin))
+        elif op[KIND] == ADD:                                # y = x + block(x)
+            skip = x if op[SKIP] == 0 else acts + op[SKIP]
+            for i in range(m * nout):
+                dst[i] = skip[i] + src[i]
+        else:                                                # Standardize: (x − mean) / std
+            for i in range(m):
+                for j in range(nin):
+                    dst[i * nin + j] = (src[i * nin + j] - state[op[SOFF] + j]) \
+                        / state[op[SOFF] + nin + j]
+    memcpy(y, acts + output, m * k * sizeof(floating))

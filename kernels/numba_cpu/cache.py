@@ -27,10 +27,12 @@ def _kernels():
     from .dropout import dropout_kernel
     from .losses import loss_kernel
     from .optimizers import update_kernel
+    from .predict import predict_kernel
     from .trainer import _row_actions, epoch_kernel
 
     return (dense_forward_kernel, dense_backward_kernel, loss_kernel, update_kernel,
-            bn_forward_kernel, bn_backward_kernel, dropout_kernel, _row_actions, epoch_kernel)
+            bn_forward_kernel, bn_backward_kernel, dropout_kernel, _row_actions, epoch_kernel,
+            predict_kernel)
 
 
 def cache_status() -> CacheStatus:
