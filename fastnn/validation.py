@@ -47,9 +47,12 @@ def check_finite(arr: np.ndarray, name: str) -> None:
                          f"index {found[1]}")
 
 
-def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.ndarray:
+def features(X, n_features: int, dtype: np.dtype | None, name: str = "X",
+             finite: bool = True) -> np.ndarray:
     """Validate a feature matrix (samples, n_features) and return it C-contiguous in dtype
-    (X itself when it already is), or as it is for dtype None."""
+    (X itself when it already is), or as it is for dtype None. ``finite=False`` leaves out
+    the NaN/Inf check, for a caller whose compiled pass checks the rows as it reads them
+    (and calls this again to report what it found)."""
     arr = as_numeric_array(X, name)
     if arr.ndim != 2:
         hint = "; use X.reshape(-1, 1) for a single feature" if arr.ndim == 1 else ""
@@ -57,9 +60,9 @@ def features(X, n_features: int, dtype: np.dtype | None, name: str = "X") -> np.
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} columns but the model takes "
                          f"{n_features} inputs")
-    if dtype is None or not _narrows(arr.dtype, dtype):
+    if finite and (dtype is None or not _narrows(arr.dtype, dtype)):
         check_finite(arr, name)        # (a narrowing as_float checks its converted copy)
-    return arr if dtype is None else as_float(arr, dtype, name)
+    return arr if dtype is None else as_float(arr, dtype, name, finite)
 
 
 def _narrows(src: np.dtype, dtype) -> bool:
@@ -67,14 +70,15 @@ def _narrows(src: np.dtype, dtype) -> bool:
     return src.kind == "f" and np.dtype(dtype).itemsize < src.itemsize
 
 
-def as_float(arr: np.ndarray, dtype, name: str) -> np.ndarray:
+def as_float(arr: np.ndarray, dtype, name: str, finite: bool = True) -> np.ndarray:
     """``arr`` C-contiguous in ``dtype`` (itself when it already is). Where that narrows floats
-    (float64 to float32) the converted copy is checked: a NaN or Inf of ``arr`` is reported as
-    :func:`check_finite` does, and values beyond the narrower range, which became Inf, are an
-    error too, not a silent Inf in training. Elsewhere ``arr`` must have been checked."""
+    (float64 to float32) the converted copy is checked (unless ``finite`` is False): a NaN or
+    Inf of ``arr`` is reported as :func:`check_finite` does, and values beyond the narrower
+    range, which became Inf, are an error too, not a silent Inf in training. Elsewhere
+    ``arr`` must have been checked."""
     with np.errstate(over="ignore"):              # reported below, with where
         out = np.ascontiguousarray(arr, dtype=dtype)
-    found = _non_finite(out) if _narrows(arr.dtype, dtype) else None
+    found = _non_finite(out) if finite and _narrows(arr.dtype, dtype) else None
     if found is not None:
         check_finite(arr, name)                   # NaN or Inf given: say that (on error only)
         raise ValueError(f"{name} holds {found[0]} value(s) beyond {out.dtype}'s range "

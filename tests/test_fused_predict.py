@@ -193,3 +193,26 @@ def test_a_layer_without_op_form_predicts_layer_by_layer(backend):
 ])
 def test_predict_split(n, rows, work, threads, want):
     assert predict_split(n, rows, work, threads) == want
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_predict_reports_nan_and_inf_wherever_they_are(backend, dtype):
+    """The fused pass checks each chunk as it reads it (predict validates nothing else first):
+    a NaN or Inf in any chunk, on one thread or several, is reported as validation reports it,
+    and so is a float64 value beyond float32's range."""
+    model, _ = trained("big", backend, dtype)
+    X = np.random.default_rng(3).standard_normal((1100, 9))
+    for where, value in (((0, 0), np.nan), ((1099, 8), np.inf), ((600, 3), -np.inf)):
+        bad = X.copy()
+        bad[where] = value
+        with pytest.raises(ValueError, match=rf"X contains 1 NaN or Inf value\(s\), the first "
+                                             rf"at index \({where[0]}, {where[1]}\)"):
+            model.predict(bad, batch_size=256)
+    huge = X.copy()
+    huge[5, 2] = 1e39
+    if dtype == "float32":
+        with pytest.raises(ValueError, match=r"beyond float32's range .* index \(5, 2\)"):
+            model.predict(huge)
+    else:
+        assert np.isfinite(model.predict(huge)[:5]).all()

@@ -2261,7 +2261,8 @@ cdef class Predictor:
         self.lanes = np.zeros(0, self.dtype)
 
     def run(self, X, out):
-        """out (n, out_features) = the network's output for X (n, in_features)."""
+        """out (n, out_features) = the network's output for X (n, in_features); whether every
+        value of X was finite (a chunk holding a NaN or Inf is skipped)."""
         plan = self.plan
         X = _input(X, self.dtype)
         if X.ndim != 2 or X.shape[1] != plan.in_features:
@@ -2274,18 +2275,32 @@ cdef class Predictor:
         chunk, team = predict_split(n, plan.rows, plan.work_per_row, fastnn_max_threads())
         if self.lanes.size < team * lane:
             self.lanes = np.zeros(team * lane, self.dtype)
+        finite = True
         if n:
             with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
                 if self.dtype is _F32:
-                    _infer[float](self, X, o, chunk, team, lane)
+                    finite = _infer[float](self, X, o, chunk, team, lane)
                 else:
-                    _infer[double](self, X, o, chunk, team, lane)
+                    finite = _infer[double](self, X, o, chunk, team, lane)
         _write_back(out, o)
+        return finite
 
 
-cdef void _infer(Predictor self, const floating[:, ::1] X, floating[:, ::1] out,
+cdef bint _finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Whether x[:n] holds no NaN or Inf: x − x is 0 for a finite x and NaN otherwise (with
+    no branch, the loop vectorises)."""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad |= (x[i] - x[i]) != 0
+    return not bad
+
+
+cdef bint _infer(Predictor self, const floating[:, ::1] X, floating[:, ::1] out,
                  Py_ssize_t chunk, int team, Py_ssize_t lane):
-    """:meth:`Predictor.run`: thread t runs chunks t, t + team, … in lane t of the workspace."""
+    """:meth:`Predictor.run`: thread t runs chunks t, t + team, … in lane t of the workspace,
+    each checked for NaN and Inf first (while its rows come into cache for the first
+    matmul); returns whether every chunk was finite."""
     plan = self.plan
     cdef floating[::1] P = plan.params, Lanes = self.lanes
     cdef floating[::1] S = plan.state if plan.state.size else plan.params
@@ -2295,14 +2310,20 @@ cdef void _infer(Predictor self, const floating[:, ::1] X, floating[:, ::1] out,
     cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk, c = 0, r0 = 0     # (per thread)
     cdef floating* lanes = &Lanes[0]
     cdef Py_ssize_t act_size = plan.act_size, output = plan.out
+    cdef int[::1] Bad = np.zeros(team, np.intc)                  # per thread: met a NaN or Inf
+    cdef int* bad = &Bad[0]
     with nogil, parallel(num_threads=team, use_threads_if=team > 1):
         c = fastnn_team_rank()
         while c < n_chunks:
             r0 = c * chunk
-            _infer_chunk(&ops[0, 0], &fops[0, 0], ops.shape[0], &P[0], &S[0], &X[r0, 0],
-                         lanes + fastnn_team_rank() * lane, act_size, min(chunk, n - r0),
-                         output, &out[r0, 0], k)
+            if not _finite(&X[r0, 0], min(chunk, n - r0) * n_in):
+                bad[fastnn_team_rank()] = 1
+            else:
+                _infer_chunk(&ops[0, 0], &fops[0, 0], ops.shape[0], &P[0], &S[0], &X[r0, 0],
+                             lanes + fastnn_team_rank() * lane, act_size, min(chunk, n - r0),
+                             output, &out[r0, 0], k)
             c = c + fastnn_team_size()
+    return not np.any(Bad)
 
 
 cdef void _infer_chunk(const int64_t* ops, const double* fops, Py_ssize_t n_ops,

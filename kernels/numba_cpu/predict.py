@@ -60,16 +60,31 @@ def _infer_chunk(x, lane, act_size, ops, fops, params, state, own):
 
 
 @njit(inline="always", error_model="numpy")
+def _finite(x):
+    """Whether x holds no NaN or Inf: x − x is 0 for a finite x and NaN otherwise (with no
+    branch, the loop vectorises)."""
+    bad = False
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            bad |= (x[i, j] - x[i, j]) != 0
+    return not bad
+
+
+@njit(inline="always", error_model="numpy")
 def _run_lane(t, team, X, n_in, out, output, chunk, lanes, act_size, ops, fops, params, state,
-              own):
-    """Chunks t, t + team, … of the rows, in lane t of the workspace; their output rows
-    copied into out."""
+              own, bad):
+    """Chunks t, t + team, … of the rows, in lane t of the workspace, each checked for NaN
+    and Inf first (while its rows come into cache for the first matmul; bad[t] = 1 and the
+    chunk skipped where one is); their output rows copied into out."""
     n, k = out.shape
     lane = lanes[t]
     for r0 in range(t * chunk, n, team * chunk):
         m = min(chunk, n - r0)
-        _infer_chunk(_view(X, r0 * n_in, m, n_in), lane, act_size, ops, fops, params, state,
-                     own)
+        x = _view(X, r0 * n_in, m, n_in)
+        if not _finite(x):
+            bad[t] = 1
+            continue
+        _infer_chunk(x, lane, act_size, ops, fops, params, state, own)
         y = _view(lane, output, m, k)
         for i in range(m):
             for j in range(k):
@@ -78,20 +93,20 @@ def _run_lane(t, team, X, n_in, out, output, chunk, lanes, act_size, ops, fops, 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def predict_kernel(X, n_in, out, output, chunk, team, lanes, act_size, ops, fops, params,
-                   state, own):
+                   state, own, bad):
     """out (n, k) = the plan's output for the rows of X (flat, n × n_in): ``team`` threads,
     each with its lane of ``lanes`` (team × floats), chunks of ``chunk`` rows; ``own``: the
-    matmuls may run on fastnn's kernel."""
-    X, out, lanes, ops, fops, params, state = (
+    matmuls may run on fastnn's kernel; bad[t] = 1 where thread t met a NaN or Inf."""
+    X, out, lanes, ops, fops, params, state, bad = (
         _borrowed(X), _borrowed(out), _borrowed(lanes), _borrowed(ops), _borrowed(fops),
-        _borrowed(params), _borrowed(state))
+        _borrowed(params), _borrowed(state), _borrowed(bad))
     if team == 1:
         _run_lane(0, 1, X, n_in, out, output, chunk, lanes, act_size, ops, fops, params,
-                  state, own)
+                  state, own, bad)
     else:
         for t in prange(team):
             _run_lane(t, team, X, n_in, out, output, chunk, lanes, act_size, ops, fops,
-                      params, state, own)
+                      params, state, own, bad)
 
 
 class Predictor:
@@ -105,8 +120,9 @@ class Predictor:
         self.lane = plan.act_size + plan.rows * plan.width
         self.lanes = np.zeros((0, self.lane), plan.dtype)
 
-    def run(self, X, out) -> None:
-        """out (n, out_features) = the network's output for X (n, in_features)."""
+    def run(self, X, out) -> bool:
+        """out (n, out_features) = the network's output for X (n, in_features); whether every
+        value of X was finite (a chunk holding a NaN or Inf is skipped)."""
         plan = self.plan
         X = writeable_input(X, plan.dtype)
         if X.ndim != 2 or X.shape[1] != plan.in_features:
@@ -120,12 +136,14 @@ class Predictor:
                                     numba.get_num_threads())
         if len(self.lanes) < team:
             self.lanes = np.zeros((team, self.lane), plan.dtype)
+        bad = np.zeros(team, np.int64)
         with LAUNCH_LOCK, kernel_blas_threads(1):
             predict_kernel(X.reshape(-1), plan.in_features, o, plan.out, chunk, team,
                            self.lanes, plan.act_size, plan.ops, plan.fops, plan.params,
-                           plan.state, own_gemm())
+                           plan.state, own_gemm(), bad)
         if o is not out:
             out[...] = o
+        return not bad.any()
 
 
 def make_predictor(plan) -> Predictor:
