@@ -438,7 +438,11 @@ class Sequential:
         return ws[key]
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
-        """Network output for X (samples, in): (samples, out), after the last activation."""
+        """Network output for X (samples, in): (samples, out), after the last activation.
+
+        At most ``batch_size`` rows go through the network at a time (per thread, on the
+        numba_cpu and cython backends, whose fused forward pass shares the rows out among
+        the threads), which bounds the memory beyond X and the output."""
         batch_size = validation.positive_int(batch_size, "batch_size")
         predictor = self._predictor(batch_size, logits=False)
         given, X = X, validation.features(X, self.in_features, self.dtype,
