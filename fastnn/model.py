@@ -461,8 +461,8 @@ class Sequential:
 
     def _predictor(self, rows: int, logits: bool):
         """The backend's fused forward pass (evaluation mode) for chunks of up to ``rows``
-        rows, or None where the layer-by-layer forward runs: the backend has none (reference,
-        numba_cuda), ``model.fuse`` is False, or a layer has no op form. A backend's
+        rows, or None where the layer-by-layer forward runs: the backend has none (reference),
+        ``model.fuse`` is False, or a layer has no op form. A backend's
         ``make_predictor(plan)`` (plan: :class:`fastnn.plan.InferencePlan`) returns an object
         whose ``run(X, out)`` writes the output for any number of rows of X with no Python
         between layers and returns whether every value of X was finite (the rows are
@@ -477,7 +477,11 @@ class Sequential:
                 self._plans.clear()
             self._plans[key] = plan_module.build_inference(self, rows, logits)
         plan = self._plans[key]
-        return None if plan is None else self._k.make_predictor(plan)
+        if plan is None:
+            return None
+        if "predictor" not in plan.scratch:              # made once per plan
+            plan.scratch["predictor"] = self._k.make_predictor(plan)
+        return plan.scratch["predictor"]
 
     def _infer(self, X: np.ndarray, logits: bool, batch_size: int) -> np.ndarray:
         """The output for X (at most ``batch_size`` rows) in evaluation mode, fused where it

@@ -52,16 +52,18 @@ plan: they are an argument of each epoch, like the data.
 Inference (``predict``, ``evaluate``) has a plan of its own, :class:`InferencePlan`
 (:func:`build_inference`): the same op rows for the forward pass in evaluation mode, laid out
 for a chunk of ``rows`` rows. Dropout is the identity there and has no op; a BATCHNORM op
-normalises with the running statistics, so every op is row-local, and a backend's
+normalises with the running statistics, so every op is row-local, and a CPU backend's
 ``make_predictor(plan)`` lets each thread carry its own chunks of rows through the whole
 network in one parallel region, with no barrier between layers (the layer-by-layer forward
-wakes the threads once per matmul; waking an idle vCPU's thread took ~0.15 ms on a 2-vCPU VM).
+wakes the threads once per matmul; waking an idle vCPU's thread took ~0.15 ms on a 2-vCPU VM);
+numba_cuda's copies the weights to the device once per call and runs the ops on each chunk.
 
 Adding a layer kind: one function in :data:`_OPS` below turning the layer into op rows (and a
 new KIND in ``fastnn.kernels`` if no existing op expresses it), then one case in each backend's
 interpreter (numba_cpu ``_row_action``/``_bn_stage``, cython ``_band_actions``/
 ``_batchnorm_block``, numba_cuda ``DeviceTrainer._forward``/``_backward``) and in each fused
-forward pass (numba_cpu and cython ``_infer_chunk``). A layer type with no entry here trains
+forward pass (numba_cpu and cython ``_infer_chunk``, numba_cuda
+``DevicePredictor._forward``). A layer type with no entry here trains
 and predicts layer by layer, never wrongly. An optimizer rule is the same: a code in
 ``fastnn.kernels``, its ``fused_rule`` in ``fastnn.optimizers``, one case in each backend's
 update (numba_cpu ``update_range``, cython ``_update``, numba_cuda ``optimizer_step``).

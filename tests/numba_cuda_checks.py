@@ -337,3 +337,48 @@ def test_gradients_of_a_distributed_share_on_the_device(dtype):
     the global weight, Dropout masks of the rows' global places."""
     check_trainer_gradients("numba_cuda", [Dense(6, 9, "gelu"), Dropout(0.3), Dense(9, 3)],
                             dtype, batch=12, rows=7)
+
+
+def test_fused_predict_on_the_device_matches_the_layer_path_and_reference(monkeypatch):
+    """predict and evaluate run the inference plan on the device (DevicePredictor): the same
+    output as the layer path and the reference for Standardize, GELU, Dropout, BatchNorm with
+    its running statistics and a Residual whose skip reads the input, over several chunks
+    (batch_size 7) and one; a NaN is reported as validation reports it."""
+    from fastnn import Standardize
+    from fastnn.kernels.numba_cuda import predict
+
+    rng = np.random.default_rng(11)
+
+    def layers():
+        scale = Standardize(5)
+        scale.adapt(np.linspace(-2, 3, 40).reshape(8, 5))
+        return [scale, Residual([Dense(5, 5, "gelu"), Dense(5, 5)]), Dense(5, 9, "tanh"),
+                Dropout(0.3), BatchNorm(9), Dense(9, 3, "softmax")]
+
+    X, y = rng.standard_normal((20, 5)), rng.integers(0, 3, 20)
+    for dtype in ("float64", "float32"):
+        want_model = Sequential(layers(), backend="reference", seed=2, dtype=dtype)
+        want_model.fit(X, y, loss="cross_entropy", epochs=1, batch_size=8, verbose=0)
+        model = Sequential(layers(), backend="numba_cuda", seed=2, dtype=dtype)
+        model.parameters()[...] = want_model.parameters()
+        model._state[...] = want_model._state
+        model.fuse = False
+        layer_path = model.predict(X, batch_size=7)
+        model.fuse = True
+        want = want_model.predict(X)
+        want_eval = want_model.evaluate(X, y, "cross_entropy", batch_size=7)
+        assert isinstance(model._predictor(7, logits=False), predict.DevicePredictor)
+        monkeypatch.setattr(Sequential, "_forward", lambda *a, **k: pytest.fail("layer path"))
+        for bs in (7, 1024):
+            got = model.predict(X, batch_size=bs)
+            close(got, want, dtype, 9, f"predict {dtype} batch_size {bs}")
+            close(got, layer_path, dtype, 9, f"vs the layer path, {dtype}")
+        got_eval = model.evaluate(X, y, "cross_entropy", batch_size=7)
+        assert got_eval["accuracy"] == want_eval["accuracy"]
+        assert got_eval["loss"] == pytest.approx(want_eval["loss"], rel=1e-4)
+        bad = X.copy()
+        bad[15, 2] = np.nan
+        with pytest.raises(ValueError, match=r"1 NaN or Inf value\(s\), the first at index "
+                                             r"\(15, 2\)"):
+            model.predict(bad, batch_size=7)
+        monkeypatch.undo()

@@ -4,7 +4,8 @@ evaluate: Dense with every activation, BatchNorm with its running statistics, Re
 from the input), Dropout (the identity), Standardize; float32 and float64; one chunk and many,
 on one thread and on several.
 
-(numba_cuda has no fused forward pass: its predict runs layer by layer on the device.)
+(numba_cuda's device forward pass runs the same plan under the CUDA simulator in
+tests/numba_cuda_checks.py.)
 """
 import numpy as np
 import pytest

@@ -2231,12 +2231,8 @@ cdef (int, Py_ssize_t) _bands(Py_ssize_t rows, Py_ssize_t work_per_row,
 # the fused forward pass of an inference plan (predict, evaluate)
 # ---------------------------------------------------------------------------------------------
 def make_predictor(plan):
-    """The fused forward pass executing ``plan`` (a :class:`fastnn.plan.InferencePlan`), made
-    once per plan."""
-    predictor = plan.scratch.get("cython")
-    if predictor is None:
-        predictor = plan.scratch["cython"] = Predictor(plan)
-    return predictor
+    """The fused forward pass executing ``plan`` (a :class:`fastnn.plan.InferencePlan`)."""
+    return Predictor(plan)
 
 
 cdef class Predictor:

@@ -147,9 +147,5 @@ class Predictor:
 
 
 def make_predictor(plan) -> Predictor:
-    """The fused forward pass executing ``plan`` (a :class:`fastnn.plan.InferencePlan`), made
-    once per plan."""
-    predictor = plan.scratch.get("numba_cpu")
-    if predictor is None:
-        predictor = plan.scratch["numba_cpu"] = Predictor(plan)
-    return predictor
+    """The fused forward pass executing ``plan`` (a :class:`fastnn.plan.InferencePlan`)."""
+    return Predictor(plan)

@@ -9,6 +9,8 @@
   what ``fastnn.kernels.INTERFACE`` requires.
 * :mod:`.trainer` — :func:`make_trainer`: ``fit`` with parameters, optimizer state and
   (when it fits) the training set resident on the GPU.
+* :mod:`.predict` — :func:`make_predictor`: ``predict`` and ``evaluate``, the weights copied
+  to the device once per call and the rows sent through in chunks.
 * :mod:`.bench` — :func:`matmul_tflops`, the matmul kernel's throughput at n × n.
 
 Importing raises ImportError saying why when the backend cannot run here: numba-cuda is not
@@ -46,8 +48,10 @@ from .bench import matmul_tflops  # noqa: E402
 from .host import (adam, adamw, batchnorm_backward, batchnorm_forward,  # noqa: E402
                    dense_backward, dense_forward, dropout, mse, rmsprop, sgd, sgd_momentum,
                    sigmoid_binary_cross_entropy, softmax_cross_entropy)
+from .predict import make_predictor  # noqa: E402
 from .trainer import make_trainer  # noqa: E402
 
 __all__ = ["dense_forward", "dense_backward", "dropout", "mse", "softmax_cross_entropy",
            "sigmoid_binary_cross_entropy", "sgd", "sgd_momentum", "adam", "adamw", "rmsprop",
-           "batchnorm_forward", "batchnorm_backward", "make_trainer", "matmul_tflops"]
+           "batchnorm_forward", "batchnorm_backward", "make_predictor", "make_trainer",
+           "matmul_tflops"]
