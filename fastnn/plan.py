@@ -137,9 +137,9 @@ class InferencePlan:
     module docstring): ``ops`` and ``fops`` as a training plan's (no Dropout ops; BATCHNORM
     uses the running statistics), ``act_size`` floats of workspace per chunk (offset 0 names
     the input, which is read from X itself), ``out`` (offset of the block holding the output),
-    ``width`` (widest op), ``work_per_row`` (multiply-adds of
-    one row), ``in_features``, ``out_features``, ``dtype``, and the model's ``params`` and
-    ``state``; ``scratch`` for the backend's buffers."""
+    ``scratch_size`` (floats of scratch per chunk: GELU's and SiLU's z, rows × nout;
+    BatchNorm's x̂ and 1/σ, rows × nin + nin), ``work_per_row`` (multiply-adds of one row), ``in_features``, ``out_features``, ``dtype``, and the model's
+    ``params`` and ``state``; ``scratch`` for the backend's objects."""
 
     def __init__(self, model, rows: int, ops: list, fops: list, act_size: int, out: int):
         self.rows, self.out = rows, out
@@ -148,9 +148,12 @@ class InferencePlan:
         self.ops = np.array(ops, np.int64).reshape(-1, _COLUMNS)
         self.fops = np.array(fops, np.float64).reshape(-1, 2)
         self.act_size = act_size
-        self.width = int(max(self.ops[:, NIN].max(), self.ops[:, NOUT].max()))
         dense = self.ops[self.ops[:, KIND] == DENSE]
         self.work_per_row = int((dense[:, NIN] * dense[:, NOUT]).sum())
+        keeps_z = np.isin(dense[:, ACT], list(NEEDS_PREACTIVATION))
+        bn = self.ops[self.ops[:, KIND] == BATCHNORM, NIN]
+        self.scratch_size = int(max([rows * n for n in dense[keeps_z, NOUT]]
+                                    + [rows * n + n for n in bn], default=0))
         self.params, self.state = model._params, model._state
         self.scratch: dict = {}
 

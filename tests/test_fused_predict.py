@@ -151,6 +151,7 @@ def test_inference_plan_drops_dropout_and_keeps_no_training_buffers():
     kinds = plan.ops[:, KIND]
     assert DROPOUT not in kinds and (kinds == BATCHNORM).sum() == 2
     assert plan.out == plan.ops[-1, 2] and plan.rows == 32
+    assert plan.scratch_size == 32 * 24 + 24             # BatchNorm(24)'s x̂ and 1/σ, ≥ GELU's z
     train_plan = plan_module.build(model, fastnn.losses.get("mse"), 32)
     assert plan.act_size < train_plan.act_size            # no Dropout blocks, no gathered batch
     assert plan.ops[-1, ACT_COLUMN] == ACTIVATIONS["sigmoid"]
@@ -158,7 +159,8 @@ def test_inference_plan_drops_dropout_and_keeps_no_training_buffers():
     logits = plan_module.build_inference(model, 32, logits=True)
     assert logits.ops[-1, ACT_COLUMN] == ACTIVATIONS["sigmoid"]
     plain = Sequential([Dense(3, 4, "relu"), Dense(4, 2, "softmax")], backend="reference")
-    assert plan_module.build_inference(plain, 8, logits=True).ops[-1, ACT_COLUMN] == IDENTITY
+    plain_plan = plan_module.build_inference(plain, 8, logits=True)
+    assert plain_plan.ops[-1, ACT_COLUMN] == IDENTITY and plain_plan.scratch_size == 0
 
 
 class Doubling(Layer):

@@ -2267,7 +2267,7 @@ cdef class Predictor:
         if o.shape != (X.shape[0], plan.out_features):
             raise ValueError(f"out must have shape {(X.shape[0], plan.out_features)}, got "
                              f"{o.shape}")
-        cdef Py_ssize_t n = X.shape[0], lane = plan.act_size + plan.rows * plan.width
+        cdef Py_ssize_t n = X.shape[0], lane = plan.act_size + plan.scratch_size
         chunk, team = predict_split(n, plan.rows, plan.work_per_row, fastnn_max_threads())
         if self.lanes.size < team * lane:
             self.lanes = np.zeros(team * lane, self.dtype)

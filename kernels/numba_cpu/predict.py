@@ -117,7 +117,7 @@ class Predictor:
         if np.any(plan.ops[:, KIND] == DROPOUT):
             raise ValueError("an inference plan has no Dropout ops (Dropout is the identity)")
         self.plan = plan
-        self.lane = plan.act_size + plan.rows * plan.width
+        self.lane = plan.act_size + plan.scratch_size
         self.lanes = np.zeros((0, self.lane), plan.dtype)
 
     def run(self, X, out) -> bool:

@@ -26,8 +26,8 @@ class DevicePredictor:
         self.plan = plan
         dt = plan.dtype
         self.acts = cuda.device_array(plan.act_size, dt)
-        # GELU's and SiLU's z, or BatchNorm's x̂ (rows × width), then BatchNorm's 1/σ
-        self.scratch = cuda.device_array(plan.rows * plan.width + plan.width, dt)
+        # GELU's and SiLU's z, or BatchNorm's x̂ (rows × nin) then its 1/σ
+        self.scratch = cuda.device_array(max(plan.scratch_size, 1), dt)
         self.x = cuda.device_array((plan.rows, plan.in_features), dt)
 
     def _block(self, offset: int, rows: int, cols: int, x):
@@ -72,7 +72,7 @@ class DevicePredictor:
             s = op[SOFF]
             ops.standardize(src, state[s:s + nin], state[s + nin:s + 2 * nin], dst)
         elif op[KIND] == BATCHNORM:                              # the running statistics
-            p, s, z = op[POFF], op[SOFF], self.plan.rows * self.plan.width
+            p, s, z = op[POFF], op[SOFF], self.plan.rows * nin
             ops.batchnorm_forward(src, params[p:p + nin], params[p + nin:p + 2 * nin],
                                   state[s:s + nin], state[s + nin:s + 2 * nin],
                                   fop[BN_MOMENTUM], fop[BN_EPS], False, dst,
