@@ -138,8 +138,9 @@ class InferencePlan:
     uses the running statistics), ``act_size`` floats of workspace per chunk (offset 0 names
     the input, which is read from X itself), ``out`` (offset of the block holding the output),
     ``scratch_size`` (floats of scratch per chunk: GELU's and SiLU's z, rows × nout;
-    BatchNorm's x̂ and 1/σ, rows × nin + nin), ``work_per_row`` (multiply-adds of one row), ``in_features``, ``out_features``, ``dtype``, and the model's
-    ``params`` and ``state``; ``scratch`` for the backend's objects."""
+    BatchNorm's x̂ and 1/σ, rows × nin + nin), ``work_per_row`` (multiply-adds of one row),
+    ``in_features``, ``out_features``, ``dtype``, and the model's ``params`` and ``state``;
+    ``scratch`` for the backend's objects."""
 
     def __init__(self, model, rows: int, ops: list, fops: list, act_size: int, out: int):
         self.rows, self.out = rows, out
