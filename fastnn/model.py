@@ -390,15 +390,20 @@ class Sequential:
         """
         if getattr(self._k, "make_trainer", None) is None or not self.fuse:
             return None
-        key = (batch_size, loss.name)
-        if key not in self._plans:
-            if len(self._plans) >= 4:               # bound memory, like the workspaces
-                self._plans.clear()
-            self._plans[key] = plan_module.build(self, loss, batch_size)
-        plan = self._plans[key]
+        plan = self._plan((batch_size, loss.name),
+                          lambda: plan_module.build(self, loss, batch_size))
         if plan is None or not plan.load_optimizer(optimizer):
             return None
         return plan
+
+    def _plan(self, key, build):
+        """The plan kept under ``key`` (training or inference), built by ``build()`` the first
+        time; at most four are kept, to bound memory like the workspaces."""
+        if key not in self._plans:
+            if len(self._plans) >= 4:
+                self._plans.clear()
+            self._plans[key] = build()
+        return self._plans[key]
 
     def _make_trainer(self, loss, optimizer, batch_size):
         """The backend's fused trainer for this fit (see :meth:`_fused_plan`), or None."""
@@ -471,12 +476,8 @@ class Sequential:
         Plans are kept per (rows, logits), at most four."""
         if getattr(self._k, "make_predictor", None) is None or not self.fuse:
             return None
-        key = ("inference", rows, logits)
-        if key not in self._plans:
-            if len(self._plans) >= 4:
-                self._plans.clear()
-            self._plans[key] = plan_module.build_inference(self, rows, logits)
-        plan = self._plans[key]
+        plan = self._plan(("inference", rows, logits),
+                          lambda: plan_module.build_inference(self, rows, logits))
         if plan is None:
             return None
         if "predictor" not in plan.scratch:              # made once per plan

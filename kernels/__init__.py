@@ -181,3 +181,12 @@ def predict_split(n: int, rows: int, work_per_row: int, threads: int) -> tuple[i
     team = threads if n * work_per_row >= PREDICT_TEAM_WORK else 1
     chunk = min(rows, max(PREDICT_MIN_ROWS, -(-n // team)))
     return chunk, max(1, min(team, -(-n // chunk)))
+
+
+def check_predict_arrays(plan, X, out) -> None:
+    """Raise ValueError unless X is (n, plan.in_features) and out (n, plan.out_features): what
+    every backend's fused forward pass takes."""
+    if X.ndim != 2 or X.shape[1] != plan.in_features:
+        raise ValueError(f"run needs X (n, {plan.in_features}), got {X.shape}")
+    if out.shape != (len(X), plan.out_features):
+        raise ValueError(f"out must have shape {(len(X), plan.out_features)}, got {out.shape}")

@@ -34,7 +34,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from fastnn.kernels import CLIP_EPS as _CLIP_EPS
-from fastnn.kernels import predict_split
+from fastnn.kernels import check_predict_arrays, predict_split
 from fastnn.kernels import GELU_TANH_C as _GELU_TANH_C
 from fastnn.kernels import GELU_TANH_K as _GELU_TANH_K
 from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
@@ -1485,7 +1485,8 @@ cdef inline int _check_act(int act) except -1:
 # ---------------------------------------------------------------------------------------------
 # the kernel interface
 # ---------------------------------------------------------------------------------------------
-cdef inline bint _keeps_z(int act) noexcept:
+cdef inline bint _keeps_z(int act) noexcept nogil:
+    """Whether a Dense layer with this activation keeps its pre-activation z (GELU, SiLU)."""
     return act == GELU or act == GELU_TANH or act == SILU
 
 
@@ -1910,8 +1911,7 @@ cdef inline void _add_into(floating* dst, const floating* src, Py_ssize_t n,
 cdef inline floating* _preactivations(floating* aux, const int64_t* op,
                                       Py_ssize_t r0) noexcept nogil:
     """Row r0 of a Dense op's saved pre-activation z (GELU, SiLU), NULL for the others."""
-    cdef int act = <int> op[ACT]
-    if act == GELU or act == GELU_TANH or act == SILU:
+    if _keeps_z(<int> op[ACT]):
         return aux + op[AUX] + r0 * op[NOUT]
     return NULL
 
@@ -2251,8 +2251,6 @@ cdef class Predictor:
         self.dtype = _float_dtype(plan.params, "the model's parameters")
         if plan.ops.dtype != _I64 or not plan.ops.flags.c_contiguous:
             raise ValueError("plan.ops must be C-contiguous int64")
-        if np.any(plan.ops[:, KIND] == DROPOUT):
-            raise ValueError("an inference plan has no Dropout ops (Dropout is the identity)")
         self.fops = np.ascontiguousarray(plan.fops, np.float64)
         self.lanes = np.zeros(0, self.dtype)
 
@@ -2261,12 +2259,8 @@ cdef class Predictor:
         value of X was finite (a chunk holding a NaN or Inf is skipped)."""
         plan = self.plan
         X = _input(X, self.dtype)
-        if X.ndim != 2 or X.shape[1] != plan.in_features:
-            raise ValueError(f"run needs X (n, {plan.in_features}), got {X.shape}")
+        check_predict_arrays(plan, X, out)
         o = _output(out, self.dtype)
-        if o.shape != (X.shape[0], plan.out_features):
-            raise ValueError(f"out must have shape {(X.shape[0], plan.out_features)}, got "
-                             f"{o.shape}")
         cdef Py_ssize_t n = X.shape[0], lane = plan.act_size + plan.scratch_size
         chunk, team = predict_split(n, plan.rows, plan.work_per_row, fastnn_max_threads())
         if self.lanes.size < team * lane:
@@ -2303,7 +2297,7 @@ cdef bint _infer(Predictor self, const floating[:, ::1] X, floating[:, ::1] out,
     cdef const int64_t[:, ::1] ops = plan.ops
     cdef const double[:, ::1] fops = self.fops
     cdef Py_ssize_t n = X.shape[0], n_in = X.shape[1], k = out.shape[1]
-    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk, c = 0, r0 = 0     # (per thread)
+    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk, c = 0, r0 = 0, m = 0   # (per thread)
     cdef floating* lanes = &Lanes[0]
     cdef Py_ssize_t act_size = plan.act_size, output = plan.out
     cdef int[::1] Bad = np.zeros(team, np.intc)                  # per thread: met a NaN or Inf
@@ -2312,12 +2306,13 @@ cdef bint _infer(Predictor self, const floating[:, ::1] X, floating[:, ::1] out,
         c = fastnn_team_rank()
         while c < n_chunks:
             r0 = c * chunk
-            if not _finite(&X[r0, 0], min(chunk, n - r0) * n_in):
+            m = min(chunk, n - r0)
+            if not _finite(&X[r0, 0], m * n_in):
                 bad[fastnn_team_rank()] = 1
             else:
                 _infer_chunk(&ops[0, 0], &fops[0, 0], ops.shape[0], &P[0], &S[0], &X[r0, 0],
-                             lanes + fastnn_team_rank() * lane, act_size, min(chunk, n - r0),
-                             output, &out[r0, 0], k)
+                             lanes + fastnn_team_rank() * lane, act_size, m, output,
+                             &out[r0, 0], k)
             c = c + fastnn_team_size()
     return not np.any(Bad)
 
@@ -2328,8 +2323,7 @@ cdef void _infer_chunk(const int64_t* ops, const double* fops, Py_ssize_t n_ops,
                        Py_ssize_t k) noexcept nogil:
     """m rows x (m × n_in) through every op of an inference plan, each op's output an (m, nout)
     block at its offset in acts (offset 0: x itself); then the output block copied to y (m ×
-    k). The act_size floats after the blocks are scratch: GELU's and SiLU's z, BatchNorm's
-    1/σ."""
+    k). The floats from act_size on are scratch: GELU's and SiLU's z, BatchNorm's 1/σ."""
     cdef const int64_t* op
     cdef const floating* src
     cdef const floating* skip
@@ -2345,8 +2339,7 @@ cdef void _infer_chunk(const int64_t* ops, const double* fops, Py_ssize_t n_ops,
         if op[KIND] == DENSE:                                # a = f(x·W + b)
             act = <int> op[ACT]
             _dense_forward(src, p + op[POFF], p + op[POFF] + nin * nout, act, dst, m, nin,
-                           nout, scratch if act == GELU or act == GELU_TANH or act == SILU
-                           else NULL)
+                           nout, scratch if _keeps_z(act) else NULL)
         elif op[KIND] == BATCHNORM:                          # the running statistics
             for jb in range((nin + BLOCK - 1) // BLOCK):     # (x̂ written into the output)
                 _batchnorm_forward_block(src, p + op[POFF], p + op[POFF] + nin,

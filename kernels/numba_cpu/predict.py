@@ -13,8 +13,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import (ACT, ADD, BATCHNORM, BN_EPS, BN_MOMENTUM, DENSE, DROPOUT, GELU, GELU_TANH, IN,
-                KIND, NIN, NOUT, OUT, POFF, SILU, SKIP, SOFF, predict_split)
+from .. import (ACT, ADD, BATCHNORM, BN_EPS, BN_MOMENTUM, DENSE, GELU, GELU_TANH, IN, KIND, NIN,
+                NOUT, OUT, POFF, SILU, SKIP, SOFF, check_predict_arrays, predict_split)
 from .._threads import choose_numba_layer, kernel_blas_threads
 from ._own_gemm import own_gemm
 from .batchnorm import bn_forward_col
@@ -114,8 +114,6 @@ class Predictor:
     (see the module docstring); its workspace (one lane per thread) grows with the threads."""
 
     def __init__(self, plan):
-        if np.any(plan.ops[:, KIND] == DROPOUT):
-            raise ValueError("an inference plan has no Dropout ops (Dropout is the identity)")
         self.plan = plan
         self.lane = plan.act_size + plan.scratch_size
         self.lanes = np.zeros((0, self.lane), plan.dtype)
@@ -125,11 +123,7 @@ class Predictor:
         value of X was finite (a chunk holding a NaN or Inf is skipped)."""
         plan = self.plan
         X = writeable_input(X, plan.dtype)
-        if X.ndim != 2 or X.shape[1] != plan.in_features:
-            raise ValueError(f"run needs X (n, {plan.in_features}), got {X.shape}")
-        if out.shape != (len(X), plan.out_features):
-            raise ValueError(f"out must have shape {(len(X), plan.out_features)}, got "
-                             f"{out.shape}")
+        check_predict_arrays(plan, X, out)
         o = writeable_input(out, plan.dtype)
         choose_numba_layer()                  # before numba.get_num_threads starts the pool
         chunk, team = predict_split(len(X), plan.rows, plan.work_per_row,

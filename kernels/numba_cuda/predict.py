@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .. import (ACT, ADD, BATCHNORM, BN_EPS, BN_MOMENTUM, DROPOUT, IN, KIND, NEEDS_PREACTIVATION,
-                NIN, NOUT, OUT, POFF, SKIP, SOFF, STANDARDIZE)
+from .. import (ACT, ADD, BATCHNORM, BN_EPS, BN_MOMENTUM, IN, KIND, NEEDS_PREACTIVATION, NIN,
+                NOUT, OUT, POFF, SKIP, SOFF, STANDARDIZE, check_predict_arrays)
 from . import ops
 
 
@@ -21,8 +21,6 @@ class DevicePredictor:
     """Runs an inference plan's forward pass on the device (see the module docstring)."""
 
     def __init__(self, plan):
-        if np.any(plan.ops[:, KIND] == DROPOUT):
-            raise ValueError("an inference plan has no Dropout ops (Dropout is the identity)")
         self.plan = plan
         dt = plan.dtype
         self.acts = cuda.device_array(plan.act_size, dt)
@@ -41,11 +39,7 @@ class DevicePredictor:
         value of X was finite (the call stops at the first chunk holding a NaN or Inf)."""
         plan = self.plan
         X = np.ascontiguousarray(X, plan.dtype)
-        if X.ndim != 2 or X.shape[1] != plan.in_features:
-            raise ValueError(f"run needs X (n, {plan.in_features}), got {X.shape}")
-        if out.shape != (len(X), plan.out_features):
-            raise ValueError(f"out must have shape {(len(X), plan.out_features)}, got "
-                             f"{out.shape}")
+        check_predict_arrays(plan, X, out)
         o = np.ascontiguousarray(out, plan.dtype)
         params = cuda.to_device(plan.params)
         state = cuda.to_device(plan.state) if plan.state.size else None
