@@ -11,8 +11,9 @@ another cache. Editable installs skip it (their kernels compile, and cache, on f
 ``FASTNN_PRECOMPILE=0`` skips it too.
 
 The Cython backend is the extension module ``fastnn.kernels.cython._kernels``, plus on x86-64
-(gcc or clang) the same source compiled for CPUs with AVX2 and FMA, ``_kernels_avx2``, which
-``fastnn.kernels.cython`` imports instead where the CPU has them. Both are built with OpenMP
+(gcc or clang) the same source compiled for CPUs with AVX2 and FMA, ``_kernels_avx2``, and
+with AVX-512 (F, VL, BW, DQ) as well, ``_kernels_avx512``: ``fastnn.kernels.cython`` imports
+the widest one the CPU runs. Both are built with OpenMP
 when the compiler can compile and link a small OpenMP program, and without it otherwise
 (Apple's clang, for one): the loops then run on one thread and the install still succeeds. A
 machine without a working C compiler stops the build with a message that says so.
@@ -30,6 +31,7 @@ from setuptools.errors import BaseError, CCompilerError, PlatformError
 
 EXTENSION = "fastnn.kernels.cython._kernels"
 AVX2_EXTENSION = "fastnn.kernels.cython._kernels_avx2"
+AVX512_EXTENSION = "fastnn.kernels.cython._kernels_avx512"
 
 #: Cython directives of both modules: no index checks (the def functions check shapes)
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
@@ -60,6 +62,18 @@ int main(void) {
     return (int) _mm256_cvtss_f32(a) + __builtin_cpu_supports("avx2");
 }
 """
+AVX512_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]
+AVX512_TEST = """\
+#include <immintrin.h>
+int main(void) {
+    __m512 a = _mm512_set1_ps(1.0f);
+    a = _mm512_fmadd_ps(a, a, a);
+    return (int) _mm512_reduce_add_ps(a) + __builtin_cpu_supports("avx512f");
+}
+"""
+#: each SIMD build: its flags and the program that the compiler must build with them
+SIMD_EXTENSIONS = {AVX2_EXTENSION: (AVX2_FLAGS, AVX2_TEST),
+                   AVX512_EXTENSION: (AVX512_FLAGS, AVX512_TEST)}
 
 
 def compiles(compiler, source: str, flags: list[str], link_flags: list[str]) -> bool:
@@ -79,7 +93,7 @@ def compiles(compiler, source: str, flags: list[str], link_flags: list[str]) -> 
 
 class BuildExt(build_ext):
     """build_ext that checks for a C compiler first, adds OpenMP where it works and builds the
-    AVX2 variant only where the compiler targets x86-64 with gcc/clang flags."""
+    AVX2 and AVX-512 variants only where the compiler targets x86-64 with gcc/clang flags."""
 
     def build_extensions(self):
         if not compiles(self.compiler, "int main(void) { return 0; }\n", [], []):
@@ -92,14 +106,15 @@ class BuildExt(build_ext):
             print(f"fastnn: the C compiler does not support OpenMP here; building {EXTENSION} "
                   f"without it (its loops run on one thread, BLAS keeps its own threads)",
                   file=sys.stderr)
-        if msvc or not compiles(self.compiler, AVX2_TEST, AVX2_FLAGS, []):
-            self.extensions = [e for e in self.extensions if e.name != AVX2_EXTENSION]
+        self.extensions = [e for e in self.extensions if e.name not in SIMD_EXTENSIONS or (
+            not msvc and compiles(self.compiler, SIMD_EXTENSIONS[e.name][1],
+                                  SIMD_EXTENSIONS[e.name][0], []))]
         # libm calls need not set errno and float compares need not trap: both let gcc/clang
         # vectorise the activation loops (sqrt, exp's selects); neither changes any result
         fast_math = [] if msvc else ["-fno-math-errno", "-fno-trapping-math"]
         for ext in self.extensions:
             ext.extra_compile_args += fast_math + (flags if openmp else [])
-            ext.extra_compile_args += AVX2_FLAGS if ext.name == AVX2_EXTENSION else []
+            ext.extra_compile_args += SIMD_EXTENSIONS.get(ext.name, ([], None))[0]
             ext.extra_link_args += link_flags if openmp else []
         super().build_extensions()
 
@@ -144,7 +159,8 @@ class BuildPy(build_py):
 setup(
     ext_modules=cythonize(
         [Extension(EXTENSION, ["kernels/cython/_kernels.pyx"]),
-         Extension(AVX2_EXTENSION, ["kernels/cython/_kernels_avx2.pyx"])],
+         Extension(AVX2_EXTENSION, ["kernels/cython/_kernels_avx2.pyx"]),
+         Extension(AVX512_EXTENSION, ["kernels/cython/_kernels_avx512.pyx"])],
         compiler_directives=DIRECTIVES,
     ),
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},

@@ -4,8 +4,9 @@ The kernel-by-kernel comparison with the reference is tests/test_kernels.py (it 
 usable backend); here: fastnn without Numba picks cython and trains digits as well as the
 reference, an install without the compiled extension still works and says why, the fused
 whole-epoch trainer (on one thread and split across threads) computes what the layer-by-layer
-path does, the AVX2 build agrees with the baseline build, and bad arguments raise instead of
-reading or writing out of bounds.
+path does, the AVX2 and AVX-512 builds agree with the baseline build (and the widest one the
+CPU runs is the one in use), and bad arguments raise instead of reading or writing out of
+bounds.
 """
 import json
 import os
@@ -140,24 +141,52 @@ def test_trainer_split_across_threads_matches_the_layer_by_layer_path(loss):
     assert h_fused.history.get("accuracy") == h_layered.history.get("accuracy")
 
 
-def test_the_avx2_build_computes_what_the_baseline_build_does():
+@pytest.mark.parametrize("build", ["avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_simd_build_computes_what_the_baseline_build_does(build, dtype):
+    """The same kernels compiled with wider vectors: dense forward and backward for each
+    activation (odd sizes: the vector loops' remainders), a loss and an Adam step."""
+    from fastnn.kernels.cython import SIMD_BUILDS
     from fastnn.kernels.cython import _kernels as baseline
-    avx2 = pytest.importorskip("fastnn.kernels.cython._kernels_avx2")
-    if not baseline.cpu_has_avx2_fma():
-        pytest.skip("this CPU has no AVX2/FMA")
+    simd = pytest.importorskip(f"fastnn.kernels.cython._kernels_{build}")
+    if not SIMD_BUILDS[build]:
+        pytest.skip(f"this CPU does not run the {build} build")
     rng = np.random.default_rng(0)
-    X, W = rng.standard_normal((37, 29), np.float32), rng.standard_normal((29, 71), np.float32)
-    b, dA = rng.standard_normal(71, np.float32), rng.standard_normal((37, 71), np.float32)
+    X, W = rng.standard_normal((37, 29)).astype(dtype), rng.standard_normal((29, 71)).astype(dtype)
+    b, dA = rng.standard_normal(71).astype(dtype), rng.standard_normal((37, 71)).astype(dtype)
+    labels, grad = rng.integers(0, 71, 37), rng.standard_normal(W.size).astype(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
     for act in range(6):
         outs = []
-        for k in (baseline, avx2):
-            out, dZ = np.empty((37, 71), np.float32), dA.copy()
+        for k in (baseline, simd):
+            out, dZ = np.empty((37, 71), dtype), dA.copy()
             dX, dW, db = np.empty_like(X), np.empty_like(W), np.empty_like(b)
             k.dense_forward(X, W, b, act, out)
             k.dense_backward(dZ, X, W, out, act, dX, dW, db)
             outs.append((out, dZ, dX, dW, db))
         for got, want in zip(*outs):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"act {act}")
+            np.testing.assert_allclose(got, want, **tol, err_msg=f"act {act}")
+    steps = []
+    for k in (baseline, simd):
+        dZ = np.empty_like(dA)
+        loss = k.softmax_cross_entropy(dA, labels, dZ)
+        p, m, v = W.ravel().copy(), np.zeros(W.size, dtype), np.zeros(W.size, dtype)
+        for t in (1, 2):
+            k.adam(p, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, t)
+        steps.append((np.array(loss), dZ, p, m, v))
+    for got, want in zip(*steps):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+def test_the_widest_build_the_cpu_runs_is_the_one_in_use():
+    import importlib.util
+
+    from fastnn.kernels import cython
+    installed = [b for b, runs in cython.SIMD_BUILDS.items()
+                 if runs and importlib.util.find_spec(f"fastnn.kernels.cython._kernels_{b}")]
+    assert cython.BUILD == (installed[0] if installed else "baseline")
+    assert cython._kernels.__name__.endswith(
+        "_kernels" if cython.BUILD == "baseline" else f"_kernels_{cython.BUILD}")
 
 
 def test_bad_shapes_raise_instead_of_reading_out_of_bounds():

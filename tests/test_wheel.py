@@ -8,6 +8,7 @@ Slow (a build and an install with dependencies): marked ``wheel``, deselect with
 ``pytest -m "not wheel"``.
 """
 import os
+import platform
 import subprocess
 import sys
 import tarfile
@@ -54,6 +55,7 @@ def test_sdist_ships_the_cython_sources_not_build_outputs(dist):
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     assert {"setup.py", "pyproject.toml", "kernels/cython/_kernels.pyx",
+            "kernels/cython/_kernels_avx2.pyx", "kernels/cython/_kernels_avx512.pyx",
             "kernels/cython/__init__.py"} <= names
     assert not [n for n in names if n.endswith((".so", ".pyd", ".c"))]
 
@@ -65,6 +67,10 @@ def test_wheel_is_a_platform_wheel_with_the_compiled_kernels(dist):
         names = zf.namelist()
     assert [n for n in names if n.startswith("fastnn/kernels/cython/_kernels.")
             and n.endswith((".so", ".pyd"))]
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":   # gcc/clang
+        for build in ("avx2", "avx512"):
+            assert [n for n in names if n.startswith(f"fastnn/kernels/cython/_kernels_{build}.")
+                    and n.endswith(".so")], build
     assert "fastnn/kernels/reference.py" in names and "fastnn/cli.py" in names
 
 

@@ -2,8 +2,12 @@
 
 The fallback where Numba is missing, and the CPU default of ``"auto"`` where it is compiled:
 it needs no JIT, so a first run trains at once. The code lives in the extension module
-``_kernels``, built from ``_kernels.pyx`` by setup.py, and on x86-64 also in ``_kernels_avx2``,
-the same code built for CPUs with AVX2 and FMA, which is used where the CPU has them. Without
+``_kernels``, built from ``_kernels.pyx`` by setup.py, and on x86-64 also in ``_kernels_avx2``
+and ``_kernels_avx512``, the same code built for CPUs with AVX2 and FMA, and with AVX-512 as
+well: the widest one the CPU runs is used. (The matmul micro-kernels pick AVX-512 or AVX2 at
+run time in every build; the builds differ in the loops the compiler vectorises around them:
+activations, gradients, losses, optimizer steps. On a Sapphire Rapids VM the avx512 build's
+tiny and deep training steps were 5-10% faster than the avx2 build's, 2026-12-03.) Without
 the extension this backend is unusable and says why.
 
 Importing changes no process setting. The kernels split large matmuls across OpenMP threads,
@@ -46,15 +50,26 @@ except ImportError as exc:
                       + ("is missing: reinstall fastnn with a C compiler" if _missing
                          else f"failed to load: {exc}")) from exc
 
-if _kernels.cpu_has_avx2_fma():
-    try:
-        _kernels = _import(f"{__name__}._kernels_avx2")
-    except ModuleNotFoundError as exc:         # a build without the variant (not gcc/clang)
-        if exc.name != f"{__name__}._kernels_avx2":
-            raise
+#: the builds of the extension by the CPU they need, widest first
+SIMD_BUILDS = {"avx512": _kernels.cpu_has_avx512(), "avx2": _kernels.cpu_has_avx2_fma()}
 
-#: the build in use: "avx2" (x86-64 with AVX2 and FMA) or "baseline"
-BUILD = "avx2" if _kernels.__name__.endswith("_avx2") else "baseline"
+
+def _simd_build():
+    """The widest build that this CPU runs and this install has, or None."""
+    for build, runs in SIMD_BUILDS.items():
+        if runs:
+            try:
+                return _import(f"{__name__}._kernels_{build}")
+            except ModuleNotFoundError as exc:   # an install without it (not gcc/clang)
+                if exc.name != f"{__name__}._kernels_{build}":
+                    raise
+    return None
+
+
+_kernels = _simd_build() or _kernels
+
+#: the build in use: "avx512", "avx2" (x86-64 with AVX2 and FMA) or "baseline"
+BUILD = next((b for b in SIMD_BUILDS if _kernels.__name__.endswith(f"_{b}")), "baseline")
 
 OPENMP = _kernels.OPENMP
 

@@ -125,8 +125,17 @@ cdef extern from *:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
+    /* the AVX-512 subsets that the avx512 build is compiled for (and the OS saves their
+       registers: libgcc's check includes XCR0) */
+    static int fastnn_cpu_has_avx512_build(void) {
+        __builtin_cpu_init();
+        return fastnn_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f")
+            && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512dq");
+    }
     #else
     static int fastnn_cpu_has_avx2_fma(void) { return 0; }  /* no AVX2 build here */
+    static int fastnn_cpu_has_avx512_build(void) { return 0; }
     #endif
 
     /* e^x for x <= 0 in float32, branch-free so that loops calling it vectorise (libm's expf is
@@ -506,6 +515,7 @@ cdef extern from *:
     void fastnn_team_wait(fastnn_team_barrier* b) noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
     int fastnn_cpu_has_avx2_fma() noexcept nogil
+    int fastnn_cpu_has_avx512_build() noexcept nogil
     int fastnn_own_gemm_on() noexcept nogil
     void fastnn_set_blas_big(long work) noexcept nogil
     # row-major float32 C = op(A)·op(B) by fastnn's AVX-512 or AVX2 kernel; 0 where BLAS must
@@ -560,6 +570,12 @@ def own_gemm_address() -> int:
 def cpu_has_avx2_fma() -> bool:
     """Whether this CPU (and OS) runs AVX2 and FMA code: which build of the kernels to use."""
     return bool(fastnn_cpu_has_avx2_fma())
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU (and OS) runs the avx512 build's code (AVX-512 F, VL, BW and DQ, with
+    AVX2 and FMA)."""
+    return bool(fastnn_cpu_has_avx512_build())
 
 # Activation codes: the same numbers as fastnn.kernels.ACTIVATIONS (checked at import).
 cdef enum:
