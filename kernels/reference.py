@@ -11,8 +11,8 @@ from scipy.special import erf
 
 from . import (ELU, GELU, GELU_TANH, GELU_TANH_C, GELU_TANH_K, GOLDEN, IDENTITY, LEAKY_RELU,
                LEAKY_SLOPE, MASK32, NEEDS_PREACTIVATION, RELU, SELU, SELU_ALPHA, SELU_SCALE,
-               SIGMOID, SILU, SOFTMAX, SOFTPLUS, SOFTPLUS_THRESHOLD, TANH, dropout_threshold,
-               hash32)
+               SIGMOID, SILU, SOFTMAX, SOFTPLUS, SOFTPLUS_THRESHOLD, TANH, adam_scalars,
+               dropout_threshold, hash32)
 
 _SQRT_HALF = np.sqrt(0.5)
 _INV_SQRT_2PI = 1 / np.sqrt(2 * np.pi)
@@ -205,28 +205,30 @@ def sgd_momentum(params, grads, velocity, lr, momentum, nesterov=False, weight_d
     params -= lr * (g + momentum * velocity if nesterov else velocity)
 
 
-def _adam_moments(g, m, v, beta1, beta2, t):
-    """Update the moments in place; return the bias-corrected m̂, v̂."""
+def _adam_step(params, g, m, v, lr, beta1, beta2, eps, t):
+    """Update the moments in place, then w ← w − η m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ),
+    v̂ = v/(1−β₂ᵗ), arranged as torch.optim.Adam does: w ← w − η/(1−β₁ᵗ) · m/(√v/√(1−β₂ᵗ) + ε),
+    the two corrections folded into scalars (one division and one square root per entry;
+    the compiled backends do the same, multiplying by 1/√(1−β₂ᵗ))."""
     m *= beta1
     m += (1 - beta1) * g                                     # m ← β₁m + (1−β₁)g
     v *= beta2
     v += (1 - beta2) * g * g                                 # v ← β₂v + (1−β₂)g²
-    return m / (1 - beta1 ** t), v / (1 - beta2 ** t)        # m̂, v̂
+    step_size, inv_root_c2 = adam_scalars(lr, beta1, beta2, t)
+    params -= step_size * (m / (np.sqrt(v) * inv_root_c2 + eps))
 
 
 def adam(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0):
     """Adam (Kingma & Ba), in place, as torch.optim.Adam: L2 weight decay added to the
     gradient; ``t`` is the 1-based step count for bias correction."""
-    m_hat, v_hat = _adam_moments(grads + weight_decay * params, m, v, beta1, beta2, t)
-    params -= lr * m_hat / (np.sqrt(v_hat) + eps)            # w ← w − η m̂/(√v̂ + ε)
+    _adam_step(params, grads + weight_decay * params, m, v, lr, beta1, beta2, eps, t)
 
 
 def adamw(params, grads, m, v, lr, beta1, beta2, eps, t, weight_decay):
     """AdamW (Loshchilov & Hutter), in place, as torch.optim.AdamW: decoupled weight decay
     w ← w(1 − ηλ), then the Adam step on the plain gradient."""
-    m_hat, v_hat = _adam_moments(grads, m, v, beta1, beta2, t)
     params *= 1 - lr * weight_decay                          # w ← w(1 − ηλ)
-    params -= lr * m_hat / (np.sqrt(v_hat) + eps)            # w ← w − η m̂/(√v̂ + ε)
+    _adam_step(params, grads, m, v, lr, beta1, beta2, eps, t)
 
 
 def rmsprop(params, grads, square_avg, velocity, lr, alpha, eps, momentum=0.0,

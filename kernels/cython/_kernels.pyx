@@ -1165,7 +1165,8 @@ cdef void _update(const Step* step, floating* p, const floating* g, floating* s1
     (velocity; Adam's m, v; RMSprop's mean square and velocity). With g = ∂L/∂w + λw (not for
     AdamW): sgd: w ← w − η g. momentum: v ← μv + g; w ← w − η v (Nesterov: η (g + μv)).
     adam: m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε), m̂ = m/(1−β₁ᵗ),
-    v̂ = v/(1−β₂ᵗ); adamw: the same on the plain gradient after w ← w(1 − ηλ). rmsprop:
+    v̂ = v/(1−β₂ᵗ), computed as w − s·m/(√v·r + ε) with the scalars s = η/(1−β₁ᵗ) and
+    r = 1/√(1−β₂ᵗ) (fastnn.kernels.adam_scalars); adamw: the same on the plain gradient after w ← w(1 − ηλ). rmsprop:
     s ← αs + (1−α)g²; w ← w − η g/(√s + ε), or with momentum through v ← μv + g/(√s + ε).
     """
     cdef Py_ssize_t i
@@ -1173,10 +1174,12 @@ cdef void _update(const Step* step, floating* p, const floating* g, floating* s1
     cdef floating b2 = <floating> step.beta2, eps = <floating> step.eps
     cdef floating wd = <floating> step.weight_decay, gi, d, one = 1
     cdef floating a1 = 1 - b1, a2 = 1 - b2
-    cdef floating c1 = <floating> (1 - step.mu_or_beta1 ** step.t)
-    cdef floating c2 = <floating> (1 - step.beta2 ** step.t)
+    cdef floating step_size = 0, inv_root_c2 = 0
     cdef floating l2 = wd if step.rule == ADAM else 0
     cdef floating shrink = one - lr * wd if step.rule == ADAMW else one
+    if step.rule == ADAM or step.rule == ADAMW:
+        step_size = <floating> (step.lr / (1 - step.mu_or_beta1 ** step.t))
+        inv_root_c2 = <floating> (1 / sqrt(1 - step.beta2 ** step.t))
     if step.rule == SGD:
         for i in range(lo, hi):
             p[i] -= lr * (g[i] + wd * p[i])
@@ -1199,7 +1202,7 @@ cdef void _update(const Step* step, floating* p, const floating* g, floating* s1
             gi = g[i] + l2 * p[i]
             s1[i] = s1[i] * b1 + a1 * gi
             s2[i] = s2[i] * b2 + a2 * gi * gi
-            p[i] = p[i] * shrink - lr * (s1[i] / c1) / (_sqrt(s2[i] / c2) + eps)
+            p[i] = p[i] * shrink - step_size * (s1[i] / (_sqrt(s2[i]) * inv_root_c2 + eps))
 
 
 cdef enum:

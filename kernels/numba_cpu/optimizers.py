@@ -41,14 +41,16 @@ def update_range(code, params, grads, state1, state2, lo, hi, hyper, t):
     else:                                                 # Adam, AdamW
         m, v = state1[lo:hi], state2[lo:hi]
         c1, c2 = one - mu, one - b2
-        bc1, bc2 = dt(1 - hyper[MU_OR_BETA1] ** t), dt(1 - hyper[BETA2] ** t)
+        # fastnn.kernels.adam_scalars: η/(1−β₁ᵗ) and 1/√(1−β₂ᵗ), in float64
+        step_size = dt(hyper[LR] / (1 - hyper[MU_OR_BETA1] ** t))
+        inv_root_c2 = dt(1 / np.sqrt(1 - hyper[BETA2] ** t))
         l2 = wd if code == ADAM else dt(0)                # Adam: λw in the gradient
         shrink = one - lr * wd if code == ADAMW else one  # AdamW: w ← w(1 − ηλ) first
         for i in range(p.shape[0]):
             gi = g[i] + l2 * p[i]
             m[i] = m[i] * mu + c1 * gi                    # m ← β₁m + (1−β₁)g
             v[i] = v[i] * b2 + c2 * gi * gi               # v ← β₂v + (1−β₂)g²
-            p[i] = p[i] * shrink - lr * (m[i] / bc1) / (np.sqrt(v[i] / bc2) + eps)
+            p[i] = p[i] * shrink - step_size * (m[i] / (np.sqrt(v[i]) * inv_root_c2 + eps))
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -223,13 +223,15 @@ def mse(Yhat, Y, dYhat, totals, w, weighted, inv_mass):
 
 
 @cuda.jit
-def optimizer_step(rule, params, grads, s1, s2, lr, a, b, eps, wd, nesterov, c1, c2):
+def optimizer_step(rule, params, grads, s1, s2, lr, a, b, eps, wd, nesterov, step_size,
+                   inv_root_c2):
     """One update of the flat parameter buffer, one thread per entry; the formulas are
     fastnn.kernels.reference's. g = grad + wd·w except for ADAMW.
 
     SGD: w ← w − η g. MOMENTUM: s1 = v, a = μ: v ← μv + g; w ← w − η v, or η (g + μv) with
-    ``nesterov``. ADAM / ADAMW: s1, s2 = m, v; a, b = β₁, β₂; c1, c2 = 1 − β₁ᵗ, 1 − β₂ᵗ:
-    m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η (m/c1)/(√(v/c2) + ε), AdamW after
+    ``nesterov``. ADAM / ADAMW: s1, s2 = m, v; a, b = β₁, β₂; step_size, inv_root_c2 =
+    η/(1−β₁ᵗ), 1/√(1−β₂ᵗ) (fastnn.kernels.adam_scalars): m ← β₁m + (1−β₁)g;
+    v ← β₂v + (1−β₂)g²; w ← w − step_size·m/(√v·inv_root_c2 + ε), AdamW after
     w ← w(1 − η·wd). RMSPROP: s1 = mean square, s2 = velocity (read when a = μ > 0), b = α:
     s ← αs + (1−α)g²; d = g/(√s + ε); with momentum v ← μv + d, d = v; w ← w − η d.
     """
@@ -258,7 +260,7 @@ def optimizer_step(rule, params, grads, s1, s2, lr, a, b, eps, wd, nesterov, c1,
             s2[i] = v
             if rule == ADAMW:
                 w = w * (1 - lr * wd)
-            params[i] = w - lr * (m / c1) / (math.sqrt(v / c2) + eps)
+            params[i] = w - step_size * (m / (math.sqrt(v) * inv_root_c2 + eps))
 
 
 @cuda.jit

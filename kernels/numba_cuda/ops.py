@@ -14,7 +14,8 @@ import numpy as np
 from numba import cuda
 
 from .. import (ADAM, ADAMW, BINARY_CROSS_ENTROPY, CLIP_EPS, CROSS_ENTROPY, GRAD_WRITE, IDENTITY,
-                MOMENTUM, MSE, NEEDS_PREACTIVATION, RMSPROP, SGD, SOFTMAX, dropout_threshold)
+                MOMENTUM, MSE, NEEDS_PREACTIVATION, RMSPROP, SGD, SOFTMAX, adam_scalars,
+                dropout_threshold)
 from . import cuda_kernels as K
 
 #: outputs per matmul thread along each axis: blocks compute (16·THREAD_TILE)² outputs
@@ -117,10 +118,12 @@ def optimizer_step(rule: int, params, grads, s1, s2, lr: float, mu_or_beta1: flo
     scalar = params.dtype.type
     s1 = grads if s1 is None else s1
     s2 = grads if s2 is None else s2
+    step_size, inv_root_c2 = adam_scalars(lr, mu_or_beta1, beta2, t) if rule in (
+        ADAM, ADAMW) else (0.0, 0.0)
     K.optimizer_step[_blocks(params.size, K.THREADS_1D), K.THREADS_1D](
         rule, params, grads, s1, s2, scalar(lr), scalar(mu_or_beta1), scalar(beta2),
-        scalar(eps), scalar(weight_decay), bool(nesterov), scalar(1 - mu_or_beta1 ** t),
-        scalar(1 - beta2 ** t))
+        scalar(eps), scalar(weight_decay), bool(nesterov), scalar(step_size),
+        scalar(inv_root_c2))
 
 
 def clip_grad_norm(grads, max_norm: float, scratch) -> None:
