@@ -368,13 +368,22 @@ def settle() -> None:
     time.sleep(SETTLE_SECONDS)
 
 
-def time_call(fn: Callable[[], object], rounds: int) -> float:
-    """Fastest of ``rounds`` timed calls, in seconds: on a shared machine, noise only adds."""
-    best = float("inf")
-    for _ in range(rounds):
+#: seconds that each contender's timed calls last at least (calls are repeated past
+#: ``rounds`` until then): 5 calls of tiny's 3.5 ms fit sampled 17 ms of a noisy VM, whose
+#: fastest step then ranged 13.8-17.4 µs from run to run (2026-12-03); fastest of 0.5 s of
+#: calls, 12.3-13.5
+MIN_TIMED_SECONDS = 0.5
+
+
+def time_call(fn: Callable[[], object], rounds: int, min_seconds: float = 0.0) -> float:
+    """Fastest of ``rounds`` timed calls, or of as many as ``min_seconds`` takes if that is
+    more, in seconds: on a shared machine, noise only adds."""
+    best, began, calls = float("inf"), time.perf_counter(), 0
+    while calls < rounds or time.perf_counter() - began < min_seconds:
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
+        calls += 1
     return best
 
 
@@ -612,8 +621,9 @@ def run(configs: list[str], names: list[str], threads: int, rounds: int,
         dtype: str = "float32", progress: Callable[[str], None] = lambda line: None) -> Results:
     """Time every (config, contender) in one process with the same threads, in ``dtype``.
 
-    Each contender's rounds run back to back after a pause (:func:`settle`) and its own
-    warm-up call: taking contenders in turns, or straight after each other, would let the
+    Each contender's rounds (at least ``rounds`` calls, and at least
+    :data:`MIN_TIMED_SECONDS` of them) run back to back after a pause (:func:`settle`) and
+    its own warm-up call: taking contenders in turns, or straight after each other, would let the
     previous one's thread pools (OpenBLAS, OpenMP workers busy-wait after a call) steal cores
     from the next.
     """
@@ -633,7 +643,8 @@ def run(configs: list[str], names: list[str], threads: int, rounds: int,
             for task, call, per_call in tasks:
                 settle()
                 call()
-                row = results.add(config, task, contender, time_call(call, rounds) / per_call)
+                row = results.add(config, task, contender,
+                                  time_call(call, rounds, MIN_TIMED_SECONDS) / per_call)
                 progress(f"{row.label:<14} {contender:<11} {row.us:>12,.1f} µs")
     results.update_peaks(measure_peaks(threads, devices, dtype=dtype))
     return results
@@ -663,7 +674,8 @@ def add_arguments(parser) -> None:
                         help="what every contender, the data and the matmul peak compute in "
                              "(default: float32)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                        help="timed rounds after a warm-up; the fastest counts "
+                        help="timed rounds after a warm-up, repeated for at least "
+                             f"{MIN_TIMED_SECONDS:g} s; the fastest counts "
                              f"(default: {DEFAULT_ROUNDS})")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     from ._sklearn_bench import CASES

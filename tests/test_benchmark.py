@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,18 @@ def test_a_bad_dtype_is_named_in_the_error():
         bm.Contest(bm.CONFIGS["tiny"], "reference", 1, dtype="float16")
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         bm.run(["tiny"], ["reference"], threads=1, rounds=1, dtype="int8")
+
+
+def test_time_call_repeats_short_calls_for_the_minimum_time_and_keeps_the_fastest():
+    durations = iter([0.02, 0.001, 0.015] + [0.01] * 1000)
+    calls = []
+
+    def call():
+        calls.append(1)
+        time.sleep(next(durations))
+    best = bm.time_call(call, rounds=2, min_seconds=0.1)
+    assert len(calls) > 3                       # past the 2 rounds until 0.1 s had passed
+    assert 0.001 <= best < 0.009
+    calls.clear()
+    assert bm.time_call(lambda: calls.append(time.sleep(0.002)), rounds=3) >= 0.002
+    assert len(calls) == 3                      # no minimum time: exactly the rounds
