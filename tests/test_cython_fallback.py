@@ -132,13 +132,40 @@ def test_trainer_split_across_threads_matches_the_layer_by_layer_path(loss):
                                        fastnn.Dense(512, 512, "sigmoid"), fastnn.Dense(512, 10)],
                                       backend="cython", dtype="float64")
             model.fuse = fuse
-            history = model.fit(X, y, loss=loss, optimizer=fastnn.Adam(1e-3), epochs=2,
-                                batch_size=64, verbose=0)
+            opt = fastnn.Adam(1e-3)
+            history = model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=64,
+                                verbose=0)
+            if fuse:
+                assert model._make_trainer(fastnn.losses.get(loss), opt, 64).split == "bands"
         runs.append((model.parameters(), history))
     (p_fused, h_fused), (p_layered, h_layered) = runs
     np.testing.assert_allclose(p_fused, p_layered, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(h_fused["loss"], h_layered["loss"], rtol=1e-12)
     assert h_fused.history.get("accuracy") == h_layered.history.get("accuracy")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_big_layers_train_as_one_band_on_blas_threads_like_the_layer_path(dtype):
+    """1 M parameters and 128 × 1024 × 1024 multiply-adds a minibatch: the trainer's minibatch
+    is one band, its big matmuls on BLAS's threads (not two bands adding their gradients)."""
+    X, y = data("cross_entropy", n=320, n_in=1024, n_out=4)
+    runs = []
+    for fuse in (True, False):
+        with threadpool_limits(2, user_api="openmp"):
+            model = fastnn.Sequential([fastnn.Dense(1024, 1024, "relu"), fastnn.Dense(1024, 4)],
+                                      backend="cython", dtype=dtype, seed=2)
+            model.fuse = fuse
+            opt = fastnn.SGD(0.01, momentum=0.9)
+            history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2,
+                                batch_size=128, verbose=0)
+            if fuse:
+                trainer = model._make_trainer(fastnn.losses.get("cross_entropy"), opt, 128)
+                assert trainer.split == "threaded blas"
+        runs.append((model.parameters(), history))
+    (p_fused, h_fused), (p_layered, h_layered) = runs
+    rtol = 2e-5 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(p_fused, p_layered, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(h_fused["loss"], h_layered["loss"], rtol=rtol)
 
 
 @pytest.mark.parametrize("build", ["avx2", "avx512"])

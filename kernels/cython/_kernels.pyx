@@ -49,6 +49,13 @@ cdef extern from *:
     /* The trainer's team barrier (one per epoch call, zeroed before its parallel region). */
     typedef struct { int arrived, generation, sleepers; } fastnn_team_barrier;
 
+    /* Set (on its own thread) by a trainer whose big matmuls run on BLAS's own threads: _gemm
+       then hands those to BLAS whole (see Trainer._run). Thread-local, so that other threads'
+       kernels are unaffected. */
+    static __thread int fastnn_threaded_blas = 0;
+    static void fastnn_set_threaded_blas(int on) { fastnn_threaded_blas = on; }
+    static int fastnn_threaded_blas_on(void) { return fastnn_threaded_blas; }
+
     #ifdef _OPENMP
     #include <omp.h>
     #define FASTNN_OPENMP 1
@@ -513,6 +520,8 @@ cdef extern from *:
         int arrived, generation, sleepers
     # every thread of the team waits here for the others
     void fastnn_team_wait(fastnn_team_barrier* b) noexcept nogil
+    void fastnn_set_threaded_blas(int on) noexcept nogil
+    int fastnn_threaded_blas_on() noexcept nogil
     float fastnn_exp_neg_f(float x) noexcept nogil
     int fastnn_cpu_has_avx2_fma() noexcept nogil
     int fastnn_cpu_has_avx512_build() noexcept nogil
@@ -682,6 +691,16 @@ cdef Py_ssize_t PARALLEL_MIN = 1 << 20
 # a quiet 2-core machine, 1 thread vs a 2-way split: 3.3 M multiply-adds 81 vs 136 µs, 6.6 M
 # 144 vs 161, 13 M 257 vs 210, 34 M 612 vs 441 (it was 1 << 21 before, which lost up to 1.7×)
 cdef Py_ssize_t GEMM_PARALLEL_MIN = 1 << 23
+# A network of THREADED_BLAS_PARAMS parameters or more whose largest layer takes this many
+# multiply-adds per minibatch (batch × in × out) or more trains each minibatch as one band on
+# the calling thread, its matmuls of this size on BLAS's own threads: bands would each write
+# a copy of all the gradients, and the update would add them up. Measured on a 2-vCPU
+# Sapphire Rapids VM (2026-12-03), µs per step, bands vs threaded BLAS: wide (512 ×
+# 1024-2048-2048-1024: 2^31, 8.4 M parameters) 120 000 vs 102 000; 256 × 1024-1024-1024-10
+# (2^28, 2.1 M) 17 000-17 700 vs 12 700-13 300; but mnist's 784-256-256-10 (0.27 M) at
+# batch 1024 (2^27.6) 6 300-6 900 vs 7 000-7 100, and at its own 128 (2^24.6) faster in bands
+cdef Py_ssize_t THREADED_BLAS_WORK = 1 << 27
+cdef Py_ssize_t THREADED_BLAS_PARAMS = 1 << 20
 
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
@@ -830,8 +849,9 @@ cdef void _dropout_rows(const floating* X, floating* out, Py_ssize_t r0, Py_ssiz
 # ---------------------------------------------------------------------------------------------
 cdef void _blas_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                      const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
-                     floating* C, Py_ssize_t ldc) noexcept nogil:
-    """Row-major C (m×n) = op(A)·op(B) in one BLAS call.
+                     floating* C, Py_ssize_t ldc, bint own=True) noexcept nogil:
+    """Row-major C (m×n) = op(A)·op(B) in one call: fastnn's own float32 kernel where it
+    takes the matmul (and ``own``), else BLAS.
 
     A row-major matrix is the column-major storage of its transpose, so the column-major call
     computes Cᵀ = op(B)ᵀ·op(A)ᵀ: the same BLAS call with A and B (and m and n) swapped.
@@ -850,8 +870,8 @@ cdef void _blas_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
             memset(C + i * ldc, 0, n * sizeof(floating))
         return
     if floating is float:
-        if fastnn_sgemm_small(trans_a, trans_b, m, n, k, <const float*> A, lda,
-                              <const float*> B, ldb, <float*> C, ldc):
+        if own and fastnn_sgemm_small(trans_a, trans_b, m, n, k, <const float*> A, lda,
+                                      <const float*> B, ldb, <float*> C, ldc):
             return
         sgemm(&tb, &ta, &in_, &im, &ik, &one, <float*> B, &ildb, <float*> A, &ilda, &zero,
               C, &ildc)
@@ -865,9 +885,14 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
                 floating* C, Py_ssize_t ldc) noexcept nogil:
     """Row-major C (m×n) = op(A)·op(B): with OpenMP and enough work, each thread computes a
     band of C's rows by its own single-threaded BLAS call (BLAS is pinned to one thread where
-    this backend is built with OpenMP, so the two thread pools never stack)."""
+    this backend is built with OpenMP, so the two thread pools never stack). In a trainer
+    that runs big matmuls on BLAS's threads (fastnn_threaded_blas_on), those from
+    THREADED_BLAS_WORK multiply-adds go to BLAS whole."""
     cdef Py_ssize_t c, i0, i1
     cdef int chunks = 1
+    if fastnn_threaded_blas_on() and m * n * k >= THREADED_BLAS_WORK:
+        _blas_gemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc, False)
+        return
     if FASTNN_OPENMP and m * n * k >= GEMM_PARALLEL_MIN and not fastnn_in_parallel():
         chunks = <int> min(<Py_ssize_t> fastnn_max_threads(), m // 8)
     if chunks <= 1:
@@ -1745,8 +1770,11 @@ cdef class Trainer:
     gradients and updates the parameters. A minibatch of fewer than MIN_BAND_WORK
     multiply-adds per band stays in one band, on one thread; the bands of a bigger one (one
     per thread: the result depends on the thread count) run on one thread or all of them,
-    whichever ``teams`` measured faster (the result does not depend on that). Parameters, gradients, BatchNorm state and optimizer state are the model's and the
-    optimizer's own arrays, updated in place.
+    whichever ``teams`` measured faster (the result does not depend on that). A network with
+    big layers and many parameters (THREADED_BLAS_WORK, THREADED_BLAS_PARAMS) trains each
+    minibatch as one band on the calling thread instead, its big matmuls on BLAS's own
+    threads. Parameters, gradients, BatchNorm state and optimizer state are the model's and
+    the optimizer's own arrays, updated in place.
     """
 
     cdef Net net
@@ -1754,6 +1782,9 @@ cdef class Trainer:
     cdef object acts, dacts, aux, tmp, labels_b, yb, wb    # one minibatch's workspace
     cdef object partials                               # gradients of the bands after the first
     cdef readonly object teams                         # threads running a split minibatch
+    # how the last epoch split its minibatches: "bands", or "threaded blas" (one band whose
+    # big matmuls ran on BLAS's threads)
+    cdef readonly str split
 
     def __init__(self, plan):
         cdef Net* net = &self.net
@@ -1838,21 +1869,26 @@ cdef class Trainer:
         batch = self.net.batch
         bands = _bands(batch, plan.work_per_row, min(threads, MAX_BANDS))[0]
         n_batches = (len(order) + batch - 1) // batch
-        if bands > 1 and update and batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
+        threaded_blas = (OPENMP and threads > 1 and n_params >= THREADED_BLAS_PARAMS
+                         and batch * plan.max_layer_work >= THREADED_BLAS_WORK)
+        self.split = "threaded blas" if threaded_blas else "bands"
+        if threaded_blas:                   # one band; its big matmuls on BLAS's threads
+            bands, segments = 1, [(0, n_batches, 1)]
+        elif bands > 1 and update and batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
             segments = self.teams.segments(n_batches, bands)
         else:
             segments = [(0, n_batches, self.teams.best(bands))]
         total, correct = 0.0, 0
         # the bands call BLAS inside the parallel region: one BLAS thread each, for this call
-        with kernel_blas_threads(1) if OPENMP else _NO_LIMIT:
+        with kernel_blas_threads(threads if threaded_blas else 1) if OPENMP else _NO_LIMIT:
             for first, count, team in segments:
                 rows = order[first * batch:(first + count) * batch]
                 if self.dtype is _F32:
                     loss, right = _epoch[float](self, X, Y, labels, rows, w, bands, team,
-                                                places, mass, update)
+                                                places, mass, update, threaded_blas)
                 else:
                     loss, right = _epoch[double](self, X, Y, labels, rows, w, bands, team,
-                                                 places, mass, update)
+                                                 places, mass, update, threaded_blas)
                 total, correct = total + loss, correct + right
         return total, None if self.net.loss == MSE else correct
 
@@ -2066,7 +2102,7 @@ cdef void _batchnorm_block(const Net* net, floating* p, int phase, const int64_t
 cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1] Y,
                   const int64_t[::1] labels, const int64_t[::1] order,
                   const double[::1] weights, int bands_max, int team,
-                  const int64_t[::1] places, double mass, bint update):
+                  const int64_t[::1] places, double mass, bint update, bint threaded_blas):
     """One epoch of :class:`Trainer`: returns (Σ wᵢ × row loss, correct predictions) and
     advances ``plan.step`` and ``plan.train_steps`` by the minibatches trained (a minibatch
     whose weights sum to 0 is skipped).
@@ -2138,6 +2174,8 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
     memset(&bar, 0, sizeof(bar))
     for c in range(MAX_BANDS):
         band_loss[c], band_right[c] = 0, 0
+    if threaded_blas:
+        fastnn_set_threaded_blas(1)
     with nogil, parallel(num_threads=team, use_threads_if=team > 1):
         for mb in range(n_batches):                     # every thread, in step with the others
             if InvMass[mb] == 0:
@@ -2190,6 +2228,7 @@ cdef tuple _epoch(Trainer self, const floating[:, ::1] X, const floating[:, ::1]
                         g[i] = g[i] * <floating> scale  # g ← g·min(1, c/(‖g‖ + ε))
                 _update_at(&step, t + Before[mb] + 1, p, g, s1, s2, lo, hi)
             fastnn_team_wait(&bar)                            # the parameters are updated
+    fastnn_set_threaded_blas(0)
     for c in range(MAX_BANDS):
         total += band_loss[c]
         correct += band_right[c]
