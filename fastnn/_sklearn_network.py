@@ -127,6 +127,9 @@ def make_optimizer(solver: str, learning_rate_init: float, decay: float, momentu
 
 
 def squared_weights(model: Sequential) -> float:
-    """Σ‖W‖² over the Dense weights (not the biases): scikit-learn's L2 penalty sum."""
-    return float(sum(np.dot(w.ravel(), w.ravel()) for w in
-                     (layer.weight.astype(np.float64) for layer in dense_layers(model.layers))))
+    """Σ‖W‖² over the Dense weights (not the biases), accumulated in float64: scikit-learn's L2
+    penalty sum. By einsum's own loop, not a BLAS dot: NumPy's OpenBLAS threads a dot of more
+    than 10 000 entries, and its woken workers then spin on the cores that the next epoch's
+    trainer threads need."""
+    return float(sum(np.einsum("i,i->", w, w, dtype=np.float64) for w in
+                     (layer.weight.ravel() for layer in dense_layers(model.layers))))

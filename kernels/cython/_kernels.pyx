@@ -18,7 +18,8 @@ trainer (:class:`Trainer`) chains the same C functions for a whole epoch.
 
 Threads (when the extension was built with OpenMP): large loops and large matmuls are split
 across OpenMP threads, each matmul band one single-threaded BLAS call; the trainer splits each
-large minibatch into per-thread bands of rows. The kernels of the interface give the same
+large minibatch into per-thread bands of rows, except for networks of big layers and many
+parameters, whose minibatches it keeps whole with their matmuls on BLAS's threads. The kernels of the interface give the same
 result for any thread count; the trainer adds its bands' gradients, so its last bits depend on
 how many bands there were (same seed and thread count, same weights).
 """
@@ -693,8 +694,8 @@ cdef Py_ssize_t PARALLEL_MIN = 1 << 20
 cdef Py_ssize_t GEMM_PARALLEL_MIN = 1 << 23
 # A network of THREADED_BLAS_PARAMS parameters or more whose largest layer takes this many
 # multiply-adds per minibatch (batch × in × out) or more trains each minibatch as one band on
-# the calling thread, its matmuls of this size on BLAS's own threads: bands would each write
-# a copy of all the gradients, and the update would add them up. Measured on a 2-vCPU
+# the calling thread, its matmuls on BLAS's own threads: bands would each write a copy of
+# all the gradients, and the update would add them up. Measured on a 2-vCPU
 # Sapphire Rapids VM (2026-12-03), µs per step, bands vs threaded BLAS: wide (512 ×
 # 1024-2048-2048-1024: 2^31, 8.4 M parameters) 120 000 vs 102 000; 256 × 1024-1024-1024-10
 # (2^28, 2.1 M) 17 000-17 700 vs 12 700-13 300; but mnist's 784-256-256-10 (0.27 M) at
@@ -886,12 +887,13 @@ cdef void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize
     """Row-major C (m×n) = op(A)·op(B): with OpenMP and enough work, each thread computes a
     band of C's rows by its own single-threaded BLAS call (BLAS is pinned to one thread where
     this backend is built with OpenMP, so the two thread pools never stack). In a trainer
-    that runs big matmuls on BLAS's threads (fastnn_threaded_blas_on), those from
-    THREADED_BLAS_WORK multiply-adds go to BLAS whole."""
+    that runs its matmuls on BLAS's threads (fastnn_threaded_blas_on), BLAS takes each one
+    whole, fastnn's own kernel only those too small to split."""
     cdef Py_ssize_t c, i0, i1
     cdef int chunks = 1
-    if fastnn_threaded_blas_on() and m * n * k >= THREADED_BLAS_WORK:
-        _blas_gemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc, False)
+    if fastnn_threaded_blas_on():
+        _blas_gemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc,
+                   m * n * k < GEMM_PARALLEL_MIN)
         return
     if FASTNN_OPENMP and m * n * k >= GEMM_PARALLEL_MIN and not fastnn_in_parallel():
         chunks = <int> min(<Py_ssize_t> fastnn_max_threads(), m // 8)
@@ -1191,8 +1193,8 @@ cdef void _update(const Step* step, floating* p, const floating* g, floating* s1
     AdamW): sgd: w ← w − η g. momentum: v ← μv + g; w ← w − η v (Nesterov: η (g + μv)).
     adam: m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η m̂/(√v̂ + ε), m̂ = m/(1−β₁ᵗ),
     v̂ = v/(1−β₂ᵗ), computed as w − s·m/(√v·r + ε) with the scalars s = η/(1−β₁ᵗ) and
-    r = 1/√(1−β₂ᵗ) (fastnn.kernels.adam_scalars); adamw: the same on the plain gradient after w ← w(1 − ηλ). rmsprop:
-    s ← αs + (1−α)g²; w ← w − η g/(√s + ε), or with momentum through v ← μv + g/(√s + ε).
+    r = 1/√(1−β₂ᵗ) (fastnn.kernels.adam_scalars); adamw: the same on the plain gradient
+    after w ← w(1 − ηλ). rmsprop: s ← αs + (1−α)g²; w ← w − η g/(√s + ε), or with momentum through v ← μv + g/(√s + ε).
     """
     cdef Py_ssize_t i
     cdef floating lr = <floating> step.lr, b1 = <floating> step.mu_or_beta1
@@ -1772,7 +1774,7 @@ cdef class Trainer:
     per thread: the result depends on the thread count) run on one thread or all of them,
     whichever ``teams`` measured faster (the result does not depend on that). A network with
     big layers and many parameters (THREADED_BLAS_WORK, THREADED_BLAS_PARAMS) trains each
-    minibatch as one band on the calling thread instead, its big matmuls on BLAS's own
+    minibatch as one band on the calling thread instead, its matmuls on BLAS's own
     threads. Parameters, gradients, BatchNorm state and optimizer state are the model's and
     the optimizer's own arrays, updated in place.
     """
@@ -1783,7 +1785,7 @@ cdef class Trainer:
     cdef object partials                               # gradients of the bands after the first
     cdef readonly object teams                         # threads running a split minibatch
     # how the last epoch split its minibatches: "bands", or "threaded blas" (one band whose
-    # big matmuls ran on BLAS's threads)
+    # matmuls ran on BLAS's threads)
     cdef readonly str split
 
     def __init__(self, plan):
@@ -1872,7 +1874,7 @@ cdef class Trainer:
         threaded_blas = (OPENMP and threads > 1 and n_params >= THREADED_BLAS_PARAMS
                          and batch * plan.max_layer_work >= THREADED_BLAS_WORK)
         self.split = "threaded blas" if threaded_blas else "bands"
-        if threaded_blas:                   # one band; its big matmuls on BLAS's threads
+        if threaded_blas:                   # one band; its matmuls on BLAS's threads
             bands, segments = 1, [(0, n_batches, 1)]
         elif bands > 1 and update and batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
             segments = self.teams.segments(n_batches, bands)
