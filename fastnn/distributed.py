@@ -84,7 +84,6 @@ import numpy as np
 
 from . import threads, training, validation
 from .callbacks import CSVLogger, ModelCheckpoint
-from .kernels import CLIP_EPS
 from .layers import BatchNorm, Dropout, layers_of
 
 #: callbacks that write files: run on rank 0 only
@@ -454,9 +453,8 @@ class DistributedRun:
             t0 = time.perf_counter()
             self.comm.Allreduce(MPI.IN_PLACE, grads, op=MPI.SUM)
             self.allreduce_time += time.perf_counter() - t0
-            if clip_norm is not None:                      # g ← g·min(1, c/(‖g‖ + ε))
-                norm = np.sqrt(np.dot(grads.astype(np.float64), grads))
-                grads *= grads.dtype.type(min(1.0, clip_norm / (norm + CLIP_EPS)))
+            if clip_norm is not None:
+                training.clip_gradients(grads, clip_norm)
             optimizer.step(model._k, model._params, grads)
             model._steps[0] += 1
         return total, correct

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import backends, diagnostics, losses, training, validation
 from . import plan as plan_module
-from .kernels import CLIP_EPS, CLIP_NORM
+from .kernels import CLIP_NORM
 from .layers import Dense, Dropout, Layer, bind_chain, check_chain, layers_of
 from .optimizers import SGD, Optimizer
 from .preprocessing import leading_standardize
@@ -423,9 +423,8 @@ class Sequential:
             np.take(X, idx, axis=0, out=Xb)
             np.take(y, idx, axis=0, out=yb)
             value, out = self._loss_and_gradients(Xb, yb, loss, wb)
-            if clip_norm is not None:                    # g ← g·min(1, c/(‖g‖ + ε))
-                norm = np.sqrt(np.dot(self._grads.astype(np.float64), self._grads))
-                self._grads *= self._grads.dtype.type(min(1.0, clip_norm / (norm + CLIP_EPS)))
+            if clip_norm is not None:
+                training.clip_gradients(self._grads, clip_norm)
             optimizer.step(self._k, self._params, self._grads)
             self._steps[0] += 1
             total += value * mass

@@ -1,6 +1,6 @@
 """``Sequential.fit``'s training loop around the epochs: the History, the callback list, the
-validation split, the epoch loop itself (shared by single-process and distributed training)
-and the best epoch of a history."""
+validation split, the epoch loop itself (shared by single-process and distributed training),
+the layer-by-layer path's gradient clipping and the best epoch of a history."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .callbacks import Callback, EarlyStopping
+from .kernels import CLIP_EPS
 
 class History:
     """Per-epoch training figures, as returned by :meth:`Sequential.fit`.
@@ -139,6 +140,15 @@ def take(rows: np.ndarray | None, *arrays) -> tuple:
     if rows is None:
         return arrays
     return tuple(None if a is None else a[rows] for a in arrays)
+
+
+def clip_gradients(grads: np.ndarray, clip_norm: float) -> None:
+    """g ← g·min(1, c/(‖g‖₂ + ε)) in place, as the fused trainers clip (torch's
+    clip_grad_norm_). The norm is accumulated in float64 by einsum's own loop, not a BLAS
+    dot: NumPy's OpenBLAS threads a dot of more than 10 000 entries, and its woken workers
+    then spin on the cores that the kernels' threads need."""
+    norm = math.sqrt(np.einsum("i,i->", grads, grads, dtype=np.float64))
+    grads *= grads.dtype.type(min(1.0, clip_norm / (norm + CLIP_EPS)))
 
 
 def best_epoch(history, callbacks) -> int | None:
