@@ -48,6 +48,13 @@ def numba_cache_report() -> str:
             f"{status.directory or 'an unknown directory'})")
 
 
+def cython_build_report() -> str:
+    """Which build of the cython extension runs here, and its float32 matmuls."""
+    from .kernels import cython
+
+    return f"{cython.BUILD} (float32 matmuls: {benchmark.fastnn_matmul()})"
+
+
 def cmd_info(args) -> int:
     print(f"fastnn {__version__} (Python {sys.version.split()[0]})")
     print(f"threads: {thread_report()}")
@@ -55,6 +62,8 @@ def cmd_info(args) -> int:
     report = backends.available_backends()
     for name, info in report.items():
         print(f"  {name:<11} {info.reason}")
+    if report["cython"].usable:
+        print(f"cython build: {cython_build_report()}")
     if report["numba_cpu"].usable:
         print(f"numba_cpu JIT cache: {numba_cache_report()}")
     try:

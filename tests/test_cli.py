@@ -19,6 +19,17 @@ def test_info_lists_every_backend():
     assert "threads" in out and "auto ->" in out
 
 
+def test_info_says_which_build_of_the_cython_kernels_runs():
+    from fastnn.backends import available_backends
+    if not available_backends()["cython"].usable:
+        pytest.skip("the cython extension is not built")
+    from fastnn.kernels import cython
+    code, out = fastnn("info")
+    assert code == 0, out
+    [line] = [line for line in out.splitlines() if line.startswith("cython build: ")]
+    assert line.startswith(f"cython build: {cython.BUILD} (float32 matmuls: ")
+
+
 def test_train_on_digits_prints_accuracy_and_time(tmp_path):
     saved = tmp_path / "digits.fnn"
     code, out = fastnn("train", "--epochs", "3", "--hidden", "32", "--backend", "reference",
