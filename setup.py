@@ -13,7 +13,7 @@ another cache. Editable installs skip it (their kernels compile, and cache, on f
 The Cython backend is the extension module ``fastnn.kernels.cython._kernels``, plus on x86-64
 (gcc or clang) the same source compiled for CPUs with AVX2 and FMA, ``_kernels_avx2``, and
 with AVX-512 (F, VL, BW, DQ) as well, ``_kernels_avx512``: ``fastnn.kernels.cython`` imports
-the widest one the CPU runs. Both are built with OpenMP
+the widest one the CPU runs. All are built with OpenMP
 when the compiler can compile and link a small OpenMP program, and without it otherwise
 (Apple's clang, for one): the loops then run on one thread and the install still succeeds. A
 machine without a working C compiler stops the build with a message that says so.
@@ -33,7 +33,7 @@ EXTENSION = "fastnn.kernels.cython._kernels"
 AVX2_EXTENSION = "fastnn.kernels.cython._kernels_avx2"
 AVX512_EXTENSION = "fastnn.kernels.cython._kernels_avx512"
 
-#: Cython directives of both modules: no index checks (the def functions check shapes)
+#: Cython directives of every build: no index checks (the def functions check shapes)
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
               "cdivision": True, "initializedcheck": False, "nonecheck": False}
 
