@@ -12,6 +12,7 @@ from .kernels import ACTIVATIONS
 from .layers import BatchNorm, Dense, Layer, Residual
 from .model import Sequential
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from .training import sum_of_squares
 
 #: hidden activations an estimator accepts: scikit-learn's names ("logistic" is fastnn's
 #: "sigmoid") and every fastnn activation except softmax, which is not a hidden activation
@@ -127,9 +128,7 @@ def make_optimizer(solver: str, learning_rate_init: float, decay: float, momentu
 
 
 def squared_weights(model: Sequential) -> float:
-    """Σ‖W‖² over the Dense weights (not the biases), accumulated in float64: scikit-learn's L2
-    penalty sum. By einsum's own loop, not a BLAS dot: NumPy's OpenBLAS threads a dot of more
-    than 10 000 entries, and its woken workers then spin on the cores that the next epoch's
-    trainer threads need."""
-    return float(sum(np.einsum("i,i->", w, w, dtype=np.float64) for w in
-                     (layer.weight.ravel() for layer in dense_layers(model.layers))))
+    """Σ‖W‖² over the Dense weights (not the biases), in float64: scikit-learn's L2 penalty
+    sum, taken every epoch (without BLAS: :func:`fastnn.training.sum_of_squares`)."""
+    return float(sum(sum_of_squares(layer.weight.ravel())
+                     for layer in dense_layers(model.layers)))
