@@ -13,13 +13,44 @@ A team of several threads is timed only once it has run for a few milliseconds i
 after idling, two threads run slowly for a while (on a 2-vCPU AMD VM, a 64-100-10 network's
 7-minibatch epochs took 154-304 µs per minibatch in such a probe, against 73-120 µs once
 warm), and cold probes kept a fit on one thread (123-210 µs) for good.
-Trainers of the same network shape share one :class:`TeamChoice` (:func:`shared_choice`), so
-that a second ``fit`` (``epochs=1`` in a loop, the benchmark's rounds) starts from what the
-first one measured instead of probing both team sizes again.
+Both CPU trainers (cython's OpenMP team, numba_cpu's Numba team) split minibatches by the
+same rules, below. Trainers of the same network shape share one :class:`TeamChoice`
+(:func:`shared_choice`), so that a second ``fit`` (``epochs=1`` in a loop, the benchmark's
+rounds) starts from what the first one measured instead of probing both team sizes again.
 """
 from __future__ import annotations
 
 import time
+
+#: a band of a minibatch carries at least this many rows and multiply-adds (forward pass;
+#: the whole step is ~3×: ≈ 8 µs of one core), enough to pay for the two barriers per
+#: minibatch on a quiet machine; whether a second thread then runs the second band is
+#: measured (:class:`TeamChoice`), as under load it no longer pays
+MIN_BAND_ROWS = 8
+MIN_BAND_WORK = 1 << 18
+#: from this much work per minibatch (multiply-adds, forward; mnist's 128 × 784-256-256-10 is
+#: 2^25) every band has its own thread, unmeasured: one thread would then be about 2× slower
+#: on a quiet machine, all of them only ~1.1× slower under load (measured), and a step is too
+#: long for the probes to settle within a short fit
+TEAM_CHOICE_MAX_WORK = 1 << 24
+#: A network of THREADED_BLAS_PARAMS parameters or more whose largest layer takes
+#: THREADED_BLAS_WORK multiply-adds per minibatch (batch × in × out) or more trains each
+#: minibatch as one band, its matmuls on BLAS's own threads: bands would each write a copy of
+#: all the gradients, and the update would add them up. Measured on a 2-vCPU Sapphire
+#: Rapids VM (2026-12-03, cython), µs per step, bands vs threaded BLAS: wide (512 ×
+#: 1024-2048-2048-1024: 2^31, 8.4 M parameters) 120 000 vs 102 000; 256 × 1024-1024-1024-10
+#: (2^28, 2.1 M) 17 000-17 700 vs 12 700-13 300; but mnist's 784-256-256-10 (0.27 M) at
+#: batch 1024 (2^27.6) 6 300-6 900 vs 7 000-7 100, and at its own 128 (2^24.6) faster in bands
+THREADED_BLAS_WORK = 1 << 27
+THREADED_BLAS_PARAMS = 1 << 20
+
+
+def threaded_blas(threads: int, params: int, batch: int, max_layer_work: int) -> bool:
+    """Whether a network trains its minibatches as one band on BLAS's threads (see
+    THREADED_BLAS_WORK)."""
+    return (threads > 1 and params >= THREADED_BLAS_PARAMS
+            and batch * max_layer_work >= THREADED_BLAS_WORK)
+
 
 #: minibatches a team size is measured on
 PROBE_STEPS = 8

@@ -168,16 +168,20 @@ def test_changed_sources_drop_the_cached_kernels(tmp_path, monkeypatch):
     assert not (directory / "dense.x-1.py311.nbi").exists()
 
 
-@pytest.mark.parametrize("kind, split", [("mlp", (1, 1)), ("wide", (2, 1)), ("big", (1, 2))])
+@pytest.mark.parametrize("kind, split", [("mlp", (1, 1)), ("wide", (2, 1)),
+                                         ("threaded", (1, 2))])
 def test_how_each_network_uses_two_threads(kind, split):
     """(row chunks, BLAS threads) per network on 2 threads: none, row chunks with
-    single-threaded BLAS, or one chunk with BLAS on both threads."""
+    single-threaded BLAS, or one chunk with BLAS on both threads (a network of 1 M
+    parameters and 128 × 1024 × 1024 multiply-adds a minibatch)."""
     from fastnn.kernels._threads import blas_controllers
 
-    model = Sequential(network(kind, "identity"), backend="numba_cpu")
-    trainer = model._make_trainer(fastnn.losses.get("mse"), SGD(0.1), BATCH[kind])
+    layers, batch = ((network(kind, "identity"), BATCH[kind]) if kind != "threaded" else
+                     ([Dense(12, 1024, "relu"), Dense(1024, 1024, "relu"), Dense(1024, 3)], 128))
+    model = Sequential(layers, backend="numba_cpu")
+    trainer = model._make_trainer(fastnn.losses.get("mse"), SGD(0.1), batch)
     assert trainer.split(2) == split
     limits = [c.num_threads for c in blas_controllers()[0]]
-    model.fit(np.ones((70, 12)), np.ones((70, 3)), loss="mse", epochs=1, batch_size=BATCH[kind],
+    model.fit(np.ones((150, 12)), np.ones((150, 3)), loss="mse", epochs=1, batch_size=batch,
               verbose=0)
     assert [c.num_threads for c in blas_controllers()[0]] == limits   # restored after fit

@@ -1,10 +1,11 @@
 """The choice of how many threads run a split minibatch (kernels/_teams.py), and that the
-choice never changes what the cython trainer computes."""
+choice never changes what the cython and numba_cpu trainers compute."""
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
 import fastnn
+from fastnn.backends import available_backends
 from fastnn.kernels import _teams
 from fastnn.kernels._teams import PROBE_STEPS, WARMUP_SECONDS, TeamChoice
 
@@ -108,14 +109,40 @@ def test_one_thread_is_never_probed_for_more(monkeypatch):
     assert train(choice, clock, 30, 1, {1: 1e-4}) == [(0, 30, 1)]
 
 
-@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_cython_training_is_the_same_on_one_or_two_threads_of_bands(monkeypatch, loss):
-    from fastnn.kernels.cython import _kernels
-    if not _kernels.OPENMP:
-        pytest.skip("the cython extension was built without OpenMP: one band only")
+def _skip_without_teams(backend):
+    """Skip where ``backend`` runs every minibatch on one thread."""
+    if backend == "cython":
+        from fastnn.kernels.cython import _kernels
+        if not _kernels.OPENMP:
+            pytest.skip("the cython extension was built without OpenMP: one band only")
+    else:
+        if not available_backends()[backend].usable:
+            pytest.skip(f"{backend} is not usable here")
+        from fastnn.kernels.numba_cpu import _team
+        if not _team.AVAILABLE:
+            pytest.skip("numba_cpu's team barrier needs Linux")
+
+
+def _train_split_network(backend, loss, clip_norm=None):
+    """A 64-128-128-10 network trained 2 epochs in minibatches of 64 (two bands each on 2
+    threads); its parameters."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((640, 64), np.float32)
     y = rng.integers(0, 10, 640) if loss == "cross_entropy" else rng.standard_normal((640, 10))
+    with threadpool_limits(2, user_api="openmp"):
+        model = fastnn.Sequential([fastnn.Dense(64, 128, "relu"),
+                                   fastnn.Dense(128, 128, "relu"), fastnn.Dense(128, 10)],
+                                  backend=backend, seed=3)
+        model.fit(X, y, loss=loss, optimizer=fastnn.Adam(0.01), epochs=2, batch_size=64,
+                  clip_norm=clip_norm, verbose=0)
+    return model.parameters().copy()
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba_cpu"])
+@pytest.mark.parametrize("loss, clip_norm", [("mse", None), ("cross_entropy", 0.5)])
+def test_training_is_the_same_on_one_or_two_threads_of_bands(monkeypatch, backend, loss,
+                                                              clip_norm):
+    _skip_without_teams(backend)
     runs = []
     for team in (1, 2, None):                 # forced to 1, to 2, and as chosen
         if team is not None:
@@ -123,15 +150,29 @@ def test_cython_training_is_the_same_on_one_or_two_threads_of_bands(monkeypatch,
                                 lambda self, n, threads, team=team: iter([(0, n, team)]))
         else:
             monkeypatch.undo()
-        with threadpool_limits(2, user_api="openmp"):
-            model = fastnn.Sequential([fastnn.Dense(64, 128, "relu"),
-                                       fastnn.Dense(128, 128, "relu"), fastnn.Dense(128, 10)],
-                                      backend="cython", seed=3)
-            model.fit(X, y, loss=loss, optimizer=fastnn.SGD(0.01), epochs=2, batch_size=64,
-                      verbose=0)
-        runs.append(model.parameters().copy())
+        runs.append(_train_split_network(backend, loss, clip_norm))
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], runs[2])
+
+
+def test_a_numba_team_whose_threads_never_meet_trains_on_one_of_them(monkeypatch):
+    """With Numba held to one thread, the two members of a team run one after the other: the
+    first waits for the second in vain, then trains everything alone, and the second, late,
+    does nothing (each epoch waits _team.JOIN_TICKS, ~0.1 s); the result is the team's."""
+    _skip_without_teams("numba_cpu")
+    import numba
+
+    expected = _train_split_network("numba_cpu", "mse")
+    monkeypatch.setattr(TeamChoice, "segments", lambda self, n, threads: iter([(0, n, 2)]))
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:                                      # the trainer still splits as for 2 threads
+        monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+        alone = _train_split_network("numba_cpu", "mse")
+    finally:
+        monkeypatch.undo()
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(alone, expected)
 
 
 def test_trainers_of_one_network_shape_share_their_measurements():

@@ -42,7 +42,7 @@ from fastnn.kernels import LEAKY_SLOPE as _LEAKY_SLOPE
 from fastnn.kernels import SELU_ALPHA as _SELU_ALPHA
 from fastnn.kernels import SELU_SCALE as _SELU_SCALE
 from fastnn.kernels import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
-from fastnn.kernels._teams import shared_choice
+from fastnn.kernels import _teams
 from fastnn.kernels._threads import kernel_blas, kernel_blas_threads
 
 cdef extern from *:
@@ -692,16 +692,10 @@ cdef Py_ssize_t PARALLEL_MIN = 1 << 20
 # a quiet 2-core machine, 1 thread vs a 2-way split: 3.3 M multiply-adds 81 vs 136 µs, 6.6 M
 # 144 vs 161, 13 M 257 vs 210, 34 M 612 vs 441 (it was 1 << 21 before, which lost up to 1.7×)
 cdef Py_ssize_t GEMM_PARALLEL_MIN = 1 << 23
-# A network of THREADED_BLAS_PARAMS parameters or more whose largest layer takes this many
-# multiply-adds per minibatch (batch × in × out) or more trains each minibatch as one band on
-# the calling thread, its matmuls on BLAS's own threads: bands would each write a copy of
-# all the gradients, and the update would add them up. Measured on a 2-vCPU
-# Sapphire Rapids VM (2026-12-03), µs per step, bands vs threaded BLAS: wide (512 ×
-# 1024-2048-2048-1024: 2^31, 8.4 M parameters) 120 000 vs 102 000; 256 × 1024-1024-1024-10
-# (2^28, 2.1 M) 17 000-17 700 vs 12 700-13 300; but mnist's 784-256-256-10 (0.27 M) at
-# batch 1024 (2^27.6) 6 300-6 900 vs 7 000-7 100, and at its own 128 (2^24.6) faster in bands
-cdef Py_ssize_t THREADED_BLAS_WORK = 1 << 27
-cdef Py_ssize_t THREADED_BLAS_PARAMS = 1 << 20
+# how minibatches are split into bands (shared with numba_cpu's trainer: kernels/_teams.py)
+cdef Py_ssize_t MIN_BAND_ROWS = _teams.MIN_BAND_ROWS
+cdef Py_ssize_t MIN_BAND_WORK = _teams.MIN_BAND_WORK
+cdef Py_ssize_t TEAM_CHOICE_MAX_WORK = _teams.TEAM_CHOICE_MAX_WORK
 
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
@@ -1773,7 +1767,7 @@ cdef class Trainer:
     multiply-adds per band stays in one band, on one thread; the bands of a bigger one (one
     per thread: the result depends on the thread count) run on one thread or all of them,
     whichever ``teams`` measured faster (the result does not depend on that). A network with
-    big layers and many parameters (THREADED_BLAS_WORK, THREADED_BLAS_PARAMS) trains each
+    big layers and many parameters (``_teams.threaded_blas``) trains each
     minibatch as one band on the calling thread instead, its matmuls on BLAS's own
     threads. Parameters, gradients, BatchNorm state and optimizer state are the model's and
     the optimizer's own arrays, updated in place.
@@ -1809,8 +1803,8 @@ cdef class Trainer:
         self.yb = np.zeros(plan.batch * plan.out_features, self.dtype)
         self.wb = np.zeros(plan.batch)
         self.partials = np.zeros(0, self.dtype)
-        self.teams = shared_choice(plan.batch, plan.work_per_row, plan.params.size,
-                                   self.dtype.name)
+        self.teams = _teams.shared_choice("cython", plan.batch, plan.work_per_row,
+                                          plan.params.size, self.dtype.name)
         net.params, net.grads = _address(plan.params), _address(plan.grads)
         net.state = _address(plan.state) if plan.state.size else NULL
         net.acts, net.dacts = _address(self.acts), _address(self.dacts)
@@ -1871,8 +1865,8 @@ cdef class Trainer:
         batch = self.net.batch
         bands = _bands(batch, plan.work_per_row, min(threads, MAX_BANDS))[0]
         n_batches = (len(order) + batch - 1) // batch
-        threaded_blas = (OPENMP and threads > 1 and n_params >= THREADED_BLAS_PARAMS
-                         and batch * plan.max_layer_work >= THREADED_BLAS_WORK)
+        threaded_blas = OPENMP and _teams.threaded_blas(threads, n_params, batch,
+                                                        plan.max_layer_work)
         self.split = "threaded blas" if threaded_blas else "bands"
         if threaded_blas:                   # one band; its matmuls on BLAS's threads
             bands, segments = 1, [(0, n_batches, 1)]
@@ -1919,18 +1913,7 @@ cdef void* _address(object array):
 
 
 cdef enum:
-    # a band of a minibatch carries at least this many rows and multiply-adds (forward pass;
-    # the whole step is ~3×: ≈ 8 µs of one core), enough to pay for the two barriers per
-    # minibatch on a quiet machine; whether a second thread then runs the second band is
-    # measured (kernels/_teams.py), as under load it no longer pays
-    MIN_BAND_ROWS = 8
-    MIN_BAND_WORK = 1 << 18
-    MAX_BANDS = 64
-    # from this much work per minibatch (multiply-adds, forward; mnist's 128 × 784-256-256-10
-    # is 2^25) every band has its own thread, unmeasured: one thread would then be about 2×
-    # slower on a quiet machine, all of them only ~1.1× slower under load (measured), and a
-    # step is too long for the probes to settle within a short fit
-    TEAM_CHOICE_MAX_WORK = 1 << 24
+    MAX_BANDS = 64                    # (the band arrays on the stack)
 
 
 cdef Py_ssize_t _n_correct(int loss, const floating* out, const int64_t* labels,

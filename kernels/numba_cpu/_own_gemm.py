@@ -5,13 +5,13 @@ float32 with fastnn's own register-blocked AVX-512 or AVX2 kernel where that bea
 AVX-512 CPU and at least 16 columns, or AVX2 with FMA, at least 8 columns and under 2^25
 multiply-adds; FASTNN_OWN_GEMM=0 turns it off) and returns 0
 elsewhere, and :func:`matmul` then calls ``np.dot`` (BLAS) as before. The fused trainer uses it
-for steps that run on one thread (tiny, small, deep networks: 1.3-2.2× faster steps
-measured); with row chunks or threaded BLAS (mnist-sized layers and up) and in the
-interface kernels it stays with BLAS, which measured faster there from Numba's threads
-(mnist step 953 vs 1170 µs), where the same kernel called from the cython trainer's OpenMP
-bands is faster than BLAS: not understood yet. The function is reached
-by name (a symbol registered with LLVM at import), so kernels that call it still cache on disk.
-Without the cython extension the symbol is a stub that always returns 0: BLAS everywhere.
+in every row chunk (tiny, small, deep networks: 1.3-2.2× faster steps measured on one
+thread); with threaded BLAS (big layers) and in the interface kernels it stays with BLAS.
+(It once measured slower than BLAS in 2-thread row chunks, mnist 1170 vs 953 µs: those paid a
+~120 µs Numba region per step; in the trainer's team of threads, 642 µs.) The function is
+reached by name (a symbol registered with LLVM at import), so kernels that call it still
+cache on disk. Without the cython extension the symbol is a stub that always returns 0: BLAS
+everywhere.
 """
 import ctypes
 

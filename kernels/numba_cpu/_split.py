@@ -9,22 +9,26 @@ from numba.extending import register_jitable
 
 #: fewest rows worth a chunk of their own
 MIN_ROWS = 8
-#: fewest multiply-adds (forward pass) worth a chunk of their own: ≈ 35 µs of one core
-#: forward, ≈ 100 µs for the whole step. Handing a chunk to the second thread costs 25-100 µs
-#: per parallel region on the 2-core VM this was tuned on (workqueue wake-up, context
-#: switches), and far more when other processes hold the cores. Measured there, µs per step,
-#: serial vs split in two: deep (21 × 64², batch 64: 5.5 M) 320 vs 375, small (1.7 M) 89 vs
-#: 108, mnist (34 M) 1750 vs 1100; wide (4 G) splits.
+#: fewest multiply-adds (forward pass) worth a chunk of their own in a kernel that starts a
+#: parallel region per call (the layer path's kernels; the fused trainer runs a whole epoch
+#: in one region and splits from ``_teams.MIN_BAND_WORK``): ≈ 35 µs of one core forward.
+#: Handing a chunk to the second thread costs 25-120 µs per parallel region on the 2-core VM
+#: this was tuned on (workqueue wake-up, context switches), and far more when other processes
+#: hold the cores. Measured there with a region per step, µs per step, serial vs split in
+#: two: deep (21 × 64², batch 64: 5.5 M) 320 vs 375, small (1.7 M) 89 vs 108, mnist (34 M)
+#: 1750 vs 1100; wide (4 G) splits.
 MIN_CHUNK_WORK = 1 << 22
-#: multiply-adds of one layer's forward matmul from which a batch worth splitting is instead
-#: run serially with BLAS on all threads: OpenBLAS's own threads hand work over faster than a
-#: Numba region on this VM. Measured, µs per step, row chunks vs threaded BLAS: mnist
-#: (largest layer 128·784·256 = 26 M) 1130 vs 980, wide (1 G) 85 000 vs 82 500; below ~16 M
-#: OpenBLAS threads poorly (small, 64·128·128: 88 µs on 1 thread, 113 on 2).
+#: multiply-adds of one layer's forward matmul from which the layer path's dense kernel runs
+#: serially with BLAS on all threads instead of in row chunks: OpenBLAS's own threads hand
+#: work over faster than a Numba region on this VM. Measured (the trainer, when it started a
+#: region per step), µs per step, row chunks vs threaded BLAS: mnist (largest layer
+#: 128·784·256 = 26 M) 1130 vs 980, wide (1 G) 85 000 vs 82 500; below ~16 M OpenBLAS
+#: threads poorly (small, 64·128·128: 88 µs on 1 thread, 113 on 2).
 BLAS_THREADS_WORK = 1 << 24
 #: entries per block of the flat parameter buffer (fits L1 with its optimizer state)
 BLOCK = 2048
-#: blocks from which the optimizer pass runs in parallel (2 Mi parameters). Measured, SGD:
+#: blocks from which the optimizer pass runs in parallel (2 Mi parameters: in the fused
+#: trainer's threaded-BLAS mode, where the minibatch itself is one chunk). Measured, SGD:
 #: 268 K parameters 38 µs serial vs 150 µs as a 2-thread region (the region's fixed cost);
 #: 8.4 M parameters 2300 µs serial vs 1270 µs on 2 threads.
 PARALLEL_UPDATE_BLOCKS = 1024

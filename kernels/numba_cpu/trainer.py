@@ -9,16 +9,22 @@ The learning rate and the other hyper-parameters arrive as the plan's ``hyper`` 
 changing them between epochs compiles nothing.
 
 A step runs as *stages*. Dense layers, residual additions, the gather and the loss work row by
-row, so consecutive ones form one parallel region in which each thread carries its own chunk of
-rows through all of them (BLAS single-threaded per chunk). Each thread writes its dW, db into
-its own copy of the gradient buffer (thread 0 into the model's); the optimizer region sums
-those copies block by block and updates the parameters in the same pass. BatchNorm needs the
-whole batch, so each BatchNorm forward or backward is a stage of its own, parallel over
-features. A dense-only network thus costs one parallel region per step (two from 2 Mi
-parameters, when the update is worth sharing too), and none when its batch carries too little
-work to split (see ``_split.py``): then the whole step runs on the calling thread. Networks
-with big layers (mnist-sized and up) also run serially, but with BLAS itself on all threads,
-which hands work over faster than a Numba region does here.
+row, so consecutive ones form one stage in which each thread carries its own chunks of rows
+through all of them (BLAS single-threaded per chunk, or fastnn's own float32 kernel). Each
+chunk writes its dW, db into its own copy of the gradient buffer (chunk 0 into the model's);
+the optimizer step sums those copies block by block and updates the parameters in the same
+pass, each thread its share of the blocks. BatchNorm needs the whole batch, so each BatchNorm
+forward or backward is a stage of its own, shared out by features. The threads run a whole
+run of minibatches in one Numba parallel region, keeping in step with a barrier of their own
+after each stage (``_team.py``: a region costs ~120 µs to start here, a barrier ~0.3 µs).
+How many chunks a minibatch has depends on the thread count (and so does the result); how
+many threads run them is measured (``kernels/_teams.py``, shared with the cython trainer),
+and does not change the result. A batch with too little work to split is one chunk, run on
+the calling thread with no region at all. Networks with big layers and many parameters run
+each minibatch as one chunk with BLAS itself on all threads (``_teams.threaded_blas``).
+Before the team (2026-12-04, 2-vCPU Sapphire Rapids VM), a region per step made two threads
+lose on every network but the biggest, which ran serially or on threaded BLAS instead; µs per
+step, then vs now on 2 threads: small 68.7 vs 59.0, mnist 897-955 vs 642, deep 277 vs 207.
 
 Fusion is used for every model the plan can express: it beat the layer-by-layer path on every
 benchmark network (µs per step, fused vs layer path, 2 threads, loaded 2-core machine: tiny 20
@@ -38,7 +44,10 @@ from .. import (ACT, ADD, AUX, BN_EPS, BN_MOMENTUM, CLIP_EPS, CLIP_NORM, CROSS_E
                 GRAD_WRITE, IN, KIND, LOSS, NIN, NOUT, OUT, POFF, ROWS, SILU, SKIP, SOFF,
                 STANDARDIZE, dropout_key, dropout_threshold)
 from .._threads import choose_numba_layer, kernel_blas_threads
-from ._split import BLAS_THREADS_WORK, BLOCK, MIN_CHUNK_WORK, PARALLEL_UPDATE_BLOCKS, row_split
+from .._teams import MIN_BAND_WORK, TEAM_CHOICE_MAX_WORK, shared_choice, threaded_blas
+from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
+from ._team import AVAILABLE as TEAMS_AVAILABLE
+from ._team import LEFT, SOLO, TOGETHER, new_sync, share, team_join, team_wait
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .dropout import dropout_rows
@@ -260,34 +269,24 @@ def _update_block(blk, nchunk, opt_code, params, grads, partials, s1, s2, hyper,
     update_range(opt_code, params, grads, s1, s2, lo, lo + g.shape[0], hyper, t)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads,
-                 state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp,
-                 loss_code, opt_code, hyper, step, seed, train_steps, threads, work_per_row,
-                 min_chunk_work, places, mass, update, own_gemm):
-    """Train one epoch over minibatches order[s:s + batch]; return (Σ wᵢ × row loss, n right).
+@njit(cache=True, error_model="numpy")
+def _rank_epoch(rank, team, sync, X, labels, Y, w, order, batch, ops, fops, actions, stages,
+                params, grads, state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb,
+                lossp, corrp, block_sq, loss_code, opt_code, hyper, t0, seed, draws0,
+                chunk_max, work_per_row, min_chunk_work, places, mass, update, own_gemm):
+    """Member ``rank`` of a ``team`` of threads training one epoch (team 1: the whole epoch on
+    this thread); returns its (Σ wᵢ × row loss, n right) and the minibatches trained.
 
-    ``w`` holds the rows' weights (empty: all 1); a minibatch whose weights sum to 0 is
-    skipped. Where the batch is too small to split (one chunk), every stage runs serially: a
-    parallel region costs more than it saves there, and far more on a loaded machine.
-
-    With ``update`` False (one minibatch, a rank's share of a distributed step) the kernel
-    only leaves Σ wᵢ∇lᵢ / ``mass`` in ``grads`` (the chunks summed), ``places`` numbering the
-    rows for Dropout; it updates nothing and counts no step. (``mass`` 0 and empty
-    ``places``: the minibatch's own weight sum and row numbers.)
+    Every member walks every minibatch: a ROWS stage gives each its share of the
+    minibatch's row chunks (chunk c writes its dW, db into its own buffer), a BatchNorm stage
+    its share of the features, then the optimizer step its share of the flat buffer's blocks
+    (each first adding the chunks' gradients); after each, the team waits for all. The
+    chunks, and so the result, do not depend on the team size.
     """
-    X, labels, Y, w, order, ops, fops, actions, hyper = (
-        _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(w), _borrowed(order),
-        _borrowed(ops), _borrowed(fops), _borrowed(actions), _borrowed(hyper))
-    params, grads, partials, state, s1, s2 = (
-        _borrowed(params), _borrowed(grads), _borrowed(partials), _borrowed(state),
-        _borrowed(s1), _borrowed(s2))
-    acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp = (
-        _borrowed(acts), _borrowed(dacts), _borrowed(aux), _borrowed(tmp), _borrowed(labels_b),
-        _borrowed(Yb), _borrowed(wb), _borrowed(lossp), _borrowed(corrp))
     n = order.shape[0]
-    total, right = 0.0, 0
+    total, right, trained = 0.0, 0, 0
     n_blocks = (params.shape[0] + BLOCK - 1) // BLOCK
+    first_blk, last_blk = share(n_blocks, rank, team)
     for start in range(0, n, batch):
         nb = min(batch, n - start)
         inv_mass = 1.0 / nb if mass == 0 else 1.0 / mass
@@ -298,22 +297,14 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
             if own_mass == 0:
                 continue                                  # weight 0: the batch counts for nothing
             inv_mass = 1.0 / own_mass
-        # at most one chunk per gradient buffer, whatever row_split was compiled with
-        q, nchunk = row_split(nb, min(threads, partials.shape[0] + 1), work_per_row,
-                              min_chunk_work)
-        # (1/Σw, Dropout's key inputs, whether matmuls may run on fastnn's kernel: serially)
-        minibatch = (inv_mass, seed, train_steps[0], own_gemm and nchunk == 1)
-        serial = nchunk == 1
+        q, nchunk = row_split(nb, chunk_max, work_per_row, min_chunk_work)
+        # (1/Σw, Dropout's key inputs, whether matmuls may run on fastnn's kernel)
+        minibatch = (inv_mass, seed, draws0 + trained, own_gemm)
+        first, last = share(nchunk, rank, team)
         for st in range(stages.shape[0]):
             a, b = stages[st, 1], stages[st, 2]
-            # (chunk indices passed as int64 in both calls: one compiled _row_actions)
-            if stages[st, 0] == ROWS and serial:
-                c = np.int64(0)
-                _row_actions(a, b, actions, c, c, nb, nb, start, X, labels, Y, w, order, ops,
-                             fops, params, grads, partials, state, acts, dacts, aux, tmp,
-                             labels_b, Yb, wb, minibatch, places, loss_code, lossp, corrp)
-            elif stages[st, 0] == ROWS:
-                for ci in prange(nchunk):
+            if stages[st, 0] == ROWS:
+                for ci in range(first, last):
                     c = np.int64(ci)
                     _row_actions(a, b, actions, c, c * q, min(nb, c * q + q), nb, start, X,
                                  labels, Y, w, order, ops, fops, params, grads, partials,
@@ -321,43 +312,94 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
                                  places, loss_code, lossp, corrp)
             else:                                         # BatchNorm over the whole batch
                 phase, op = actions[a, 0], actions[a, 1]
-                if serial:
-                    for j in range(ops[op, NIN]):
-                        _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state,
-                                  acts, dacts, aux)
-                else:
-                    for j in prange(ops[op, NIN]):
-                        _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state,
-                                  acts, dacts, aux)
-        for c in range(nchunk):
+                lo, hi = share(ops[op, NIN], rank, team)
+                for j in range(lo, hi):
+                    _bn_stage(j, phase, op, nb, batch, ops, fops, params, grads, state, acts,
+                              dacts, aux)
+            team_wait(sync, team)
+        for c in range(first, last):
             total += lossp[c]
             right += corrp[c]
         if not update:                                    # the gradients are the result
-            for blk in range(n_blocks):
+            for blk in range(first_blk, last_blk):
                 _add_chunks(blk, nchunk, grads, partials)
+            team_wait(sync, team)
             continue
-        step[0] += 1
-        train_steps[0] += 1
-        t = step[0]
-        parallel_update = threads > 1 and n_blocks >= PARALLEL_UPDATE_BLOCKS
+        trained += 1
         scale, summed = 1.0, nchunk
         if hyper[CLIP_NORM] > 0:                          # the global norm needs every chunk
-            sq = 0.0                                      # summed first
-            if parallel_update:
-                for blk in prange(n_blocks):
-                    sq += _sum_chunks(blk, nchunk, grads, partials)
-            else:
-                for blk in range(n_blocks):
-                    sq += _sum_chunks(blk, nchunk, grads, partials)
-            scale, summed = min(1.0, hyper[CLIP_NORM] / (np.sqrt(sq) + CLIP_EPS)), 1
-        if parallel_update:
-            for blk in prange(n_blocks):
-                _update_block(blk, summed, opt_code, params, grads, partials, s1, s2, hyper,
-                              t, scale)
-        else:
+            for blk in range(first_blk, last_blk):        # summed first
+                block_sq[blk] = _sum_chunks(blk, nchunk, grads, partials)
+            team_wait(sync, team)
+            sq = 0.0                                      # (each member, in the same order)
             for blk in range(n_blocks):
-                _update_block(blk, summed, opt_code, params, grads, partials, s1, s2, hyper,
-                              t, scale)
+                sq += block_sq[blk]
+            scale, summed = min(1.0, hyper[CLIP_NORM] / (np.sqrt(sq) + CLIP_EPS)), 1
+        for blk in range(first_blk, last_blk):
+            _update_block(blk, summed, opt_code, params, grads, partials, s1, s2, hyper,
+                          t0 + trained, scale)
+        team_wait(sync, team)
+    return total, right, trained
+
+
+@njit(cache=True, error_model="numpy")
+def _member(r, team, sync, rank_results, epoch):
+    """Member r of a team of ``team`` threads: joins the others, then trains its share of
+    the epoch (``epoch``: :func:`_rank_epoch`'s arguments after ``sync``), or all of it
+    if they never came, or nothing if it came too late; its sums go to rank_results[r]."""
+    rank, size = r, team
+    verdict = TOGETHER if team == 1 else team_join(sync, team)
+    if verdict == SOLO:                                   # the others never came: all of it
+        rank, size = 0, 1
+    if verdict != LEFT:
+        total, right, trained = _rank_epoch(rank, size, sync, *epoch)
+        rank_results[r, 0], rank_results[r, 1], rank_results[r, 2] = total, right, trained
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads,
+                 state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp,
+                 block_sq, loss_code, opt_code, hyper, step, seed, train_steps, chunk_max, team,
+                 sync, rank_results, work_per_row, min_chunk_work, places, mass, update,
+                 own_gemm):
+    """Train one epoch over minibatches order[s:s + batch]; return (Σ wᵢ × row loss, n right).
+
+    A minibatch is split into at most ``chunk_max`` row chunks (row_split); ``team`` threads
+    run them in one parallel region for the whole epoch (:func:`_rank_epoch`; they meet
+    first, see ``_team.team_join``), or the calling thread alone when ``team`` is 1.
+    ``rank_results`` (team × 3 float64) receives each member's sums.
+
+    ``w`` holds the rows' weights (empty: all 1); a minibatch whose weights sum to 0 is
+    skipped. With ``update`` False (one minibatch, a rank's share of a distributed step) the
+    kernel only leaves Σ wᵢ∇lᵢ / ``mass`` in ``grads`` (the chunks summed), ``places``
+    numbering the rows for Dropout; it updates nothing and counts no step. (``mass`` 0 and
+    empty ``places``: the minibatch's own weight sum and row numbers.)
+    """
+    X, labels, Y, w, order, ops, fops, actions, hyper = (
+        _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(w), _borrowed(order),
+        _borrowed(ops), _borrowed(fops), _borrowed(actions), _borrowed(hyper))
+    params, grads, partials, state, s1, s2 = (
+        _borrowed(params), _borrowed(grads), _borrowed(partials), _borrowed(state),
+        _borrowed(s1), _borrowed(s2))
+    acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp, block_sq = (
+        _borrowed(acts), _borrowed(dacts), _borrowed(aux), _borrowed(tmp), _borrowed(labels_b),
+        _borrowed(Yb), _borrowed(wb), _borrowed(lossp), _borrowed(corrp), _borrowed(block_sq))
+    t0, draws0 = step[0], train_steps[0]
+    epoch = (X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads, state,
+             s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp, block_sq,
+             loss_code, opt_code, hyper, t0, seed, draws0, chunk_max, work_per_row,
+             min_chunk_work, places, mass, update, own_gemm)
+    if team == 1:                                         # no region: it costs ~120 µs
+        _member(0, 1, sync, rank_results, epoch)
+    else:
+        for r in prange(team):
+            _member(r, team, sync, rank_results, epoch)
+    total, right, trained = 0.0, 0, 0
+    for r in range(team):
+        total += rank_results[r, 0]
+        right += np.int64(rank_results[r, 1])
+        trained = max(trained, np.int64(rank_results[r, 2]))
+    step[0], train_steps[0] = t0 + trained, draws0 + trained
     return total, right
 
 
@@ -373,6 +415,8 @@ class Trainer:
 
     def __init__(self, plan):
         self.plan = plan
+        self.teams = shared_choice("numba_cpu", plan.batch, plan.work_per_row,
+                                   plan.params.size, plan.dtype.name)
         ws = plan.scratch.get("numba_cpu")
         if ws is None:
             dt = plan.dtype
@@ -384,27 +428,44 @@ class Trainer:
                 "wb": np.zeros(plan.batch), "no_weights": np.zeros(0),
                 "no_places": np.zeros(0, np.int64),
                 "partials": np.zeros((0, plan.params.size), dt),
-                "lossp": np.zeros(1), "corrp": np.zeros(1, np.int64)}
+                "lossp": np.zeros(1), "corrp": np.zeros(1, np.int64),
+                "block_sq": np.zeros(-(-plan.params.size // BLOCK))}
         self.ws = ws
 
     def split(self, threads: int) -> tuple[int, int]:
-        """(threads the epoch kernel splits rows over, threads BLAS may use): a batch worth
-        splitting goes to row chunks, or, with big layers, to threaded BLAS called serially."""
+        """(row chunks a full minibatch is split into, threads BLAS may use) on ``threads``
+        threads: one chunk with BLAS on all of them for a network with big layers
+        (``_teams.threaded_blas``), else a chunk per MIN_BAND_WORK multiply-adds (at most one
+        per thread) with BLAS on one."""
         plan = self.plan
-        if row_split(plan.batch, threads, plan.work_per_row)[1] == 1:
-            return 1, 1
-        threaded_blas = plan.batch * plan.max_layer_work >= BLAS_THREADS_WORK
-        return (1, threads) if threaded_blas else (threads, 1)
+        if threaded_blas(threads, plan.params.size, plan.batch, plan.max_layer_work):
+            return 1, threads
+        return row_split(plan.batch, threads, plan.work_per_row, MIN_BAND_WORK)[1], 1
 
-    def _chunk_buffers(self, threads: int):
-        """(partials, lossp, corrp) for as many row chunks as ``threads`` may use: per extra
-        chunk a gradient buffer (entries no chunk writes, BatchNorm's, stay 0)."""
+    def _chunk_buffers(self, chunks: int):
+        """(partials, lossp, corrp, block_sq) for ``chunks`` row chunks: per extra chunk a
+        gradient buffer (entries no chunk writes, BatchNorm's, stay 0)."""
         ws, plan = self.ws, self.plan
-        extra = row_split(plan.batch, threads, plan.work_per_row)[1] - 1
-        if ws["partials"].shape[0] < extra:
-            ws["partials"] = np.zeros((extra, plan.params.size), plan.dtype)
-            ws["lossp"], ws["corrp"] = np.zeros(extra + 1), np.zeros(extra + 1, np.int64)
-        return ws["partials"], ws["lossp"], ws["corrp"]
+        if ws["partials"].shape[0] < chunks - 1:
+            ws["partials"] = np.zeros((chunks - 1, plan.params.size), plan.dtype)
+            ws["lossp"], ws["corrp"] = np.zeros(chunks), np.zeros(chunks, np.int64)
+        return ws["partials"], ws["lossp"], ws["corrp"], ws["block_sq"]
+
+    def _segments(self, n_batches: int, chunks: int, blas_threads: int, update: bool):
+        """(first minibatch, count, team) runs of the epoch: the team that runs a split
+        minibatch's chunks is measured (``_teams.TeamChoice``; from TEAM_CHOICE_MAX_WORK,
+        every chunk its own thread); with threaded BLAS, the team shares a big update."""
+        plan = self.plan
+        if n_batches == 0:                                 # (prepare: compile, train nothing)
+            return [(0, 0, 1)]
+        if not TEAMS_AVAILABLE:
+            return [(0, n_batches, 1)]
+        if blas_threads > 1:
+            big = plan.params.size >= PARALLEL_UPDATE_BLOCKS * BLOCK
+            return [(0, n_batches, blas_threads if big else 1)]
+        if chunks > 1 and update and plan.batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
+            return self.teams.segments(n_batches, chunks)
+        return [(0, n_batches, self.teams.best(chunks) if chunks > 1 else 1)]
 
     def _targets(self, y):
         """(labels, Y) as the kernel takes them: one is the targets, the other empty."""
@@ -438,18 +499,25 @@ class Trainer:
         places = ws["no_places"] if places is None else places
         labels, Y = self._targets(y)
         w = ws["no_weights"] if w is None else writeable_input(w, np.float64)
+        X, order = writeable_input(X, plan.dtype), writeable_input(order, np.int64)
         choose_numba_layer()                  # before numba.get_num_threads starts the pool
-        threads, blas_threads = self.split(numba.get_num_threads())
-        partials, lossp, corrp = self._chunk_buffers(threads)
+        chunks, blas_threads = self.split(numba.get_num_threads())
+        partials, lossp, corrp, block_sq = self._chunk_buffers(chunks)
+        batch, total, right = plan.batch, 0.0, 0
+        n_batches = -(-len(order) // batch)
         with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
-            return epoch_kernel(
-                writeable_input(X, plan.dtype), labels, Y, w, writeable_input(order, np.int64),
-                plan.batch, plan.ops, plan.fops, plan.actions, plan.stages, plan.params,
-                plan.grads, plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
-                ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"], lossp, corrp,
-                plan.loss, plan.rule, plan.hyper, plan.step, plan.seed, plan.train_steps,
-                threads, plan.work_per_row, MIN_CHUNK_WORK, places, float(mass), update,
-                blas_threads == 1 and own_gemm())
+            for first, count, team in self._segments(n_batches, chunks, blas_threads, update):
+                loss, segment_right = epoch_kernel(
+                    X, labels, Y, w, order[first * batch:(first + count) * batch], batch,
+                    plan.ops, plan.fops, plan.actions, plan.stages, plan.params, plan.grads,
+                    plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
+                    ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"], lossp, corrp,
+                    block_sq, plan.loss, plan.rule, plan.hyper, plan.step, plan.seed,
+                    plan.train_steps, chunks, team, new_sync(), np.zeros((team, 3)),
+                    plan.work_per_row, MIN_BAND_WORK, places, float(mass), update,
+                    blas_threads == 1 and own_gemm())
+                total, right = total + loss, right + segment_right
+        return total, right
 
     def sync(self) -> None:
         """Nothing to copy: the kernel trained the model's and optimizer's own buffers."""
