@@ -130,7 +130,8 @@ _SHARED: dict[tuple, TeamChoice] = {}
 
 def shared_choice(*shape) -> TeamChoice:
     """This process's :class:`TeamChoice` for trainers of ``shape`` (whatever identifies the
-    work of a minibatch: batch size, work per row, parameters, dtype)."""
+    trainer and the work of a minibatch: backend, batch size, work per row, parameters,
+    dtype)."""
     if shape not in _SHARED and len(_SHARED) >= SHARED_MAX:
         _SHARED.clear()
     return _SHARED.setdefault(shape, TeamChoice())

@@ -1,18 +1,20 @@
-"""A team of Numba threads in one parallel region for a whole epoch, and its barrier.
+"""A team of threads running one epoch of the fused trainer, and its barrier.
 
 Starting a Numba parallel region costs ~120 µs with the workqueue threading layer on a 2-vCPU
-VM (its workers sleep on a condition variable; waking a halted vCPU is slow), against ~8 µs
-of arithmetic in a band of a small network's step: a region per step made two threads slower
-than one. So the fused trainer starts one region per run of minibatches, ``prange(team)``
-with one iteration per thread, and the threads keep in step with :func:`team_wait`, which
-spins for at most SPIN_TICKS of the time-stamp counter (a quiet machine's waits end there)
-and then sleeps on a futex, so a thread waiting for a descheduled one gives its core up.
+VM, and its team is two worker threads while the calling thread sleeps: after a pause the OS
+could wake both workers on one CPU, and a 2-thread deep step ran 950-1 100 µs for ~16 ms
+before it settled at ~240. So the trainer uses no Numba region: :func:`run_team` runs member 0
+on the calling thread and the others on helper threads of its own, each calling the epoch
+kernel, which releases the GIL, and the members keep in step with :func:`team_wait`, which
+spins for at most SPIN_TICKS of the time-stamp counter (a quiet machine's waits end there;
+past YIELD_TICKS it also yields its CPU at each turn) and then sleeps on a futex, so a thread
+waiting for a descheduled one gives its core up.
 
-A barrier needs its team's iterations to run at the same time, which no threading layer
-promises (TBB may run both on one thread; a user may shrink Numba's chunk size). So the team
-first meets in :func:`team_join`: whoever does not see every member arrive within
-JOIN_TICKS takes the whole run alone (``team_join`` returns SOLO to it and LEFT to the late
-ones), and a barrier is entered only by a team whose members all run. The run's result does
+A barrier needs its members to run at the same time, which nothing promises (a helper may
+wait long for the GIL while other Python threads hold it). So the team first meets in
+:func:`team_join`: whoever does not see every member arrive within JOIN_TICKS takes the whole
+run alone (``team_join`` returns SOLO to it and LEFT to the late ones), and a barrier is
+entered only by a team whose members all run. The run's result does
 not depend on which thread runs a band, so SOLO gives the same numbers.
 
 The sync words live in a small int32 array (:func:`new_sync`). Linux only (the futex); other
@@ -20,6 +22,8 @@ systems train on one thread (:data:`AVAILABLE`).
 """
 import platform
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from llvmlite import ir
@@ -31,10 +35,14 @@ from numba.extending import intrinsic
 AVAILABLE = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64",
                                                                          "aarch64")
 _SYS_FUTEX = 98 if platform.machine() == "aarch64" else 202
+_SYS_SCHED_YIELD = 124 if platform.machine() == "aarch64" else 24
 _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
 _INT_MAX = 2 ** 31 - 1
 #: time-stamp-counter ticks a waiting thread spins before it sleeps: ~50 µs at 2.6 GHz
 SPIN_TICKS = 1 << 17
+#: ticks after which the spinning thread also yields its CPU at each turn (~1.5 µs), in case
+#: the member it waits for shares its CPU
+YIELD_TICKS = 1 << 12
 #: ticks the first member to arrive waits for the others in team_join before running alone:
 #: ~0.1 s at 2.6 GHz (a region's start takes ~120 µs on a quiet VM)
 JOIN_TICKS = 1 << 28
@@ -144,7 +152,10 @@ def _wait_while(sync, index, value, spin_ticks):
     start = _ticks()
     while _load(sync, index) == value:
         _pause()
-        if _ticks() - start > spin_ticks:
+        spun = _ticks() - start
+        if spun > YIELD_TICKS:
+            _syscall(_SYS_SCHED_YIELD, 0, 0, 0, 0, 0, 0)
+        if spun > spin_ticks:
             _fetch_add(sync, _SLEEPERS, 1)
             while _load(sync, index) == value:
                 _syscall(_SYS_FUTEX, _address(sync, index), _FUTEX_WAIT_PRIVATE, value, 0, 0, 0)
@@ -169,6 +180,8 @@ def team_join(sync, team):
     start = _ticks()
     while _load(sync, _MODE) == _UNDECIDED:
         _pause()
+        if _ticks() - start > YIELD_TICKS:               # (the others may need this CPU)
+            _syscall(_SYS_SCHED_YIELD, 0, 0, 0, 0, 0, 0)
         if _ticks() - start > JOIN_TICKS and _compare_swap(sync, _MODE, _UNDECIDED, _ALONE):
             return SOLO
     return TOGETHER if _load(sync, _MODE) == _TOGETHER else LEFT
@@ -192,3 +205,33 @@ def team_wait(sync, team):
 def share(n, rank, team):
     """Member ``rank``'s [first, last) of n items, in contiguous static shares."""
     return n * rank // team, n * (rank + 1) // team
+
+
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's helper threads, at least ``workers`` of them (made on first use)."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None or _helpers._max_workers < workers:
+            if _helpers is not None:
+                _helpers.shutdown(wait=False)
+            _helpers = ThreadPoolExecutor(workers, thread_name_prefix="fastnn-team")
+        return _helpers
+
+
+def run_team(kernel, team: int, *args) -> None:
+    """``kernel(rank, team, *args)`` for every rank of a team: rank 0 on this thread, the
+    others on helper threads; returns when all have. ``kernel`` must release the GIL."""
+    if team == 1:
+        kernel(0, 1, *args)
+        return
+    pool = _pool(team - 1)
+    others = [pool.submit(kernel, rank, team, *args) for rank in range(1, team)]
+    try:
+        kernel(0, team, *args)
+    finally:
+        for future in others:
+            future.result()

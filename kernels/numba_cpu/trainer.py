@@ -14,17 +14,18 @@ through all of them (BLAS single-threaded per chunk, or fastnn's own float32 ker
 chunk writes its dW, db into its own copy of the gradient buffer (chunk 0 into the model's);
 the optimizer step sums those copies block by block and updates the parameters in the same
 pass, each thread its share of the blocks. BatchNorm needs the whole batch, so each BatchNorm
-forward or backward is a stage of its own, shared out by features. The threads run a whole
-run of minibatches in one Numba parallel region, keeping in step with a barrier of their own
-after each stage (``_team.py``: a region costs ~120 µs to start here, a barrier ~0.3 µs).
-How many chunks a minibatch has depends on the thread count (and so does the result); how
-many threads run them is measured (``kernels/_teams.py``, shared with the cython trainer),
-and does not change the result. A batch with too little work to split is one chunk, run on
-the calling thread with no region at all. Networks with big layers and many parameters run
+forward or backward is a stage of its own, shared out by features. The threads are the calling
+thread and helper threads (``_team.run_team``), each running the epoch kernel with the GIL
+released, and they keep in step with a barrier of their own after each stage (``_team.py``;
+~0.3 µs on a quiet machine). How many chunks a minibatch has depends on the thread count (and
+so does the result); how many threads run them is measured (``kernels/_teams.py``, shared with
+the cython trainer), and does not change the result. A batch with too little work to split is
+one chunk, run on the calling thread alone. Networks with big layers and many parameters run
 each minibatch as one chunk with BLAS itself on all threads (``_teams.threaded_blas``).
-Before the team (2026-12-04, 2-vCPU Sapphire Rapids VM), a region per step made two threads
-lose on every network but the biggest, which ran serially or on threaded BLAS instead; µs per
-step, then vs now on 2 threads: small 68.7 vs 59.0, mnist 897-955 vs 642, deep 277 vs 207.
+Before the team (2026-12-04, 2-vCPU Sapphire Rapids VM) a Numba parallel region per step
+(~120 µs to start with the workqueue layer) made two threads lose on every network but the
+biggest, which ran serially or on threaded BLAS instead; µs per step, then vs now on 2
+threads: small 68.7 vs 60-63, mnist 897-955 vs 637-711, deep 277 vs 211-215.
 
 Fusion is used for every model the plan can express: it beat the layer-by-layer path on every
 benchmark network (µs per step, fused vs layer path, 2 threads, loaded 2-core machine: tiny 20
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.core import cgutils, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
@@ -47,7 +48,7 @@ from .._threads import choose_numba_layer, kernel_blas_threads
 from .._teams import MIN_BAND_WORK, TEAM_CHOICE_MAX_WORK, shared_choice, threaded_blas
 from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
 from ._team import AVAILABLE as TEAMS_AVAILABLE
-from ._team import LEFT, SOLO, TOGETHER, new_sync, share, team_join, team_wait
+from ._team import LEFT, SOLO, TOGETHER, new_sync, run_team, share, team_join, team_wait
 from .batchnorm import bn_backward_col, bn_forward_col
 from .dense import activation_grad_rows, column_sums, dense_forward_rows
 from .dropout import dropout_rows
@@ -342,38 +343,25 @@ def _rank_epoch(rank, team, sync, X, labels, Y, w, order, batch, ops, fops, acti
     return total, right, trained
 
 
-@njit(cache=True, error_model="numpy")
-def _member(r, team, sync, rank_results, epoch):
-    """Member r of a team of ``team`` threads: joins the others, then trains its share of
-    the epoch (``epoch``: :func:`_rank_epoch`'s arguments after ``sync``), or all of it
-    if they never came, or nothing if it came too late; its sums go to rank_results[r]."""
-    rank, size = r, team
-    verdict = TOGETHER if team == 1 else team_join(sync, team)
-    if verdict == SOLO:                                   # the others never came: all of it
-        rank, size = 0, 1
-    if verdict != LEFT:
-        total, right, trained = _rank_epoch(rank, size, sync, *epoch)
-        rank_results[r, 0], rank_results[r, 1], rank_results[r, 2] = total, right, trained
+@njit(cache=True, nogil=True, error_model="numpy")
+def epoch_kernel(rank, team, sync, rank_results, X, labels, Y, w, order, batch, ops, fops,
+                 actions, stages, params, grads, state, s1, s2, partials, acts, dacts, aux, tmp,
+                 labels_b, Yb, wb, lossp, corrp, block_sq, loss_code, opt_code, hyper, step,
+                 seed, train_steps, chunk_max, work_per_row, min_chunk_work, places, mass,
+                 update, own_gemm):
+    """Member ``rank`` of a ``team`` of threads training one epoch over minibatches
+    order[s:s + batch] (each member calls it on its own thread, the GIL released; team 1: the
+    whole epoch here): it joins the others (``_team.team_join``), then trains its share of
+    every minibatch (:func:`_rank_epoch`), or all of it if they never came, or nothing if it
+    came too late. rank_results[rank] receives its (Σ wᵢ × row loss, n right, minibatches
+    trained); the caller advances ``step`` and ``train_steps`` by the latter once all are done.
 
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads,
-                 state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp,
-                 block_sq, loss_code, opt_code, hyper, step, seed, train_steps, chunk_max, team,
-                 sync, rank_results, work_per_row, min_chunk_work, places, mass, update,
-                 own_gemm):
-    """Train one epoch over minibatches order[s:s + batch]; return (Σ wᵢ × row loss, n right).
-
-    A minibatch is split into at most ``chunk_max`` row chunks (row_split); ``team`` threads
-    run them in one parallel region for the whole epoch (:func:`_rank_epoch`; they meet
-    first, see ``_team.team_join``), or the calling thread alone when ``team`` is 1.
-    ``rank_results`` (team × 3 float64) receives each member's sums.
-
-    ``w`` holds the rows' weights (empty: all 1); a minibatch whose weights sum to 0 is
-    skipped. With ``update`` False (one minibatch, a rank's share of a distributed step) the
-    kernel only leaves Σ wᵢ∇lᵢ / ``mass`` in ``grads`` (the chunks summed), ``places``
-    numbering the rows for Dropout; it updates nothing and counts no step. (``mass`` 0 and
-    empty ``places``: the minibatch's own weight sum and row numbers.)
+    A minibatch is split into at most ``chunk_max`` row chunks (row_split). ``w`` holds the
+    rows' weights (empty: all 1); a minibatch whose weights sum to 0 is skipped. With
+    ``update`` False (one minibatch, a rank's share of a distributed step) the kernel only
+    leaves Σ wᵢ∇lᵢ / ``mass`` in ``grads`` (the chunks summed), ``places`` numbering the rows
+    for Dropout; it updates nothing and counts no step. (``mass`` 0 and empty ``places``: the
+    minibatch's own weight sum and row numbers.)
     """
     X, labels, Y, w, order, ops, fops, actions, hyper = (
         _borrowed(X), _borrowed(labels), _borrowed(Y), _borrowed(w), _borrowed(order),
@@ -384,23 +372,18 @@ def epoch_kernel(X, labels, Y, w, order, batch, ops, fops, actions, stages, para
     acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp, block_sq = (
         _borrowed(acts), _borrowed(dacts), _borrowed(aux), _borrowed(tmp), _borrowed(labels_b),
         _borrowed(Yb), _borrowed(wb), _borrowed(lossp), _borrowed(corrp), _borrowed(block_sq))
-    t0, draws0 = step[0], train_steps[0]
-    epoch = (X, labels, Y, w, order, batch, ops, fops, actions, stages, params, grads, state,
-             s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp, corrp, block_sq,
-             loss_code, opt_code, hyper, t0, seed, draws0, chunk_max, work_per_row,
-             min_chunk_work, places, mass, update, own_gemm)
-    if team == 1:                                         # no region: it costs ~120 µs
-        _member(0, 1, sync, rank_results, epoch)
-    else:
-        for r in prange(team):
-            _member(r, team, sync, rank_results, epoch)
-    total, right, trained = 0.0, 0, 0
-    for r in range(team):
-        total += rank_results[r, 0]
-        right += np.int64(rank_results[r, 1])
-        trained = max(trained, np.int64(rank_results[r, 2]))
-    step[0], train_steps[0] = t0 + trained, draws0 + trained
-    return total, right
+    me, size = rank, team
+    verdict = TOGETHER if team == 1 else team_join(sync, team)
+    if verdict == SOLO:                                   # the others never came: all of it
+        me, size = 0, 1
+    if verdict != LEFT:
+        total, right, trained = _rank_epoch(
+            me, size, sync, X, labels, Y, w, order, batch, ops, fops, actions, stages, params,
+            grads, state, s1, s2, partials, acts, dacts, aux, tmp, labels_b, Yb, wb, lossp,
+            corrp, block_sq, loss_code, opt_code, hyper, step[0], seed, train_steps[0],
+            chunk_max, work_per_row, min_chunk_work, places, mass, update, own_gemm)
+        rank_results[rank, 0], rank_results[rank, 1] = total, right
+        rank_results[rank, 2] = trained
 
 
 class Trainer:
@@ -507,16 +490,20 @@ class Trainer:
         n_batches = -(-len(order) // batch)
         with LAUNCH_LOCK, kernel_blas_threads(blas_threads):
             for first, count, team in self._segments(n_batches, chunks, blas_threads, update):
-                loss, segment_right = epoch_kernel(
-                    X, labels, Y, w, order[first * batch:(first + count) * batch], batch,
-                    plan.ops, plan.fops, plan.actions, plan.stages, plan.params, plan.grads,
-                    plan.state, plan.s1, plan.s2, partials, ws["acts"], ws["dacts"],
-                    ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"], lossp, corrp,
-                    block_sq, plan.loss, plan.rule, plan.hyper, plan.step, plan.seed,
-                    plan.train_steps, chunks, team, new_sync(), np.zeros((team, 3)),
-                    plan.work_per_row, MIN_BAND_WORK, places, float(mass), update,
-                    blas_threads == 1 and own_gemm())
-                total, right = total + loss, right + segment_right
+                sync, results = new_sync(), np.zeros((team, 3))
+                args = (X, labels, Y, w, order[first * batch:(first + count) * batch], batch,
+                        plan.ops, plan.fops, plan.actions, plan.stages, plan.params,
+                        plan.grads, plan.state, plan.s1, plan.s2, partials, ws["acts"],
+                        ws["dacts"], ws["aux"], ws["tmp"], ws["labels_b"], ws["Yb"], ws["wb"],
+                        lossp, corrp, block_sq, plan.loss, plan.rule, plan.hyper, plan.step,
+                        plan.seed, plan.train_steps, chunks, plan.work_per_row, MIN_BAND_WORK,
+                        places, float(mass), update, blas_threads == 1 and own_gemm())
+                run_team(epoch_kernel, team, sync, results, *args)
+                trained = int(results[:, 2].max())
+                plan.step[0] += trained
+                plan.train_steps[0] += trained
+                total += float(results[:, 0].sum())
+                right += int(results[:, 1].sum())
         return total, right
 
     def sync(self) -> None:
