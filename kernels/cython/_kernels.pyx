@@ -1227,8 +1227,10 @@ cdef void _update(const Step* step, floating* p, const floating* g, floating* s1
 
 
 cdef enum:
-    # entries per block of the flat parameter vector in a threaded optimizer step
-    UPDATE_BLOCK = 1 << 14
+    # entries per block of the flat parameter vector in a threaded optimizer step (the
+    # trainer's team shares a step's blocks, so a network of a few blocks was shared
+    # unevenly: small's 26 122 parameters were 2 blocks of 1 << 14, 16 384 and 9 738)
+    UPDATE_BLOCK = 1 << 11
 
 
 cdef void _batchnorm_forward_block(const floating* X, const floating* gamma,
