@@ -1,5 +1,7 @@
 """The choice of how many threads run a split minibatch (kernels/_teams.py), and that the
 choice never changes what the cython and numba_cpu trainers compute."""
+import os
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -180,6 +182,30 @@ def test_a_numba_team_whose_members_never_meet_trains_on_one_of_them(monkeypatch
     monkeypatch.setattr(TeamChoice, "segments", lambda self, n, threads: iter([(0, n, 2)]))
     monkeypatch.setattr(_team, "_pool", lambda workers: _LatePool())
     np.testing.assert_array_equal(_train_split_network("numba_cpu", "mse"), expected)
+
+
+def _fit_in_child(queue):
+    queue.put(_train_split_network("numba_cpu", "mse"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_numba_team_trains_in_a_process_forked_after_one_ran(monkeypatch):
+    """The parent's helper threads do not survive a fork: the child's team makes its own
+    (an executor that believed in the parent's would hang the child's first fit)."""
+    _skip_without_teams("numba_cpu")
+    import multiprocessing
+    monkeypatch.setattr(TeamChoice, "segments", lambda self, n, threads: iter([(0, n, 2)]))
+    expected = _train_split_network("numba_cpu", "mse")     # helper threads now exist here
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_fit_in_child, args=(queue,))
+    child.start()
+    try:
+        np.testing.assert_array_equal(queue.get(timeout=120), expected)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
 
 
 def test_trainers_of_one_network_shape_share_their_measurements():

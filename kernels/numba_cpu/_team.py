@@ -20,6 +20,7 @@ not depend on which thread runs a band, so SOLO gives the same numbers.
 The sync words live in a small int32 array (:func:`new_sync`). Linux only (the futex); other
 systems train on one thread (:data:`AVAILABLE`).
 """
+import os
 import platform
 import sys
 import threading
@@ -209,6 +210,17 @@ def share(n, rank, team):
 
 _helpers: ThreadPoolExecutor | None = None
 _helpers_lock = threading.Lock()
+
+
+def _forget_helpers() -> None:
+    """In a forked child: the parent's helper threads do not exist there (an executor that
+    believed in them would never run what it is given), so the next team makes new ones."""
+    global _helpers, _helpers_lock
+    _helpers, _helpers_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
