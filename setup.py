@@ -145,7 +145,10 @@ class BuildPy(build_py):
             return
         env = {k: v for k, v in os.environ.items()
                if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT", "FASTNN_BACKEND")}
-        env["PYTHONPATH"] = os.path.abspath(self.build_lib)
+        # the built package first; then whatever PYTHONPATH held: pip's isolated build puts
+        # the build requirements (numpy, numba, ...) on the path through it
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.abspath(self.build_lib)] + [p for p in [env.get("PYTHONPATH")] if p])
         print("fastnn: compiling the numba_cpu kernels into the package's cache (~1 min)",
               file=sys.stderr, flush=True)
         try:

@@ -114,9 +114,24 @@ print(sum(sum(k.stats.cache_hits.values()) for k in kernels),
 """
 
 
-def test_installed_wheel_trains_on_numba_cpu_without_compiling(venv, tmp_path):
+@pytest.fixture(scope="module")
+def pip_built_venv(dist, tmp_path_factory) -> Path:
+    """A fresh virtual environment into which pip itself built and installed the sdist, as the
+    README's ``pip install .`` does (pip's build isolation reaches the build requirements
+    through PYTHONPATH, unlike ``python -m build``'s own environment)."""
+    env_dir = tmp_path_factory.mktemp("pip_venv") / "env"
+    run([sys.executable, "-m", "venv", env_dir], cwd=dist)
+    (sdist,) = dist.glob("*.tar.gz")
+    run([env_dir / SCRIPTS / "python", "-m", "pip", "install", "--quiet", sdist], cwd=dist)
+    return env_dir
+
+
+@pytest.mark.parametrize("installed", ["venv", "pip_built_venv"])
+def test_installed_package_trains_on_numba_cpu_without_compiling(installed, request, tmp_path):
     """The build compiled numba_cpu's kernels into the package's Numba cache: on the machine
-    that built the wheel, the first fit (float32 and float64, with validation) loads them."""
+    that built it (the wheel by ``python -m build``, or pip from the sdist), the first fit
+    (float32 and float64, with validation) loads them."""
+    venv = request.getfixturevalue(installed)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     done = subprocess.run([venv / SCRIPTS / "python", "-c", PRECOMPILED], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
