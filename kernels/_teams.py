@@ -122,6 +122,16 @@ class TeamChoice:
         return self.best(threads), left
 
 
+def runs(choice: TeamChoice, n_batches: int, bands: int, update: bool, work: int):
+    """(first minibatch, count, team) runs of an epoch whose full minibatches have ``bands``
+    bands and ``work`` multiply-adds: measured by ``choice`` while training; its best team
+    (unmeasured from TEAM_CHOICE_MAX_WORK, or when only computing gradients); one thread
+    for a single band."""
+    if bands > 1 and update and work < TEAM_CHOICE_MAX_WORK:
+        return choice.segments(n_batches, bands)
+    return [(0, n_batches, choice.best(bands) if bands > 1 else 1)]
+
+
 #: network shapes whose measurements are kept (a hyper-parameter search makes many; past this
 #: many, all are forgotten and measured again)
 SHARED_MAX = 256

@@ -695,7 +695,6 @@ cdef Py_ssize_t GEMM_PARALLEL_MIN = 1 << 23
 # how minibatches are split into bands (shared with numba_cpu's trainer: kernels/_teams.py)
 cdef Py_ssize_t MIN_BAND_ROWS = _teams.MIN_BAND_ROWS
 cdef Py_ssize_t MIN_BAND_WORK = _teams.MIN_BAND_WORK
-cdef Py_ssize_t TEAM_CHOICE_MAX_WORK = _teams.TEAM_CHOICE_MAX_WORK
 
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
@@ -1872,10 +1871,9 @@ cdef class Trainer:
         self.split = "threaded blas" if threaded_blas else "bands"
         if threaded_blas:                   # one band; its matmuls on BLAS's threads
             bands, segments = 1, [(0, n_batches, 1)]
-        elif bands > 1 and update and batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
-            segments = self.teams.segments(n_batches, bands)
         else:
-            segments = [(0, n_batches, self.teams.best(bands))]
+            segments = _teams.runs(self.teams, n_batches, bands, update,
+                                   batch * plan.work_per_row)
         total, correct = 0.0, 0
         # the bands call BLAS inside the parallel region: one BLAS thread each, for this call
         with kernel_blas_threads(threads if threaded_blas else 1) if OPENMP else _NO_LIMIT:

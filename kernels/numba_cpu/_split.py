@@ -7,8 +7,7 @@ much more when other processes hold the cores), so small problems stay in one ch
 """
 from numba.extending import register_jitable
 
-#: fewest rows worth a chunk of their own
-MIN_ROWS = 8
+from .._teams import MIN_BAND_ROWS as MIN_ROWS   # fewest rows worth a chunk
 #: fewest multiply-adds (forward pass) worth a chunk of their own in a kernel that starts a
 #: parallel region per call (the layer path's kernels; the fused trainer runs a whole epoch
 #: in one region and splits from ``_teams.MIN_BAND_WORK``): ≈ 35 µs of one core forward.

@@ -14,8 +14,8 @@ A barrier needs its members to run at the same time, which nothing promises (a h
 wait long for the GIL while other Python threads hold it). So the team first meets in
 :func:`team_join`: whoever does not see every member arrive within JOIN_TICKS takes the whole
 run alone (``team_join`` returns SOLO to it and LEFT to the late ones), and a barrier is
-entered only by a team whose members all run. The run's result does
-not depend on which thread runs a band, so SOLO gives the same numbers.
+entered only by a team whose members all run. The run's result does not depend on which
+thread runs a band, so SOLO gives the same numbers.
 
 The sync words live in a small int32 array (:func:`new_sync`). Linux only (the futex); other
 systems train on one thread (:data:`AVAILABLE`).
@@ -45,7 +45,7 @@ SPIN_TICKS = 1 << 17
 #: the member it waits for shares its CPU
 YIELD_TICKS = 1 << 12
 #: ticks the first member to arrive waits for the others in team_join before running alone:
-#: ~0.1 s at 2.6 GHz (a region's start takes ~120 µs on a quiet VM)
+#: ~0.1 s at 2.6 GHz (a helper thread starts its member within ~0.1 ms on a quiet VM)
 JOIN_TICKS = 1 << 28
 
 # the words of a sync array
@@ -59,8 +59,8 @@ _syscall = types.ExternalFunction("syscall", types.int64(
 
 
 def new_sync() -> np.ndarray:
-    """The zeroed words a team shares for one parallel region."""
-    return np.zeros(8, np.int32)
+    """The zeroed words a team shares for one run."""
+    return np.zeros(_MODE + 1, np.int32)
 
 
 def _word(context, builder, ary_type, ary, index):
@@ -80,7 +80,7 @@ def _fetch_add(typingctx, sync, index, value):
 
 @intrinsic
 def _load(typingctx, sync, index):
-    """sync[index], read atomically (acquire)."""
+    """sync[index], read atomically (sequentially consistent)."""
     def codegen(context, builder, sig, args):
         return builder.load_atomic(_word(context, builder, sig.args[0], args[0], args[1]),
                                    "seq_cst", 4)
@@ -147,16 +147,23 @@ def _pause(typingctx):
 
 
 @njit(inline="always")
-def _wait_while(sync, index, value, spin_ticks):
-    """Until sync[index] != value: spin up to spin_ticks, then sleep on the futex (woken by
+def _spin(start):
+    """One turn of a spin-wait begun at tick ``start``: the pause hint, and past YIELD_TICKS
+    the CPU yielded too (the member waited for may share it); the ticks spun so far."""
+    _pause()
+    spun = _ticks() - start
+    if spun > YIELD_TICKS:
+        _syscall(_SYS_SCHED_YIELD, 0, 0, 0, 0, 0, 0)
+    return spun
+
+
+@njit(inline="always")
+def _wait_while(sync, index, value):
+    """Until sync[index] != value: spin up to SPIN_TICKS, then sleep on the futex (woken by
     :func:`_wake`, which sees the sleeper count)."""
     start = _ticks()
     while _load(sync, index) == value:
-        _pause()
-        spun = _ticks() - start
-        if spun > YIELD_TICKS:
-            _syscall(_SYS_SCHED_YIELD, 0, 0, 0, 0, 0, 0)
-        if spun > spin_ticks:
+        if _spin(start) > SPIN_TICKS:
             _fetch_add(sync, _SLEEPERS, 1)
             while _load(sync, index) == value:
                 _syscall(_SYS_FUTEX, _address(sync, index), _FUTEX_WAIT_PRIVATE, value, 0, 0, 0)
@@ -173,17 +180,14 @@ def _wake(sync, index):
 
 @njit(error_model="numpy", cache=True)
 def team_join(sync, team):
-    """Where a member of a ``team``-thread region starts: TOGETHER once all have arrived,
+    """Where a member of a ``team``-thread run starts: TOGETHER once all have arrived,
     SOLO for the one that waited JOIN_TICKS in vain (it runs everything), LEFT for members
     arriving after that (they do nothing)."""
     if _fetch_add(sync, _JOINED, 1) + 1 == team:           # the last to arrive
         return TOGETHER if _compare_swap(sync, _MODE, _UNDECIDED, _TOGETHER) else LEFT
     start = _ticks()
     while _load(sync, _MODE) == _UNDECIDED:
-        _pause()
-        if _ticks() - start > YIELD_TICKS:               # (the others may need this CPU)
-            _syscall(_SYS_SCHED_YIELD, 0, 0, 0, 0, 0, 0)
-        if _ticks() - start > JOIN_TICKS and _compare_swap(sync, _MODE, _UNDECIDED, _ALONE):
+        if _spin(start) > JOIN_TICKS and _compare_swap(sync, _MODE, _UNDECIDED, _ALONE):
             return SOLO
     return TOGETHER if _load(sync, _MODE) == _TOGETHER else LEFT
 
@@ -199,7 +203,7 @@ def team_wait(sync, team):
         _store(sync, _GENERATION, generation + 1)
         _wake(sync, _GENERATION)
         return
-    _wait_while(sync, _GENERATION, generation, SPIN_TICKS)
+    _wait_while(sync, _GENERATION, generation)
 
 
 @njit(inline="always")

@@ -51,11 +51,12 @@ def cache_status() -> CacheStatus:
 
 
 def _sources() -> list[str]:
-    """The files whose contents the kernels are compiled from: this package's modules and
-    ``fastnn/kernels/__init__.py``, whose codes (activations, the plan's columns) they inline."""
+    """The files whose contents the kernels are compiled from: this package's modules,
+    ``fastnn/kernels/__init__.py``, whose codes (activations, the plan's columns) they inline,
+    and ``fastnn/kernels/_teams.py`` (the fewest rows of a chunk)."""
     here = os.path.dirname(os.path.abspath(__file__))
     return sorted(glob.glob(os.path.join(here, "*.py"))) + [
-        os.path.join(os.path.dirname(here), "__init__.py")]
+        os.path.join(os.path.dirname(here), name) for name in ("__init__.py", "_teams.py")]
 
 
 def drop_stale_cache() -> None:

@@ -45,7 +45,7 @@ from .. import (ACT, ADD, AUX, BN_EPS, BN_MOMENTUM, CLIP_EPS, CLIP_NORM, CROSS_E
                 GRAD_WRITE, IN, KIND, LOSS, NIN, NOUT, OUT, POFF, ROWS, SILU, SKIP, SOFF,
                 STANDARDIZE, dropout_key, dropout_threshold)
 from .._threads import choose_numba_layer, kernel_blas_threads
-from .._teams import MIN_BAND_WORK, TEAM_CHOICE_MAX_WORK, shared_choice, threaded_blas
+from .._teams import MIN_BAND_WORK, runs, shared_choice, threaded_blas
 from ._split import BLOCK, PARALLEL_UPDATE_BLOCKS, row_split
 from ._team import AVAILABLE as TEAMS_AVAILABLE
 from ._team import LEFT, SOLO, TOGETHER, new_sync, run_team, share, team_join, team_wait
@@ -435,9 +435,8 @@ class Trainer:
         return ws["partials"], ws["lossp"], ws["corrp"], ws["block_sq"]
 
     def _segments(self, n_batches: int, chunks: int, blas_threads: int, update: bool):
-        """(first minibatch, count, team) runs of the epoch: the team that runs a split
-        minibatch's chunks is measured (``_teams.TeamChoice``; from TEAM_CHOICE_MAX_WORK,
-        every chunk its own thread); with threaded BLAS, the team shares a big update."""
+        """(first minibatch, count, team) runs of the epoch (``_teams.runs``); with threaded
+        BLAS, the team shares a big update."""
         plan = self.plan
         if n_batches == 0:                                 # (prepare: compile, train nothing)
             return [(0, 0, 1)]
@@ -446,9 +445,7 @@ class Trainer:
         if blas_threads > 1:
             big = plan.params.size >= PARALLEL_UPDATE_BLOCKS * BLOCK
             return [(0, n_batches, blas_threads if big else 1)]
-        if chunks > 1 and update and plan.batch * plan.work_per_row < TEAM_CHOICE_MAX_WORK:
-            return self.teams.segments(n_batches, chunks)
-        return [(0, n_batches, self.teams.best(chunks) if chunks > 1 else 1)]
+        return runs(self.teams, n_batches, chunks, update, plan.batch * plan.work_per_row)
 
     def _targets(self, y):
         """(labels, Y) as the kernel takes them: one is the targets, the other empty."""
