@@ -66,6 +66,16 @@ WARMUP_EXPIRES = 0.002
 #: most ~1/25 of the time even when the probed team is twice as slow
 REPROBE_SECONDS = 0.02
 REPROBE_FACTOR = 25
+#: ... and that interval doubles with each measurement in a row that found the team more
+#: than BACKOFF_MARGIN times slower than the other, up to 2**REPROBE_BACKOFF_MAX times: while
+#: another process holds a core, two threads lose every probe by far, and their warm-ups and
+#: probes cost a 2-thread small-network fit 3-5% of its time (cython, 2-vCPU Sapphire Rapids
+#: VM, one core busy: 2-thread minibatches 169-189 µs against one thread's 70-78, 2-8% of
+#: them); once the load is gone, two threads are back within that many times the interval
+#: (~3 s for small). A narrow loss (a quiet machine's noise: small's two threads measured
+#: 55-58 µs, one 69-79, and a noisy stretch can reverse them) keeps the plain interval.
+REPROBE_BACKOFF_MAX = 4
+BACKOFF_MARGIN = 1.5
 
 
 class TeamChoice:
@@ -79,6 +89,8 @@ class TeamChoice:
     def __init__(self) -> None:
         self.rate: dict[int, float] = {}       # team size -> seconds per minibatch
         self.measured: dict[int, float] = {}   # team size -> when it was last measured
+        self.lost: dict[int, int] = {}         # team size -> its measurements in a row that
+        #                                        found it far slower (BACKOFF_MARGIN)
         self._streak = (1, 0.0, 0.0)           # (team, start, end) of the latest run
 
     def best(self, threads: int) -> int:
@@ -99,8 +111,15 @@ class TeamChoice:
             if team == 1 or warmed >= WARMUP_SECONDS:
                 self.rate[team] = (now - start) / count
                 self.measured[team] = now
+                self.lost[team] = self.lost.get(team, 0) + 1 \
+                    if self._far_slower(team, threads) else 0
             self._streak = (team, start - warmed, now)
             first += count
+
+    def _far_slower(self, team: int, threads: int) -> bool:
+        """Whether ``team`` was last measured BACKOFF_MARGIN times slower than the other."""
+        other = self.rate.get(threads if team == 1 else 1)
+        return other is not None and self.rate[team] > BACKOFF_MARGIN * other
 
     def _warm(self, team: int, now: float) -> float:
         """Seconds ``team`` has just run in a row (0 after another team or a pause)."""
@@ -108,15 +127,17 @@ class TeamChoice:
         return end - began if last == team and now - end <= WARMUP_EXPIRES else 0.0
 
     def _next(self, left: int, threads: int) -> tuple[int, int]:
-        """(team, minibatches) of the next segment: a team size not measured lately (warmed
-        up first if it has several threads: that may take several calls when they are
-        short), else the rest with the best."""
+        """(team, minibatches) of the next segment: a team size not measured lately (the
+        longer ago the more probes in a row it lost by far; warmed up first if it has several
+        threads: that may take several calls when they are short), else the rest with the
+        best."""
         if threads > 1:
             now = time.perf_counter()
             for team in (threads, 1):
                 warmup = WARMUP_SECONDS if team > 1 else 0.0
                 due = max(REPROBE_SECONDS, REPROBE_FACTOR * (
                     PROBE_STEPS * self.rate.get(team, 0) + warmup))
+                due *= 2 ** min(self.lost.get(team, 0), REPROBE_BACKOFF_MAX)
                 if now - self.measured.get(team, -due) >= due:
                     return team, min(PROBE_STEPS, left)    # warm-up or probe: see segments
         return self.best(threads), left

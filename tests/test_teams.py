@@ -106,6 +106,65 @@ def test_a_warm_up_interrupted_for_long_is_run_again(monkeypatch):
     assert warm_up * 1e-4 >= WARMUP_SECONDS                  # all of it again
 
 
+def train_for(choice, clock, seconds, cost, n_batches=50):
+    """Epochs of n_batches until ``seconds`` have passed; (start time, count, team) of
+    every segment."""
+    done, end = [], clock.now + seconds
+    while clock.now < end:
+        for _, count, team in choice.segments(n_batches, 2):
+            done.append((clock.now, count, team))
+            clock.now += count * cost[team]
+        clock.now += 1e-4                                  # fit's Python between epochs
+    return done
+
+
+def test_a_team_that_keeps_losing_is_probed_ever_less_often(monkeypatch):
+    """Under load two threads lose every probe: the time between their probes doubles each
+    time, up to 2**REPROBE_BACKOFF_MAX times the first, so that their warm-ups and probes
+    cost a small fraction of the time."""
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    loaded = {1: 1e-4, 2: 3e-4}
+    done = train_for(choice, clock, 60.0, loaded)
+    starts = [t for i, (t, _, team) in enumerate(done)     # each run of team-2 segments
+              if team == 2 and (i == 0 or done[i - 1][2] != 2)]
+    gaps = np.diff(starts)
+    first = max(_teams.REPROBE_SECONDS, _teams.REPROBE_FACTOR * (
+        PROBE_STEPS * loaded[2] + WARMUP_SECONDS))
+    cap = first * 2 ** _teams.REPROBE_BACKOFF_MAX
+    assert gaps[0] == pytest.approx(first, rel=0.1)       # (its first probe had no rival)
+    assert all(b == pytest.approx(min(2 * a, cap), rel=0.1) for a, b in zip(gaps, gaps[1:]))
+    late = [(count, team) for t, count, team in done if t > starts[0] + 30.0]
+    on_two = sum(count * loaded[2] for count, team in late if team == 2)
+    assert on_two < 0.005 * sum(count * loaded[team] for count, team in late)
+
+
+def test_a_narrow_loss_keeps_the_plain_interval(monkeypatch):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    close = {1: 1e-4, 2: 1.2e-4}                          # two threads a little slower
+    done = train_for(choice, clock, 10.0, close)
+    starts = [t for i, (t, _, team) in enumerate(done)
+              if team == 2 and (i == 0 or done[i - 1][2] != 2)]
+    first = max(_teams.REPROBE_SECONDS, _teams.REPROBE_FACTOR * (
+        PROBE_STEPS * close[2] + WARMUP_SECONDS))
+    assert np.diff(starts) == pytest.approx(first, rel=0.1)
+    assert choice.lost[2] == 0 and choice.best(2) == 1
+
+
+def test_two_threads_come_back_once_the_load_is_gone(monkeypatch):
+    clock, choice = FakeClock(monkeypatch), TeamChoice()
+    loaded = {1: 1e-4, 2: 3e-4}
+    train_for(choice, clock, 60.0, loaded)
+    assert choice.best(2) == 1
+    quiet = {1: 1e-4, 2: 0.5e-4}
+    done = train_for(choice, clock, 10.0, quiet)
+    back = next(t for t, _, team in done if team == 2) - done[0][0]
+    cap = _teams.REPROBE_FACTOR * (PROBE_STEPS * loaded[2] + WARMUP_SECONDS) \
+        * 2 ** _teams.REPROBE_BACKOFF_MAX
+    assert back <= cap
+    assert choice.best(2) == 2 and choice.lost.get(2) == 0
+    assert done[-1][2] == 2
+
+
 def test_one_thread_is_never_probed_for_more(monkeypatch):
     clock, choice = FakeClock(monkeypatch), TeamChoice()
     assert train(choice, clock, 30, 1, {1: 1e-4}) == [(0, 30, 1)]
