@@ -46,12 +46,16 @@ def test_side_by_side(bench_run, side_by_side, name):
 
 
 def test_isolated_runs_and_their_table(bench_run):
-    """The path of ``fastnn bench --sklearn``: each fit in its own process, then the table
-    (small: 300 rows, 2 epochs, 1 thread so no third run, to keep the default run quick)."""
+    """The path of ``fastnn bench --sklearn``: each fit in its own process, short ones in
+    several, the median counting; then the table (small: 300 rows, 2 epochs, 1 thread so no
+    1-thread rerun, 2 processes per short fit, to keep the default run quick)."""
     if bench_run.timed:
         return                       # the timed run goes through it at full size above
-    rows = sb.run(["digits"], threads=1, n_samples=300, max_iter=2)
+    rows = sb.run(["digits"], threads=1, n_samples=300, max_iter=2, runs=2)
     assert rows[0].sklearn_1 is None and rows[0].fastnn_1 is None
     assert rows[0].fastnn["n_iter"] == 2 and rows[0].speedup_best == rows[0].speedup
+    for result in (rows[0].sklearn, rows[0].fastnn):
+        fastest, slowest = result["spread"]
+        assert result["runs"] == 2 and result["seconds"] == fastest <= slowest
     text = sb.table(rows, 1)
     assert text.count("\n| digits | 64-100-10 |") == 1 and "targets" in text

@@ -26,6 +26,11 @@ from dataclasses import dataclass
 SPEEDUP_TARGET = 10.0
 SCORE_POINTS = 1.0
 ESTIMATORS = ("sklearn", "fastnn")
+#: a fit that takes less than this many seconds is timed in RUNS fresh processes in all, and
+#: the median counts: one ~0.1 s digits fit took 0.09-0.13 s from process to process on a
+#: 2-vCPU VM, which alone moved its ratio from 7.2× to 4.6×
+REPEAT_BELOW_SECONDS = 2.0
+RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,20 @@ def run_isolated(case: Case, which: str, threads: int, n_samples: int | None = N
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_median(case: Case, which: str, threads: int, n_samples: int | None = None,
+               max_iter: int | None = None, runs: int = RUNS) -> dict:
+    """:func:`run_isolated`, in ``runs`` fresh processes in all when the first fit took less
+    than REPEAT_BELOW_SECONDS: the median fit's result (the lower one of an even count), with
+    "runs" (how many) and "spread" (the fastest and slowest seconds)."""
+    results = [run_isolated(case, which, threads, n_samples, max_iter)]
+    if results[0]["seconds"] < REPEAT_BELOW_SECONDS:
+        results += [run_isolated(case, which, threads, n_samples, max_iter)
+                    for _ in range(runs - 1)]
+    ordered = sorted(results, key=lambda r: r["seconds"])
+    return {**ordered[(len(ordered) - 1) // 2], "runs": len(ordered),
+            "spread": (ordered[0]["seconds"], ordered[-1]["seconds"])}
+
+
 @dataclass
 class Row:
     """One case: scikit-learn's and fastnn's results at the run's threads, and both at 1
@@ -195,16 +214,18 @@ def table(rows: list[Row], threads: int) -> str:
             f"{metric} {r.sklearn['score']:.4f} | {r.fastnn['score']:.4f} | "
             f"{r.points:+.2f} | {r.sklearn['n_iter']} / {r.fastnn['n_iter']} | "
             f"{r.verdict} |")
-    lines.append(f"\nEach fit in its own process. Scores and epochs are the {threads}-thread "
-                 f"runs'.")
+    lines.append(f"\nEach fit in its own process; a fit under {REPEAT_BELOW_SECONDS:g} s in "
+                 f"{RUNS} of them, the median shown. Scores and epochs are the "
+                 f"{threads}-thread runs'.")
     return "\n".join(lines)
 
 
 def run(names: list[str], threads: int, progress=lambda line: None,
-        n_samples: int | None = None, max_iter: int | None = None) -> list[Row]:
+        n_samples: int | None = None, max_iter: int | None = None,
+        runs: int = RUNS) -> list[Row]:
     """Every case in ``names``: scikit-learn then fastnn at ``threads`` threads, then both at
-    1 thread, each fit in its own process (``n_samples``, ``max_iter``: a smaller run, for
-    tests)."""
+    1 thread, each fit in its own process, short ones in ``runs`` (:func:`run_median`;
+    ``n_samples``, ``max_iter``: a smaller run, for tests)."""
     rows = []
     counts = [threads] + ([1] if threads > 1 else [])
     for name in names:
@@ -213,9 +234,11 @@ def run(names: list[str], threads: int, progress=lambda line: None,
         for n in counts:
             for which in ESTIMATORS:
                 key = which if n == threads else f"{which}_1"
-                results[key] = run_isolated(case, which, n, n_samples, max_iter)
-                progress(f"{name:<15} {which:<8} {n} thr {results[key]['seconds']:8.2f} s  "
-                         f"score {results[key]['score']:.4f}")
+                result = results[key] = run_median(case, which, n, n_samples, max_iter, runs)
+                spread = "" if result["runs"] == 1 else \
+                    f"  (median of {result['runs']}: %.2f-%.2f s)" % result["spread"]
+                progress(f"{name:<15} {which:<8} {n} thr {result['seconds']:8.2f} s  "
+                         f"score {result['score']:.4f}{spread}")
         rows.append(Row(name, results["sklearn"], results["fastnn"],
                         results.get("sklearn_1"), results.get("fastnn_1")))
     return rows
