@@ -8,7 +8,8 @@ minibatch (small network: 133 → 85 µs per step), but when another process hol
 descheduled thread stalls every barrier and the same step runs slower than on one thread
 (small: 155-186 vs 121 µs). No fixed threshold is right in both regimes, so :class:`TeamChoice`
 measures: it runs a few minibatches with each team size, keeps the faster, and re-measures
-the other one now and then, so a change of load is noticed within a fraction of a second.
+the other one now and then, so a change of load is noticed within a fraction of a second
+(less and less often, down to every few seconds, while it keeps losing by far).
 A team of several threads is timed only once it has run for a few milliseconds in a row:
 after idling, two threads run slowly for a while (on a 2-vCPU AMD VM, a 64-100-10 network's
 7-minibatch epochs took 154-304 µs per minibatch in such a probe, against 73-120 µs once
