@@ -9,7 +9,13 @@ descheduled thread stalls every barrier and the same step runs slower than on on
 (small: 155-186 vs 121 µs). No fixed threshold is right in both regimes, so :class:`TeamChoice`
 measures: it runs a few minibatches with each team size, keeps the faster, and re-measures
 the other one now and then, so a change of load is noticed within a fraction of a second
-(less and less often, down to every few seconds, while it keeps losing by far).
+(less and less often, down to every few seconds, while it keeps losing by far). A single
+measurement is not believed when it finds a team far slower than before: the team is
+measured again at once, and its rate is the better of the two. On a 2-vCPU AMD Zen 4 VM, one
+probe in tens found two threads 2-4× slower than they were just before and after (digits'
+64-100-10 network: 184-213 against 58-61 µs per minibatch), and such a probe alone switched a
+fit to one thread (100 µs) for a third of a second: a fit then took 140-157 ms instead of
+~100.
 A team of several threads is timed only once it has run for a few milliseconds in a row:
 after idling, two threads run slowly for a while (on a 2-vCPU AMD VM, a 64-100-10 network's
 7-minibatch epochs took 154-304 µs per minibatch in such a probe, against 73-120 µs once
@@ -88,7 +94,9 @@ class TeamChoice:
     untimed segments of warm-up where needed."""
 
     def __init__(self) -> None:
-        self.rate: dict[int, float] = {}       # team size -> seconds per minibatch
+        self.rate: dict[int, float] = {}       # team size -> seconds per minibatch: the
+        #                                        lower of its last two measurements
+        self._last: dict[int, float] = {}      # team size -> its latest measurement
         self.measured: dict[int, float] = {}   # team size -> when it was last measured
         self.lost: dict[int, int] = {}         # team size -> its measurements in a row that
         #                                        found it far slower (BACKOFF_MARGIN)
@@ -110,12 +118,24 @@ class TeamChoice:
             yield first, count, team
             now = time.perf_counter()
             if team == 1 or warmed >= WARMUP_SECONDS:
-                self.rate[team] = (now - start) / count
+                self._measure(team, (now - start) / count)
                 self.measured[team] = now
                 self.lost[team] = self.lost.get(team, 0) + 1 \
                     if self._far_slower(team, threads) else 0
             self._streak = (team, start - warmed, now)
             first += count
+
+    def _measure(self, team: int, rate: float) -> None:
+        """Record a measurement of ``team``: its rate is now the lower of it and the one
+        before (a single slow outlier cannot switch the team; :meth:`_suspect` has it
+        measured again at once, which confirms a lasting change of load)."""
+        self.rate[team] = min(rate, self._last.get(team, rate))
+        self._last[team] = rate
+
+    def _suspect(self, team: int) -> bool:
+        """Whether ``team``'s latest measurement found it BACKOFF_MARGIN times slower than
+        its rate (the one before): it is measured again before the choice relies on it."""
+        return team in self.rate and self._last[team] > BACKOFF_MARGIN * self.rate[team]
 
     def _far_slower(self, team: int, threads: int) -> bool:
         """Whether ``team`` was last measured BACKOFF_MARGIN times slower than the other."""
@@ -128,10 +148,10 @@ class TeamChoice:
         return end - began if last == team and now - end <= WARMUP_EXPIRES else 0.0
 
     def _next(self, left: int, threads: int) -> tuple[int, int]:
-        """(team, minibatches) of the next segment: a team size not measured lately (the
-        longer ago the more probes in a row it lost by far; warmed up first if it has several
-        threads: that may take several calls when they are short), else the rest with the
-        best."""
+        """(team, minibatches) of the next segment: a team size whose latest measurement is
+        suspect or that was not measured lately (the longer ago the more probes in a row it
+        lost by far; warmed up first if it has several threads: that may take several calls
+        when they are short), else the rest with the best."""
         if threads > 1:
             now = time.perf_counter()
             for team in (threads, 1):
@@ -139,7 +159,7 @@ class TeamChoice:
                 due = max(REPROBE_SECONDS, REPROBE_FACTOR * (
                     PROBE_STEPS * self.rate.get(team, 0) + warmup))
                 due *= 2 ** min(self.lost.get(team, 0), REPROBE_BACKOFF_MAX)
-                if now - self.measured.get(team, -due) >= due:
+                if self._suspect(team) or now - self.measured.get(team, -due) >= due:
                     return team, min(PROBE_STEPS, left)    # warm-up or probe: see segments
         return self.best(threads), left
 
