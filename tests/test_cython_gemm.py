@@ -1,11 +1,11 @@
 """The cython backend's own float32 matmul kernels (kernels/cython/_kernels.pyx,
 ``fastnn_sgemm_small``: AVX-512 8×32 blocks and 16×16 ones for a last panel of at most 16
-columns, or AVX2 6×16 blocks where the CPU has AVX2 and FMA only) against float64 NumPy, through the kernels that call them: every layout they serve
-(forward X·W, dW = Xᵀ·dZ, dX = dZ·Wᵀ) at the edges of their row blocks and column panels, of
-their 256-term blocks, of the packed panels of B (a transposed B always; a plain one whose
-rows lie far apart: (257, 20) and (600, 600)) and of where they take over from BLAS (8 or
-16 columns). On an AVX-512 CPU the AVX2 kernel is checked too, in a child process
-(FASTNN_OWN_GEMM=avx2)."""
+columns, or AVX2 6×16 blocks where the CPU has AVX2 and FMA only) against float64 NumPy,
+through the kernels that call them: every layout they serve (forward X·W, dW = Xᵀ·dZ,
+dX = dZ·Wᵀ) at the edges of their row blocks and column panels, of their 256-term blocks,
+of the packed panels of B (a transposed B always; a plain one whose rows lie far apart:
+(257, 20) and (600, 600)) and of where they take over from BLAS (8 or 16 columns). On an
+AVX-512 CPU the AVX2 kernel is checked too, in a child process (FASTNN_OWN_GEMM=avx2)."""
 import os
 import subprocess
 import sys

@@ -248,8 +248,16 @@ cdef extern from *:
        32, 32, 32, 4): 16×16 blocks of C in 16 registers, one vector per row, so that per
        step p the one load of B's row serves 16 fused multiply-adds instead of the 8×32
        kernel's 16 of which half would add zeros past the edge. */
-    #define FASTNN_ROW16(r, A_, B0) { c[r] = _mm512_fmadd_ps(_mm512_set1_ps(A_), B0, c[r]); }
     #define FASTNN_EDGE_ROWS 16
+    /* the sum's kb steps for one block: B's row p, then each row r (where ROW_IN) of c */
+    #define FASTNN_EDGE_STEPS(ROW_IN) {                                                   \
+        for (long p = 0; p < kb; p++, a += acs, b += ldbp) {                               \
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);                                 \
+            _Pragma("GCC unroll 16")                                                        \
+            for (int r = 0; r < FASTNN_EDGE_ROWS; r++)                                      \
+                if (ROW_IN)                                                                 \
+                    c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * ars]), b0, c[r]);           \
+        } }
     __attribute__((target("avx512f")))
     static void fastnn_sgemm_panel16(int trans_a, long m, long cols, long kb, const float* A,
                                      long lda, const float* Bp, long ldbp, float* C, long ldc,
@@ -266,27 +274,10 @@ cdef extern from *:
             for (int r = 0; r < FASTNN_EDGE_ROWS; r++)   /* C += op(A)·B: start from C's block */
                 c[r] = accumulate && r < rows ? _mm512_maskz_loadu_ps(m0, out + r * ldc)
                                               : _mm512_setzero_ps();
-            if (rows == FASTNN_EDGE_ROWS) {                /* the common case: no row tests */
-                for (long p = 0; p < kb; p++, a += acs, b += ldbp) {
-                    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
-                    FASTNN_ROW16(0, a[0], b0) FASTNN_ROW16(1, a[ars], b0)
-                    FASTNN_ROW16(2, a[2 * ars], b0) FASTNN_ROW16(3, a[3 * ars], b0)
-                    FASTNN_ROW16(4, a[4 * ars], b0) FASTNN_ROW16(5, a[5 * ars], b0)
-                    FASTNN_ROW16(6, a[6 * ars], b0) FASTNN_ROW16(7, a[7 * ars], b0)
-                    FASTNN_ROW16(8, a[8 * ars], b0) FASTNN_ROW16(9, a[9 * ars], b0)
-                    FASTNN_ROW16(10, a[10 * ars], b0) FASTNN_ROW16(11, a[11 * ars], b0)
-                    FASTNN_ROW16(12, a[12 * ars], b0) FASTNN_ROW16(13, a[13 * ars], b0)
-                    FASTNN_ROW16(14, a[14 * ars], b0) FASTNN_ROW16(15, a[15 * ars], b0)
-                }
-            } else {
-                for (long p = 0; p < kb; p++, a += acs, b += ldbp) {
-                    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
-                    #pragma GCC unroll 16
-                    for (int r = 0; r < FASTNN_EDGE_ROWS; r++)
-                        if (r < rows)
-                            FASTNN_ROW16(r, a[r * ars], b0)
-                }
-            }
+            if (rows == FASTNN_EDGE_ROWS)                  /* the common case: no row tests */
+                FASTNN_EDGE_STEPS(1)
+            else
+                FASTNN_EDGE_STEPS(r < rows)
             #pragma GCC unroll 16
             for (int r = 0; r < FASTNN_EDGE_ROWS; r++)
                 if (r < rows)
